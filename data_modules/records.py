@@ -1,0 +1,59 @@
+"""The Example record: the one contract between dataset readers and models.
+
+Readers turn public dataset files into Examples; a model's collate turns Examples (with their media decoded by
+the dataset) into tensors. Nothing else crosses the boundary between `data_modules` and `mmft.models`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Role = Literal["user", "assistant"]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a conversation. Media markers such as ``<image>`` are removed by the reader."""
+
+    role: Role
+    text: str
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training or evaluation sample, independent of any tokenizer.
+
+    ``turns`` holds the conversation (a single question/answer is one user turn and, when the answer is known, one
+    assistant turn). ``references`` holds every gold answer used for scoring (10 VQA answers, 5 captions).
+    ``source`` says where the record came from (``file#record``) so errors can name it.
+    """
+
+    task: str
+    id: str
+    turns: tuple[Turn, ...]
+    images: tuple[Path, ...] = ()
+    video: Path | None = None
+    references: tuple[str, ...] = ()
+    source: str = ""
+
+    @property
+    def prompt(self) -> str:
+        """The first user message."""
+        return next(t.text for t in self.turns if t.role == "user")
+
+    @property
+    def target(self) -> str | None:
+        """The last assistant message, or None for an unanswered (test / predict) example."""
+        answers = [t.text for t in self.turns if t.role == "assistant"]
+        return answers[-1] if answers else None
+
+
+@dataclass
+class Sample:
+    """An Example with its media decoded, as a Dataset yields it to a model's collate (in DataLoader workers)."""
+
+    example: Example
+    images: list = field(default_factory=list)  # PIL.Image.Image in RGB, in example.images order
+    frames: object | None = None  # video frames, uint8 tensor [T, H, W, C], when example.video is set
