@@ -1,0 +1,29 @@
+"""LoRA, DoRA, VeRA and DVoRA adapters for any PyTorch model: pure PyTorch, no Lightning or transformers import.
+
+    from mmft.adapters import AdapterConfig, apply_adapters
+    report = apply_adapters(model, AdapterConfig(method="dora", r=8, alpha=16, target_modules=["q_proj", "v_proj"]))
+"""
+
+from .config import AdapterConfig, AdapterConfigError
+from .inject import AdapterError, AdapterReport, adapter_config_of, apply_adapters, find_adapted_modules
+from .layers import AdaptedLinear, dora_weight_norm
+from .merge import merge_adapters, unmerge_adapters
+from .peft_format import adapter_state_dict, load_adapters, read_adapter_config, save_adapters
+
+__all__ = [
+    "AdaptedLinear",
+    "AdapterConfig",
+    "AdapterConfigError",
+    "AdapterError",
+    "AdapterReport",
+    "adapter_config_of",
+    "adapter_state_dict",
+    "apply_adapters",
+    "dora_weight_norm",
+    "find_adapted_modules",
+    "load_adapters",
+    "merge_adapters",
+    "read_adapter_config",
+    "save_adapters",
+    "unmerge_adapters",
+]

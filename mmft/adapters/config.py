@@ -1,0 +1,99 @@
+"""AdapterConfig: which adapter, where, and how big. A plain dataclass so LightningCLI/YAML can build it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Method = Literal["lora", "dora", "vera", "dvora"]
+BiasMode = Literal["none", "all", "lora_only"]
+TargetSpec = str | list[str] | None
+
+METHODS: tuple[str, ...] = ("lora", "dora", "vera", "dvora")
+DORA_FAMILY: tuple[str, ...] = ("dora", "dvora")
+VERA_FAMILY: tuple[str, ...] = ("vera", "dvora")
+
+
+class AdapterConfigError(ValueError):
+    """An AdapterConfig field has a value mmft cannot use; the message names the field."""
+
+
+@dataclass
+class AdapterConfig:
+    """Adapter settings, named after their PEFT counterparts where one exists.
+
+    Args:
+        method: ``lora``, ``dora`` (weight-decomposed LoRA), ``vera`` (shared frozen random projections with trainable
+            scaling vectors) or ``dvora`` (DoRA whose direction update is a VeRA update).
+        r: rank of the update (VeRA: rank of the shared projections).
+        alpha: LoRA scaling numerator: ``scaling = alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``). Unused by
+            VeRA, whose scaling is carried by its trainable vectors.
+        dropout: dropout on the adapter input during training.
+        target_modules: modules that get a direction update: a regex string (must match the full module name) or a
+            list of names (a module matches a name exactly or ends with ``"." + name``), as in PEFT.
+        magnitude_only_modules: DoRA/DVoRA only: modules that get only a trainable magnitude vector (the DoRA paper's
+            "fewer parameters" granularity). Same matching rules; takes precedence over ``target_modules``.
+        modules_to_save: modules trained fully (e.g. a projector), matched by exact name or ``"." + name`` suffix.
+        rank_pattern / alpha_pattern: per-module rank / alpha, keys matched as PEFT does (``(.*\\.)?(key)$``).
+        layers_to_transform / layers_pattern: restrict list targets to these layer indices (``layers_pattern`` names
+            the module list, e.g. ``layers``; by default the usual names are tried).
+        bias: ``none``, ``all`` (train every bias) or ``lora_only`` (train the biases of adapted layers).
+        detach_norm: DoRA paper section 4.3: treat the weight norm as a constant in backprop (saves memory).
+        dora_recompute: recompute the DoRA layer output in backward instead of saving it: less activation memory,
+            one extra matmul per adapted layer.
+        vera_d_initial / vera_seed: VeRA's initial ``lambda_d`` value and the seed of its shared projections
+            (PEFT's ``d_initial`` and ``projection_prng_key``).
+    """
+
+    method: Method = "lora"
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    target_modules: TargetSpec = None
+    magnitude_only_modules: TargetSpec = None
+    modules_to_save: list[str] | None = None
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: str | list[str] | None = None
+    use_rslora: bool = False
+    bias: BiasMode = "none"
+    detach_norm: bool = True
+    dora_recompute: bool = False
+    vera_d_initial: float = 0.1
+    vera_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise AdapterConfigError(f"AdapterConfig.method={self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.r < 1:
+            raise AdapterConfigError(f"AdapterConfig.r={self.r}: the rank must be a positive integer")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AdapterConfigError(f"AdapterConfig.dropout={self.dropout}: must be in [0, 1)")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise AdapterConfigError(f"AdapterConfig.bias={self.bias!r}: choose none, all or lora_only")
+        if self.target_modules is None and self.magnitude_only_modules is None:
+            raise AdapterConfigError("AdapterConfig.target_modules is required (a regex or a list of module names)")
+        if self.magnitude_only_modules is not None and self.method not in DORA_FAMILY:
+            raise AdapterConfigError(
+                f"AdapterConfig.magnitude_only_modules needs method dora or dvora (got {self.method!r}): "
+                "only DoRA has a magnitude to train on its own"
+            )
+        if self.method in VERA_FAMILY and (self.rank_pattern or self.alpha_pattern):
+            raise AdapterConfigError(
+                "AdapterConfig.rank_pattern / alpha_pattern are not available with VeRA: all layers share one "
+                "pair of projections of rank r"
+            )
+        for key, rank in self.rank_pattern.items():
+            if rank < 1:
+                raise AdapterConfigError(f"AdapterConfig.rank_pattern[{key!r}]={rank}: ranks must be positive")
+        if isinstance(self.layers_to_transform, int):
+            self.layers_to_transform = [self.layers_to_transform]
+
+    @property
+    def is_dora(self) -> bool:
+        return self.method in DORA_FAMILY
+
+    @property
+    def is_vera(self) -> bool:
+        return self.method in VERA_FAMILY

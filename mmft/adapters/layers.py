@@ -1,0 +1,240 @@
+"""The adapted Linear layer and its math (REFERENCE.md section 1).
+
+One class, `AdaptedLinear`, wraps a frozen ``nn.Linear`` (kept as ``base_layer``, as PEFT does) and adds:
+
+- a low-rank direction update ``s * B A``: trainable ``lora_A`` / ``lora_B`` (LoRA, DoRA), or the shared frozen VeRA
+  projections scaled by trainable ``vera_lambda_d`` / ``vera_lambda_b`` (VeRA, DVoRA);
+- for the DoRA family, a trainable ``lora_magnitude_vector`` ``m``: ``W' = m * (W + s B A) / ||W + s B A||_row``.
+
+DoRA is computed without building ``W'`` or a dense ``B A``: ``y = g * (x W^T + s (x A^T) B^T) + b`` with
+``g = m / ||W + s B A||``, the norm taken from its factored form in fp32 with ``||W||^2`` cached. A custom autograd
+function saves one ``[tokens, out]`` tensor (or none, with ``dora_recompute``) where composing autograd ops saves two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Rows whose norm falls below this are treated as having norm NORM_EPS: all-zero weight rows exist in real models
+# (Llama-3.1-8B o_proj has 511) and would otherwise give inf/NaN.
+NORM_EPS = 1e-6
+
+
+def _versions(*tensors: Tensor | None) -> tuple:
+    """A key that changes whenever any tensor is modified in place or replaced."""
+    return tuple((t._version, t.data_ptr(), t.dtype, t.device) if t is not None else None for t in tensors)
+
+
+def dora_weight_norm(
+    weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float, weight_sq_norm: Tensor
+) -> Tensor:
+    """Row-wise ``||W + s B A||`` in fp32 without building ``B A``.
+
+    ``||W_i + s (BA)_i||^2 = ||W_i||^2 + 2 s B_i . (A W_i^T) + s^2 B_i (A A^T) B_i^T``. ``weight_sq_norm`` is the
+    cached ``||W_i||^2`` (fp32). ``A W^T`` is taken in the weight's dtype (a half-precision weight is not copied to fp32)
+    and accumulated into fp32 from there.
+    """
+    a32, b32 = lora_A.float(), lora_B.float()
+    a_wt = (lora_A.to(weight.dtype) @ weight.T).float()  # [r, out]
+    cross = torch.einsum("or,ro->o", b32, a_wt)
+    quad = ((b32 @ (a32 @ a32.T)) * b32).sum(dim=1)
+    squared = weight_sq_norm + (2.0 * scaling) * cross + (scaling * scaling) * quad
+    return squared.clamp_min(NORM_EPS * NORM_EPS).sqrt()
+
+
+class DoRAScaledLinear(torch.autograd.Function):
+    """``g * (x W^T + s (x A^T) B^T)`` with a hand-written backward that saves ``x``, ``x A^T`` and the unscaled
+    output ``h`` (or recomputes ``h`` in backward when ``recompute`` is set). ``W`` is frozen: no gradient for it."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scale: Tensor, scaling: float,
+                recompute: bool) -> Tensor:
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
+        with torch.autocast(device_type, enabled=False):
+            x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+            w, a, b, g = weight.to(dtype), lora_A.to(dtype), lora_B.to(dtype), scale.to(dtype)
+            xa = x2 @ a.T
+            h = torch.addmm(x2 @ w.T, xa, b.T, alpha=scaling)
+            out = h * g
+        ctx.scaling, ctx.recompute = scaling, recompute
+        ctx.grad_dtypes = (x.dtype, lora_A.dtype, lora_B.dtype, scale.dtype)
+        ctx.save_for_backward(x2, w, a, b, g, xa, None if recompute else h)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x2, w, a, b, g, xa, h = ctx.saved_tensors
+        s = ctx.scaling
+        x_dtype, a_dtype, b_dtype, scale_dtype = ctx.grad_dtypes
+        gy = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
+        need_x, _, need_a, need_b, need_scale = ctx.needs_input_grad[:5]
+        grad_x = grad_a = grad_b = grad_scale = None
+        with torch.autocast(grad_out.device.type, enabled=False):
+            if need_scale:
+                if h is None:
+                    h = torch.addmm(x2 @ w.T, xa, b.T, alpha=s)
+                grad_scale = torch.einsum("no,no->o", gy.float(), h.float()).to(scale_dtype)
+            gh = gy * g
+            if need_b:
+                grad_b = (s * (gh.T @ xa)).to(b_dtype)
+            if need_a or need_x:
+                gxa = (gh @ b) * s
+                if need_a:
+                    grad_a = (gxa.T @ x2).to(a_dtype)
+                if need_x:
+                    grad_x = torch.addmm(gh @ w, gxa, a).to(x_dtype)
+                    grad_x = grad_x.reshape(*grad_out.shape[:-1], x2.shape[-1])
+        return grad_x, None, grad_a, grad_b, grad_scale, None, None
+
+
+class VeraProjections(nn.Module):
+    """The frozen random matrices VeRA shares across all adapted layers, generated from a seed.
+
+    Same recipe as PEFT (kaiming-uniform with fan_in and gain sqrt(2), A then B from one CPU generator) so a seed
+    gives PEFT's projections.
+    """
+
+    def __init__(self, r: int, max_in: int, max_out: int, seed: int) -> None:
+        super().__init__()
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.seed = seed
+        self.register_buffer("vera_A", self._kaiming_uniform((r, max_in), generator))
+        self.register_buffer("vera_B", self._kaiming_uniform((max_out, r), generator))
+
+    @staticmethod
+    def _kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> Tensor:
+        bound = math.sqrt(3.0) * math.sqrt(2.0) / math.sqrt(shape[1])
+        return torch.empty(shape).uniform_(-bound, bound, generator=generator)
+
+
+class AdaptedLinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a LoRA / DoRA / VeRA / DVoRA update. Build it through `apply_adapters`."""
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        *,
+        method: str,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        use_rslora: bool = False,
+        magnitude_only: bool = False,
+        detach_norm: bool = True,
+        dora_recompute: bool = False,
+        vera: VeraProjections | None = None,
+        vera_d_initial: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.method, self.r, self.alpha = method, r, alpha
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.magnitude_only = magnitude_only
+        self.detach_norm, self.dora_recompute = detach_norm, dora_recompute
+        self.use_dora = method in ("dora", "dvora")
+        self.use_vera = method in ("vera", "dvora")
+        self.scaling = 1.0 if self.use_vera else alpha / (math.sqrt(r) if use_rslora else r)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        weight = base_layer.weight
+        factory = {"device": weight.device, "dtype": torch.float32}
+        if magnitude_only:
+            pass
+        elif self.use_vera:
+            if vera is None:
+                raise ValueError("VeRA layers need the shared VeraProjections")
+            # kept out of _modules so the shared buffers are stored once, on the model that owns them
+            self.__dict__["_vera"] = vera
+            self.vera_lambda_b = nn.Parameter(torch.zeros(self.out_features, **factory))
+            self.vera_lambda_d = nn.Parameter(torch.full((r,), float(vera_d_initial), **factory))
+        else:
+            self.lora_A = nn.Linear(self.in_features, r, bias=False, **factory)  # kaiming-uniform(a=sqrt(5))
+            self.lora_B = nn.Linear(r, self.out_features, bias=False, **factory)
+            nn.init.zeros_(self.lora_B.weight)
+        self._weight_sq_cache: tuple[tuple, Tensor] | None = None
+        self._scale_cache: tuple[tuple, Tensor] | None = None
+        if self.use_dora:
+            self.lora_magnitude_vector = nn.Parameter(self.weight_norm().detach().clone())
+
+    # -- the pieces of the update ------------------------------------------------------------------------------
+    def factors(self) -> tuple[Tensor, Tensor] | None:
+        """``(A [r, in], B [out, r])`` of the direction update ``scaling * B @ A``; None for magnitude-only layers."""
+        if self.magnitude_only:
+            return None
+        if self.use_vera:
+            vera = self.__dict__["_vera"]
+            a = vera.vera_A[: self.r, : self.in_features].to(self.vera_lambda_d.device)
+            b = vera.vera_B[: self.out_features, : self.r].to(self.vera_lambda_b.device)
+            return self.vera_lambda_d[:, None] * a, self.vera_lambda_b[:, None] * b
+        return self.lora_A.weight, self.lora_B.weight
+
+    def weight_sq_norm(self) -> Tensor:
+        """Cached fp32 ``||W_i||^2`` (W is frozen; the cache follows in-place changes such as loading weights)."""
+        weight = self.base_layer.weight
+        key = _versions(weight)
+        if self._weight_sq_cache is None or self._weight_sq_cache[0] != key:
+            with torch.no_grad():
+                sq = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32).square()
+            self._weight_sq_cache = (key, sq)
+        return self._weight_sq_cache[1]
+
+    def weight_norm(self) -> Tensor:
+        """Row-wise ``||W + s B A||`` in fp32 (``||W||`` for magnitude-only layers)."""
+        factors = self.factors()
+        if factors is None:
+            return self.weight_sq_norm().clamp_min(NORM_EPS * NORM_EPS).sqrt()
+        return dora_weight_norm(self.base_layer.weight, *factors, self.scaling, self.weight_sq_norm())
+
+    def magnitude_scale(self) -> Tensor:
+        """``g = m / ||W + s B A||`` in fp32. Without autograd (eval, generation) it is cached until a weight changes."""
+        if torch.is_grad_enabled():
+            if self.detach_norm:
+                with torch.no_grad():
+                    norm = self.weight_norm()
+            else:
+                norm = self.weight_norm()
+            return self.lora_magnitude_vector / norm
+        key = _versions(self.base_layer.weight, self.lora_magnitude_vector, *(self.factors() or ()))
+        if self.use_vera:  # factors() builds new tensors each call: key on the parameters instead
+            key = _versions(self.base_layer.weight, self.lora_magnitude_vector, self.vera_lambda_b,
+                            self.vera_lambda_d, self.__dict__["_vera"].vera_A)
+        if self._scale_cache is None or self._scale_cache[0] != key:
+            self._scale_cache = (key, self.lora_magnitude_vector / self.weight_norm())
+        return self._scale_cache[1]
+
+    def delta_weight(self) -> Tensor:
+        """The dense direction update ``s * B @ A`` in fp32 (merging and tests only; training never builds it)."""
+        factors = self.factors()
+        if factors is None:
+            return torch.zeros_like(self.base_layer.weight, dtype=torch.float32)
+        a, b = factors
+        return self.scaling * (b.float() @ a.float())
+
+    # -- forward -------------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        if not self.use_dora:
+            a, b = self.factors()
+            update = F.linear(F.linear(self.dropout(x), a.to(x.dtype)), b.to(x.dtype))
+            return self.base_layer(x) + update * self.scaling
+        scale = self.magnitude_scale()
+        factors = self.factors()
+        if factors is None:
+            out = F.linear(x, weight) * scale.to(x.dtype)
+        elif self.training and isinstance(self.dropout, nn.Dropout):
+            # dropout only on the adapter path: y = x W^T + b + [DoRA(x_d) - x_d W^T], as PEFT computes it
+            x_d = self.dropout(x)
+            update = DoRAScaledLinear.apply(x_d, weight, *factors, scale, self.scaling, self.dora_recompute)
+            return F.linear(x, weight, bias) + update - F.linear(x_d, weight)
+        else:
+            out = DoRAScaledLinear.apply(x, weight, *factors, scale, self.scaling, self.dora_recompute)
+        return out if bias is None else out + bias
+
+    def extra_repr(self) -> str:
+        kind = "magnitude-only " if self.magnitude_only else ""
+        return f"{kind}{self.method}, r={self.r}, scaling={self.scaling:g}"

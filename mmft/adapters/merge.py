@@ -1,0 +1,66 @@
+"""Merge adapters into the base weights for zero-latency inference, and undo it exactly.
+
+Merging puts each layer's plain ``nn.Linear`` (weights merged) back in the model, so the forward path holds no adapter
+code and the model saves as an ordinary checkpoint. The adapter is kept beside the Linear to allow `unmerge_adapters`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .inject import AdapterError, find_adapted_modules, set_submodule
+from .layers import AdaptedLinear
+
+MERGED_ATTRIBUTE = "_mmft_merged_adapter"
+
+
+def merged_weight(layer: AdaptedLinear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The merged weight in fp32, and the DoRA scale ``g`` it used (None for LoRA / VeRA)."""
+    with torch.no_grad():
+        combined = layer.base_layer.weight.float() + layer.delta_weight()
+        if not layer.use_dora:
+            return combined, None
+        scale = (layer.lora_magnitude_vector / layer.weight_norm()).float()
+        return scale[:, None] * combined, scale
+
+
+def merge_adapters(model: nn.Module) -> int:
+    """Fold every adapter of ``model`` into its base weight (in place). Returns the number of layers merged."""
+    layers = find_adapted_modules(model)
+    if not layers:
+        raise AdapterError("merge_adapters: the model has no unmerged mmft adapters")
+    for name, layer in layers.items():
+        base = layer.base_layer
+        merged, scale = merged_weight(layer)
+        with torch.no_grad():
+            if scale is not None:
+                # unmerge divides by the scale; rows with scale 0 lose W, so keep those rows
+                zero_rows = (scale == 0).nonzero().flatten()
+                layer._merge_state = (scale, zero_rows, base.weight[zero_rows].clone())
+            base.weight.copy_(merged.to(base.weight.dtype))
+        base.__dict__[MERGED_ATTRIBUTE] = layer
+        set_submodule(model, name, base)
+    return len(layers)
+
+
+def unmerge_adapters(model: nn.Module) -> int:
+    """Restore the base weights and put the adapters back (in place). Returns the number of layers unmerged."""
+    merged = {n: m for n, m in model.named_modules() if MERGED_ATTRIBUTE in m.__dict__}
+    if not merged:
+        raise AdapterError("unmerge_adapters: the model has no merged mmft adapters")
+    for name, base in merged.items():
+        layer: AdaptedLinear = base.__dict__.pop(MERGED_ATTRIBUTE)
+        layer.to(base.weight.device)
+        with torch.no_grad():
+            weight = base.weight.float()
+            if layer.use_dora:
+                scale, zero_rows, kept = layer._merge_state
+                weight = weight / torch.where(scale == 0, 1.0, scale)[:, None]
+            weight = weight - layer.delta_weight()
+            if layer.use_dora:
+                weight[zero_rows] = kept.float()
+                del layer._merge_state
+            base.weight.copy_(weight.to(base.weight.dtype))
+        set_submodule(model, name, layer)
+    return len(merged)

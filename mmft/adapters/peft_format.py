@@ -1,0 +1,252 @@
+"""Save and load adapters in the Hugging Face PEFT folder format (REFERENCE.md section 2).
+
+A folder holds ``adapter_config.json`` and ``adapter_model.safetensors``; tensor keys are
+``base_model.model.<module path>.<name>``. mmft writes what PEFT needs to rebuild the same model and keeps its own
+complete AdapterConfig beside it in ``mmft_adapter_config.json``, a file PEFT does not read. Two mmft features have no PEFT field and are written so that
+PEFT still computes the same outputs: magnitude-only DoRA modules are saved as rank-1 DoRA modules whose update is zero;
+DVoRA has no PEFT counterpart and is saved with ``peft_type`` ``"DVORA"``, which PEFT refuses instead of misreading.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import AdapterConfig
+from .inject import (
+    VERA_ATTRIBUTE,
+    AdapterError,
+    adapter_config_of,
+    apply_adapters,
+    find_adapted_modules,
+)
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+MMFT_CONFIG_FILE = "mmft_adapter_config.json"
+PREFIX = "base_model.model."
+VERA_KEYS = {"base_model.vera_A": "vera_A", "base_model.vera_B": "vera_B"}
+# PEFT fields whose non-default value changes the math in a way mmft does not implement
+UNSUPPORTED_PEFT_FIELDS = {
+    "fan_in_fan_out": False,
+    "lora_bias": False,
+    "layer_replication": None,
+    "target_parameters": None,
+    "trainable_token_indices": None,
+    "use_qalora": False,
+    "use_bdlora": None,
+}
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors an adapter folder holds, under mmft's own module names (no PEFT prefix)."""
+    config = adapter_config_of(model)
+    state = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    vera = getattr(model, VERA_ATTRIBUTE, None)
+    if vera is not None:
+        state.update({f"{VERA_ATTRIBUTE}.vera_A": vera.vera_A, f"{VERA_ATTRIBUTE}.vera_B": vera.vera_B})
+    if config.bias != "none":  # a bias may be frozen again by the user: it still belongs to the adapter
+        state.update({n: p for n, p in model.named_parameters() if n.endswith("bias") and _bias_saved(n, model, config)})
+    return state
+
+
+def _bias_saved(name: str, model: nn.Module, config: AdapterConfig) -> bool:
+    if config.bias == "all":
+        return True
+    return any(name == f"{layer}.base_layer.bias" for layer in find_adapted_modules(model))
+
+
+def _peft_config(model: nn.Module, config: AdapterConfig, base_model_name_or_path: str | None) -> dict:
+    layers = find_adapted_modules(model)
+    directed = sorted(n for n, m in layers.items() if not m.magnitude_only)
+    magnitude_only = sorted(n for n, m in layers.items() if m.magnitude_only)
+    rank_pattern = {re.escape(n): m.r for n, m in layers.items() if m.r != config.r and not m.magnitude_only}
+    alpha_pattern = {re.escape(n): m.alpha for n, m in layers.items() if m.alpha != config.alpha}
+    rank_pattern.update({re.escape(n): 1 for n in magnitude_only})
+    common = {
+        "base_model_name_or_path": base_model_name_or_path,
+        "target_modules": directed + magnitude_only,
+        "modules_to_save": config.modules_to_save,
+        "bias": config.bias,
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "task_type": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+    }
+    if config.method in ("lora", "dora"):
+        return {
+            **common,
+            "peft_type": "LORA",
+            "use_dora": config.method == "dora",
+            "r": config.r,
+            "lora_alpha": config.alpha,
+            "lora_dropout": config.dropout,
+            "use_rslora": config.use_rslora,
+            "rank_pattern": rank_pattern,
+            "alpha_pattern": alpha_pattern,
+            "init_lora_weights": True,
+        }
+    return {
+        **common,
+        "peft_type": "VERA" if config.method == "vera" else "DVORA",
+        "r": config.r,
+        "vera_dropout": config.dropout,
+        "d_initial": config.vera_d_initial,
+        "projection_prng_key": config.vera_seed,
+        "save_projection": True,
+        "init_weights": True,
+    }
+
+
+def save_adapters(model: nn.Module, folder: str | Path, base_model_name_or_path: str | None = None) -> Path:
+    """Write the adapter of ``model`` as a PEFT folder that `peft.PeftModel.from_pretrained` and mmft both load."""
+    config = adapter_config_of(model)
+    if not find_adapted_modules(model):
+        raise AdapterError("save_adapters: the adapters are merged; call unmerge_adapters before saving them")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, tensor in adapter_state_dict(model).items():
+        if name.startswith(f"{VERA_ATTRIBUTE}."):
+            tensors[f"base_model.{name.split('.', 1)[1]}"] = tensor
+        else:
+            tensors[PREFIX + name] = tensor
+    for name, layer in find_adapted_modules(model).items():
+        if layer.magnitude_only and config.method == "dora":  # PEFT has no magnitude-only: a zero rank-1 update
+            weight = layer.base_layer.weight
+            tensors[f"{PREFIX}{name}.lora_A.weight"] = weight.new_zeros(1, layer.in_features, dtype=torch.float32)
+            tensors[f"{PREFIX}{name}.lora_B.weight"] = weight.new_zeros(layer.out_features, 1, dtype=torch.float32)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    peft_config = _peft_config(model, config, base_model_name_or_path)
+    (folder / CONFIG_FILE).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
+    layers = find_adapted_modules(model)
+    exact = {  # the module names actually adapted, so the folder rebuilds the same layers on any copy of the model
+        **asdict(config),
+        "target_modules": sorted(n for n, m in layers.items() if not m.magnitude_only) or None,
+        "magnitude_only_modules": sorted(n for n, m in layers.items() if m.magnitude_only) or None,
+        "layers_to_transform": None,
+    }
+    (folder / MMFT_CONFIG_FILE).write_text(json.dumps(exact, indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def read_adapter_config(folder: str | Path) -> AdapterConfig:
+    """The AdapterConfig of an mmft- or PEFT-written folder, with clear errors for settings mmft cannot honour."""
+    mmft_path = Path(folder) / MMFT_CONFIG_FILE
+    if mmft_path.is_file():
+        try:
+            return AdapterConfig(**json.loads(mmft_path.read_text()))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise AdapterError(f"{mmft_path}: not an mmft adapter config ({err})") from err
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise AdapterError(f"{path}: no adapter config (expected a PEFT folder with {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise AdapterError(f"{path}: not valid JSON ({err})") from err
+    peft_type = raw.get("peft_type")
+    for key, neutral in UNSUPPORTED_PEFT_FIELDS.items():
+        if raw.get(key, neutral) not in (neutral, None, False, [], {}):
+            raise AdapterError(f"{path}: {key}={raw[key]!r} is not supported by mmft adapters")
+    common = {
+        "target_modules": raw.get("target_modules"),
+        "modules_to_save": raw.get("modules_to_save"),
+        "layers_to_transform": raw.get("layers_to_transform"),
+        "layers_pattern": raw.get("layers_pattern"),
+        "bias": raw.get("bias", "none"),
+        "r": raw["r"],
+    }
+    if common["target_modules"] is None:
+        raise AdapterError(f"{path}: target_modules is missing (mmft needs the adapted module names)")
+    if peft_type == "LORA":
+        return AdapterConfig(
+            method="dora" if raw.get("use_dora") else "lora",
+            alpha=raw.get("lora_alpha", 8),
+            dropout=raw.get("lora_dropout", 0.0),
+            use_rslora=raw.get("use_rslora", False),
+            rank_pattern=raw.get("rank_pattern") or {},
+            alpha_pattern=raw.get("alpha_pattern") or {},
+            **common,
+        )
+    if peft_type == "VERA":
+        return AdapterConfig(
+            method="vera",
+            dropout=raw.get("vera_dropout", 0.0),
+            vera_d_initial=raw.get("d_initial", 0.1),
+            vera_seed=raw.get("projection_prng_key", 0),
+            **common,
+        )
+    raise AdapterError(f"{path}: peft_type={peft_type!r} is not one mmft can load (LORA, VERA, or an mmft folder)")
+
+
+def _normalise_key(key: str) -> str | None:
+    """PEFT on-disk key -> mmft module name; None for keys that carry no weight mmft needs."""
+    if key in VERA_KEYS:
+        return f"{VERA_ATTRIBUTE}.{VERA_KEYS[key]}"
+    if not key.startswith(PREFIX):
+        return key
+    name = key[len(PREFIX):]
+    if ".original_module." in name:  # PEFT's frozen copy of a modules_to_save module
+        return None
+    return name.replace(".modules_to_save.default.", ".")
+
+
+def load_adapters(model: nn.Module, folder: str | Path) -> nn.Module:
+    """Load an mmft- or PEFT-written adapter folder into ``model``, applying the adapters first if it has none.
+
+    Every tensor of the file must find its place and every adapter tensor of the model must be in the file;
+    anything else is an error naming the key, so a mismatched adapter never loads halfway.
+    """
+    folder = Path(folder)
+    config = read_adapter_config(folder)
+    if not find_adapted_modules(model):
+        apply_adapters(model, config)
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise AdapterError(f"{weights_path}: missing adapter weights file")
+    on_disk = load_file(str(weights_path))
+    layers = find_adapted_modules(model)
+    expected = adapter_state_dict(model)
+    magnitude_only = {n for n, m in layers.items() if m.magnitude_only}
+    loaded: set[str] = set()
+    unexpected: list[str] = []
+    for key, tensor in on_disk.items():
+        name = _normalise_key(key)
+        if name is None:
+            continue
+        module_name = name.rsplit(".", 2)[0]
+        if module_name in magnitude_only and (".lora_A." in name or ".lora_B." in name):
+            if tensor.count_nonzero():
+                raise AdapterError(f"{weights_path}: {key} is non-zero but {module_name} is magnitude-only in mmft")
+            continue
+        target = expected.get(name)
+        if target is None:
+            unexpected.append(key)
+            continue
+        if tuple(target.shape) != tuple(tensor.shape):
+            raise AdapterError(
+                f"{weights_path}: {key} has shape {tuple(tensor.shape)} but the model's {name} has "
+                f"{tuple(target.shape)}: this adapter was made for a model of another size or rank"
+            )
+        with torch.no_grad():
+            target.copy_(tensor)
+        loaded.add(name)
+    missing = sorted(set(expected) - loaded - {f"{VERA_ATTRIBUTE}.vera_A", f"{VERA_ATTRIBUTE}.vera_B"})
+    if unexpected or missing:
+        raise AdapterError(
+            f"{weights_path} does not match the model: "
+            + (f"keys with no place in the model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}; "
+               if unexpected else "")
+            + (f"model tensors missing from the file: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+               if missing else "")
+        )
+    return model
