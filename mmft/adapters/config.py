@@ -36,7 +36,7 @@ class AdapterConfig:
         modules_to_save: modules trained fully (e.g. a projector), matched by exact name or ``"." + name`` suffix.
         rank_pattern / alpha_pattern: per-module rank / alpha, keys matched as PEFT does (``(.*\\.)?(key)$``).
         layers_to_transform / layers_pattern: restrict list targets to these layer indices (``layers_pattern`` names
-            the module list, e.g. ``layers``; by default the usual names are tried).
+            the module list, e.g. ``layers``; by default the first numbered segment of the name is the index).
         bias: ``none``, ``all`` (train every bias) or ``lora_only`` (train the biases of adapted layers).
         detach_norm: DoRA paper section 4.3: treat the weight norm as a constant in backprop (saves memory).
         dora_recompute: recompute the DoRA layer output in backward instead of saving it: less activation memory,
@@ -87,6 +87,11 @@ class AdapterConfig:
         for key, rank in self.rank_pattern.items():
             if rank < 1:
                 raise AdapterConfigError(f"AdapterConfig.rank_pattern[{key!r}]={rank}: ranks must be positive")
+        if self.layers_to_transform is not None and isinstance(self.target_modules, str):
+            raise AdapterConfigError(
+                "AdapterConfig.layers_to_transform applies to a list of target_modules names (as in PEFT); with a "
+                "regex target, write the layer indices into the regex"
+            )
         if isinstance(self.layers_to_transform, int):
             self.layers_to_transform = [self.layers_to_transform]
 

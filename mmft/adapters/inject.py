@@ -12,8 +12,6 @@ from torch import nn
 from .config import AdapterConfig, TargetSpec
 from .layers import AdaptedLinear, VeraProjections
 
-# PEFT's default names for the module list that `layers_to_transform` indexes into
-DEFAULT_LAYERS_PATTERNS = ("layers", "h", "block", "blocks", "layer")
 VERA_ATTRIBUTE = "mmft_vera"
 CONFIG_ATTRIBUTE = "mmft_adapter_config"
 
@@ -64,9 +62,12 @@ def pattern_value(name: str, patterns: dict, default):
 
 
 def _layer_index(name: str, layers_pattern: str | list[str] | None) -> int | None:
-    patterns = [layers_pattern] if isinstance(layers_pattern, str) else (layers_pattern or DEFAULT_LAYERS_PATTERNS)
-    for pattern in patterns:
-        match = re.match(rf".*\.{pattern}\.(\d+)\.", name)
+    """The first numbered segment after the module list's name (PEFT's rule: the first, not a nested expert index)."""
+    if not layers_pattern:
+        match = re.match(r"(?:^|.*?\.)[^.]+\.(\d+)\.", name)
+        return int(match.group(1)) if match else None
+    for pattern in [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern:
+        match = re.match(rf"(?:^|.*?\.){pattern}\.(\d+)\.", name)
         if match:
             return int(match.group(1))
     return None

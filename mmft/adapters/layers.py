@@ -24,6 +24,11 @@ from torch import Tensor, nn
 NORM_EPS = 1e-6
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """fp32, or fp64 for fp64 weights: the dtype of adapter parameters and of the DoRA norm."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _versions(*tensors: Tensor | None) -> tuple:
     """A key that changes whenever any tensor is modified in place or replaced."""
     return tuple((t._version, t.data_ptr(), t.dtype, t.device) if t is not None else None for t in tensors)
@@ -38,8 +43,9 @@ def dora_weight_norm(
     cached ``||W_i||^2`` (fp32). ``A W^T`` is taken in the weight's dtype (a half-precision weight is not copied to fp32)
     and accumulated into fp32 from there.
     """
-    a32, b32 = lora_A.float(), lora_B.float()
-    a_wt = (lora_A.to(weight.dtype) @ weight.T).float()  # [r, out]
+    acc = accumulation_dtype(weight.dtype)
+    a32, b32 = lora_A.to(acc), lora_B.to(acc)
+    a_wt = (lora_A.to(weight.dtype) @ weight.T).to(acc)  # [r, out]
     cross = torch.einsum("or,ro->o", b32, a_wt)
     quad = ((b32 @ (a32 @ a32.T)) * b32).sum(dim=1)
     squared = weight_sq_norm + (2.0 * scaling) * cross + (scaling * scaling) * quad
@@ -79,7 +85,8 @@ class DoRAScaledLinear(torch.autograd.Function):
             if need_scale:
                 if h is None:
                     h = torch.addmm(x2 @ w.T, xa, b.T, alpha=s)
-                grad_scale = torch.einsum("no,no->o", gy.float(), h.float()).to(scale_dtype)
+                acc = accumulation_dtype(gy.dtype)
+                grad_scale = torch.einsum("no,no->o", gy.to(acc), h.to(acc)).to(scale_dtype)
             gh = gy * g
             if need_b:
                 grad_b = (s * (gh.T @ xa)).to(b_dtype)
@@ -142,7 +149,7 @@ class AdaptedLinear(nn.Module):
         self.scaling = 1.0 if self.use_vera else alpha / (math.sqrt(r) if use_rslora else r)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         weight = base_layer.weight
-        factory = {"device": weight.device, "dtype": torch.float32}
+        factory = {"device": weight.device, "dtype": accumulation_dtype(weight.dtype)}
         if magnitude_only:
             pass
         elif self.use_vera:
@@ -179,7 +186,7 @@ class AdaptedLinear(nn.Module):
         key = _versions(weight)
         if self._weight_sq_cache is None or self._weight_sq_cache[0] != key:
             with torch.no_grad():
-                sq = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32).square()
+                sq = torch.linalg.vector_norm(weight, dim=1, dtype=accumulation_dtype(weight.dtype)).square()
             self._weight_sq_cache = (key, sq)
         return self._weight_sq_cache[1]
 
@@ -209,11 +216,12 @@ class AdaptedLinear(nn.Module):
 
     def delta_weight(self) -> Tensor:
         """The dense direction update ``s * B @ A`` in fp32 (merging and tests only; training never builds it)."""
+        acc = accumulation_dtype(self.base_layer.weight.dtype)
         factors = self.factors()
         if factors is None:
-            return torch.zeros_like(self.base_layer.weight, dtype=torch.float32)
+            return torch.zeros_like(self.base_layer.weight, dtype=acc)
         a, b = factors
-        return self.scaling * (b.float() @ a.float())
+        return self.scaling * (b.to(acc) @ a.to(acc))
 
     # -- forward -------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:

@@ -16,12 +16,13 @@ MERGED_ATTRIBUTE = "_mmft_merged_adapter"
 
 
 def merged_weight(layer: AdaptedLinear) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The merged weight in fp32, and the DoRA scale ``g`` it used (None for LoRA / VeRA)."""
+    """The merged weight in fp32 (fp64 for fp64 weights), and the DoRA scale ``g`` it used (None for LoRA / VeRA)."""
     with torch.no_grad():
-        combined = layer.base_layer.weight.float() + layer.delta_weight()
+        delta = layer.delta_weight()
+        combined = layer.base_layer.weight.to(delta.dtype) + delta
         if not layer.use_dora:
             return combined, None
-        scale = (layer.lora_magnitude_vector / layer.weight_norm()).float()
+        scale = (layer.lora_magnitude_vector / layer.weight_norm()).to(delta.dtype)
         return scale[:, None] * combined, scale
 
 
@@ -53,13 +54,13 @@ def unmerge_adapters(model: nn.Module) -> int:
         layer: AdaptedLinear = base.__dict__.pop(MERGED_ATTRIBUTE)
         layer.to(base.weight.device)
         with torch.no_grad():
-            weight = base.weight.float()
+            weight = base.weight.to(layer.delta_weight().dtype)
             if layer.use_dora:
                 scale, zero_rows, kept = layer._merge_state
                 weight = weight / torch.where(scale == 0, 1.0, scale)[:, None]
             weight = weight - layer.delta_weight()
             if layer.use_dora:
-                weight[zero_rows] = kept.float()
+                weight[zero_rows] = kept.to(weight.dtype)
                 del layer._merge_state
             base.weight.copy_(weight.to(base.weight.dtype))
         set_submodule(model, name, layer)

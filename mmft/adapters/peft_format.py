@@ -197,7 +197,7 @@ def _normalise_key(key: str) -> str | None:
     name = key[len(PREFIX):]
     if ".original_module." in name:  # PEFT's frozen copy of a modules_to_save module
         return None
-    return name.replace(".modules_to_save.default.", ".")
+    return re.sub(r"\.modules_to_save(\.default)?\.", ".", name)
 
 
 def load_adapters(model: nn.Module, folder: str | Path) -> nn.Module:

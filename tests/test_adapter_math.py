@@ -1,0 +1,292 @@
+"""Adapter math against independent float64 computations of the formulas in REFERENCE.md section 1."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mmft.adapters import AdapterConfig, apply_adapters, dora_weight_norm, merge_adapters, unmerge_adapters
+from mmft.adapters.layers import AdaptedLinear, DoRAScaledLinear
+
+
+class TwoLayer(nn.Module):
+    def __init__(self, d_in=12, d_hidden=10, d_out=6, dtype=torch.float32):
+        super().__init__()
+        self.up = nn.Linear(d_in, d_hidden, dtype=dtype)
+        self.down = nn.Linear(d_hidden, d_out, dtype=dtype)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def randomise_(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if p.requires_grad:
+                p.copy_((0.5 + torch.rand(p.shape, generator=g)) if "magnitude" in name
+                        else torch.randn(p.shape, generator=g) * 0.4)
+
+
+def dense_reference(layer: AdaptedLinear, x: torch.Tensor) -> torch.Tensor:
+    """The DoRA/LoRA/VeRA layer output from its definition, in float64 with a dense W'."""
+    W = layer.base_layer.weight.double()
+    b = layer.base_layer.bias.double() if layer.base_layer.bias is not None else 0.0
+    factors = layer.factors()
+    delta = torch.zeros_like(W) if factors is None else layer.scaling * factors[1].double() @ factors[0].double()
+    if layer.use_dora:
+        combined = W + delta
+        norm = combined.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        W_prime = layer.lora_magnitude_vector.double()[:, None] * combined / norm
+    else:
+        W_prime = W + delta
+    return x.double() @ W_prime.T + b
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "vera", "dvora"])
+def test_layer_output_matches_float64_definition_and_starts_at_base(method):
+    base = TwoLayer()
+    x = torch.randn(4, 3, 12)
+    model = copy.deepcopy(base)
+    apply_adapters(model, AdapterConfig(method=method, r=3, alpha=5, target_modules=["up", "down"]))
+    torch.testing.assert_close(model(x), base(x), atol=1e-6, rtol=1e-5)  # initialisation leaves outputs unchanged
+    randomise_(model)
+    layer = model.up
+    torch.testing.assert_close(layer(x).double(), dense_reference(layer, x), atol=1e-5, rtol=1e-5)
+
+
+def test_factored_norm_matches_dense_float64():
+    torch.manual_seed(0)
+    W, A, B = torch.randn(40, 24), torch.randn(5, 24), torch.randn(40, 5)
+    s = 1.7
+    sq = W.pow(2).sum(1)
+    dense = (W.double() + s * B.double() @ A.double()).norm(dim=1)
+    torch.testing.assert_close(dora_weight_norm(W, A, B, s, sq).double(), dense, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_weight_rows_give_finite_outputs_and_gradients():
+    base = TwoLayer()
+    with torch.no_grad():
+        base.up.weight[[0, 3]] = 0.0
+    model = copy.deepcopy(base)
+    apply_adapters(model, AdapterConfig(method="dora", r=2, alpha=2, target_modules=["up"], detach_norm=False))
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(model(x), base(x))
+    model(x).sum().backward()  # B = 0: the zero rows have a zero norm at this point
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.isfinite(p.grad).all(), name
+    randomise_(model)
+    with torch.no_grad():
+        model.up.lora_magnitude_vector[[0, 3]] = 0.0
+    merge_check(model, x)
+
+
+def merge_check(model, x):
+    before = model(x)
+    merge_adapters(model)
+    assert not any(isinstance(m, AdaptedLinear) for m in model.modules()), "merged model still has adapter layers"
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+    unmerge_adapters(model)
+    assert isinstance(model.up, AdaptedLinear)
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "vera", "dvora"])
+def test_merge_and_unmerge_are_exact(method):
+    model = TwoLayer()
+    apply_adapters(model, AdapterConfig(method=method, r=3, alpha=6, target_modules=["up", "down"]))
+    randomise_(model)
+    weight_before = model.up.base_layer.weight.clone()
+    merge_check(model, torch.randn(7, 12))
+    torch.testing.assert_close(model.up.base_layer.weight, weight_before, atol=1e-6, rtol=1e-6)
+
+
+def test_merged_model_is_plain_and_saves_as_an_ordinary_state_dict():
+    model = TwoLayer()
+    apply_adapters(model, AdapterConfig(method="dora", r=2, alpha=2, target_modules=["up", "down"]))
+    randomise_(model)
+    x = torch.randn(3, 12)
+    expected = model(x)
+    merge_adapters(model)
+    plain = TwoLayer()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(plain(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dora_function_gradcheck_float64():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(5, 6, dtype=torch.float64)
+    A = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
+    B = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    g = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    for recompute in (False, True):
+        assert torch.autograd.gradcheck(lambda *t: DoRAScaledLinear.apply(*t, 0.7, recompute), (x, W, A, B, g))
+
+
+@pytest.mark.parametrize("detach_norm", [True, False])
+def test_dora_gradients_match_float64_autograd_of_the_definition(detach_norm):
+    """detach_norm=True is the paper's trick (norm treated as a constant); False is the exact gradient."""
+    torch.manual_seed(0)
+    model = TwoLayer(dtype=torch.float64)
+    apply_adapters(model, AdapterConfig(method="dora", r=3, alpha=6, target_modules=["up"], detach_norm=detach_norm))
+    randomise_(model)
+    layer = model.up
+    x = torch.randn(8, 12, dtype=torch.float64)
+    layer(x).pow(2).sum().backward()
+
+    W = layer.base_layer.weight.detach()
+    A = layer.lora_A.weight.detach().clone().requires_grad_()
+    B = layer.lora_B.weight.detach().clone().requires_grad_()
+    m = layer.lora_magnitude_vector.detach().clone().requires_grad_()
+    combined = W + layer.scaling * B @ A
+    norm = combined.norm(dim=1, keepdim=True)
+    if detach_norm:
+        norm = norm.detach()
+    out = x @ (m[:, None] * combined / norm).T + layer.base_layer.bias
+    out.pow(2).sum().backward()
+    for mine, ref in ((layer.lora_A.weight, A), (layer.lora_B.weight, B), (layer.lora_magnitude_vector, m)):
+        torch.testing.assert_close(mine.grad, ref.grad, rtol=1e-9, atol=1e-10)
+
+
+def test_recompute_gives_the_same_outputs_and_gradients():
+    base = TwoLayer()
+    runs = []
+    for recompute in (False, True):
+        model = copy.deepcopy(base)
+        apply_adapters(model, AdapterConfig(method="dora", r=3, alpha=6, target_modules=["up", "down"],
+                                            dora_recompute=recompute))
+        randomise_(model)
+        x = torch.randn(5, 12, generator=torch.Generator().manual_seed(1))
+        out = model(x)
+        out.sum().backward()
+        runs.append((out, [p.grad for p in model.parameters() if p.requires_grad]))
+    torch.testing.assert_close(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b)
+
+
+def test_dropout_in_training_follows_the_adapter_path_formula():
+    """With dropout, y = x W^T + b + (g - 1) x_d W^T + g s B A x_d (only the adapter input is dropped)."""
+    model = TwoLayer()
+    apply_adapters(model, AdapterConfig(method="dora", r=3, alpha=6, dropout=0.5, target_modules=["up"]))
+    randomise_(model)
+    layer = model.up.train()
+    x = torch.randn(6, 12)
+    torch.manual_seed(4)
+    y = layer(x)
+    torch.manual_seed(4)
+    x_d = torch.nn.functional.dropout(x, 0.5, training=True)
+    W, b = layer.base_layer.weight.double(), layer.base_layer.bias.double()
+    A, B = layer.lora_A.weight.double(), layer.lora_B.weight.double()
+    g = layer.lora_magnitude_vector.double() / (W + layer.scaling * B @ A).norm(dim=1)
+    ref = x.double() @ W.T + b + (g - 1) * (x_d.double() @ W.T) + g * layer.scaling * (x_d.double() @ A.T @ B.T)
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_eval_norm_cache_is_invalidated_by_an_optimizer_step():
+    model = TwoLayer()
+    apply_adapters(model, AdapterConfig(method="dora", r=2, alpha=4, target_modules=["up", "down"]))
+    randomise_(model)
+    x = torch.randn(4, 12)
+    model.eval()
+    with torch.no_grad():
+        first = model(x)
+        assert model.up._scale_cache is not None
+        cached = model.up._scale_cache[1]
+        torch.testing.assert_close(model(x), first)
+        assert model.up._scale_cache[1] is cached  # reused, not recomputed
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    model(x).pow(2).sum().backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = model(x)
+    assert not torch.allclose(after, first)
+    torch.testing.assert_close(after.double(), dense_reference(model.down, torch.relu(model.up(x))), atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_magnitude_only_layers_train_only_the_magnitude():
+    model = TwoLayer()
+    report = apply_adapters(model, AdapterConfig(method="dora", r=2, alpha=4, target_modules=["up"],
+                                                 magnitude_only_modules=["down"]))
+    assert report.magnitude_only == ["down"] and report.adapted == ["up"]
+    assert [n for n, p in model.down.named_parameters() if p.requires_grad] == ["lora_magnitude_vector"]
+    randomise_(model)
+    x = torch.randn(3, 10)
+    torch.testing.assert_close(model.down(x).double(), dense_reference(model.down, x), atol=1e-5, rtol=1e-5)
+
+
+def test_report_counts_and_freezing():
+    model = TwoLayer()
+    report = apply_adapters(model, AdapterConfig(method="lora", r=2, alpha=4, target_modules=["up"], bias="all"))
+    # lora_A 2x12 + lora_B 10x2 + biases 10 + 6
+    assert report.trainable_params == 24 + 20 + 16
+    assert report.total_params == 12 * 10 + 10 + 10 * 6 + 6 + 24 + 20
+    assert report.trainable_percent == pytest.approx(100 * 60 / 240)
+    assert not model.up.base_layer.weight.requires_grad and not model.down.weight.requires_grad
+    assert "25.0000%" in str(report)
+
+
+def test_layers_to_transform_restricts_list_targets():
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([nn.ModuleDict({"q": nn.Linear(4, 4)}) for _ in range(3)])
+            self.experts = nn.ModuleList([Stack.Expert() for _ in range(2)])
+
+        class Expert(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.blocks = nn.ModuleList([nn.ModuleDict({"q": nn.Linear(4, 4)}) for _ in range(2)])
+
+    model = Stack()
+    report = apply_adapters(model, AdapterConfig(method="lora", r=2, target_modules=["q"], layers_to_transform=[0, 2]))
+    assert report.adapted == ["layers.0.q", "layers.2.q", "experts.0.blocks.0.q", "experts.0.blocks.1.q"]
+    model = Stack()
+    report = apply_adapters(model, AdapterConfig(method="lora", r=2, target_modules=["q"], layers_to_transform=1,
+                                                 layers_pattern="blocks"))
+    assert report.adapted == ["experts.0.blocks.1.q", "experts.1.blocks.1.q"]
+
+
+def test_rank_and_alpha_patterns_and_rslora_scaling():
+    model = TwoLayer()
+    apply_adapters(model, AdapterConfig(method="lora", r=4, alpha=8, target_modules=["up", "down"], use_rslora=True,
+                                        rank_pattern={"down": 2}, alpha_pattern={"up": 3}))
+    assert model.up.r == 4 and model.up.scaling == pytest.approx(3 / 2)
+    assert model.down.r == 2 and model.down.scaling == pytest.approx(8 / 2 ** 0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_base_weights(dtype):
+    base = TwoLayer(dtype=dtype)
+    model = copy.deepcopy(base)
+    apply_adapters(model, AdapterConfig(method="dora", r=3, alpha=6, target_modules=["up", "down"]))
+    assert model.up.lora_magnitude_vector.dtype == torch.float32  # adapter math in fp32
+    x = torch.randn(4, 12, dtype=dtype)
+    torch.testing.assert_close(model(x), base(x), atol=1e-2, rtol=2e-2)  # bias added after rounding: 1 ulp apart
+    randomise_(model)
+    out = model.up(x)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), dense_reference(model.up, x), atol=5e-2, rtol=3e-2)
+    out.float().sum().backward()
+    assert torch.isfinite(model.up.lora_A.weight.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bf16_autocast_matches_float64():
+    model = TwoLayer().cuda()
+    apply_adapters(model, AdapterConfig(method="dora", r=3, alpha=6, target_modules=["up", "down"]))
+    randomise_(model)
+    x = torch.randn(16, 12, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model.up(x)
+    torch.testing.assert_close(out.double(), dense_reference(model.up, x), atol=5e-2, rtol=3e-2)
+    out.float().sum().backward()
+    assert torch.isfinite(model.up.lora_B.weight.grad).all()
