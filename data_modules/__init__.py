@@ -1,1 +1,52 @@
-"""data_modules"""
+"""data_modules: dataset readers, media decoding, the Dataset over Examples and the multitask DataModule.
+
+Imports nothing from ``mmft.models``: data and models meet only at the Example record and the model's collate.
+"""
+
+from data_modules.datasets import SKIPPED_KEY, ExampleDataset, SkipFilteringCollate, SkippedSample
+from data_modules.formats import (
+    GQA,
+    MSRVTTQA,
+    NLVR2,
+    CocoKarpathy,
+    DataFormatError,
+    DocVQA,
+    LlavaInstruct,
+    OnError,
+    Reader,
+    SkipReport,
+    TextVQA,
+    VQAv2,
+)
+from data_modules.media import MediaError, load_image, load_video_frames, pad_to_square
+from data_modules.multitask import DataConfigError, MultitaskBatchSampler, MultitaskDataModule
+from data_modules.records import Example, Sample, Turn
+
+__all__ = [
+    "GQA",
+    "MSRVTTQA",
+    "NLVR2",
+    "SKIPPED_KEY",
+    "CocoKarpathy",
+    "DataConfigError",
+    "DataFormatError",
+    "DocVQA",
+    "Example",
+    "ExampleDataset",
+    "LlavaInstruct",
+    "MediaError",
+    "MultitaskBatchSampler",
+    "MultitaskDataModule",
+    "OnError",
+    "Reader",
+    "Sample",
+    "SkipFilteringCollate",
+    "SkipReport",
+    "SkippedSample",
+    "TextVQA",
+    "Turn",
+    "VQAv2",
+    "load_image",
+    "load_video_frames",
+    "pad_to_square",
+]

@@ -1,0 +1,97 @@
+"""The map-style Dataset over Examples, and the collate wrapper that drops samples whose media failed to load.
+
+Media is decoded in ``__getitem__``, so in DataLoader workers. With ``on_error="skip"`` a sample whose image or video
+cannot be decoded comes back as a :class:`SkippedSample`; :class:`SkipFilteringCollate` leaves it out of the batch and
+hands it on under ``batch[SKIPPED_KEY]``, where ``MultitaskDataModule.on_before_batch_transfer`` counts and reports it
+in the main process (a count kept inside a worker would die with the worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from data_modules.formats.base import OnError
+from data_modules.media import MediaError, load_image, load_video_frames
+from data_modules.records import Example, Sample
+
+SKIPPED_KEY = "skipped_samples"
+
+
+@dataclass(frozen=True)
+class SkippedSample:
+    """Stands in for a sample whose media could not be decoded (``on_error="skip"``): plain strings, so it pickles."""
+
+    source: str
+    reason: str
+    message: str
+
+
+class ExampleDataset(Dataset):
+    """Examples as :class:`Sample` objects with their images (PIL, RGB) and video frames decoded.
+
+    ``load_media=False`` yields Samples without pixels (for text-only models or inspecting data).
+    ``num_frames`` frames are sampled uniformly from an Example's video.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        load_media: bool = True,
+        on_error: OnError = "raise",
+        num_frames: int = 8,
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.examples = list(examples)
+        self.load_media = load_media
+        self.on_error = on_error
+        self.num_frames = num_frames
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Sample | SkippedSample:
+        example = self.examples[index]
+        if not self.load_media:
+            return Sample(example)
+        try:
+            images = [load_image(path, example.source) for path in example.images]
+            frames = None
+            if example.video is not None:
+                frames = load_video_frames(example.video, self.num_frames, example.source)
+        except MediaError as error:
+            if self.on_error == "raise":
+                raise
+            return SkippedSample(example.source, error.reason, str(error))
+        return Sample(example, images, frames)
+
+
+class SkipFilteringCollate:
+    """Wraps a model's collate: drops :class:`SkippedSample` items and reports them under ``batch[SKIPPED_KEY]``.
+
+    A batch whose samples were all skipped becomes ``{SKIPPED_KEY: [...]}`` alone, which the DataModule turns into
+    ``None`` (Lightning skips a ``None`` training batch; evaluation steps receive ``None`` and should return early).
+    A class rather than a closure so DataLoader workers started with "spawn" can pickle it.
+    """
+
+    def __init__(self, collate_fn: Callable[[list[Sample]], Any]) -> None:
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[Sample | SkippedSample]) -> Any:
+        samples = [item for item in items if isinstance(item, Sample)]
+        skipped = [item for item in items if isinstance(item, SkippedSample)]
+        if not samples:
+            return {SKIPPED_KEY: skipped}
+        batch = self.collate_fn(samples)
+        if skipped:
+            if not isinstance(batch, MutableMapping):
+                raise TypeError(
+                    f"the collate function returned a {type(batch).__name__}; it must return a dict so that "
+                    f"samples skipped under on_error='skip' can be reported (first: {skipped[0].message})"
+                )
+            batch[SKIPPED_KEY] = skipped
+        return batch

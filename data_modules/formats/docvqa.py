@@ -1,0 +1,52 @@
+"""DocVQA: questions about document images, scored with ANLS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from data_modules.formats.base import DataFormatError, OnError, Reader, load_json, require, require_text, with_id
+from data_modules.records import Example, Turn
+
+
+class DocVQA(Reader):
+    """``{data: [{questionId, question, image, answers: [...]}]}``; ``image`` is relative to ``image_folder``.
+
+    The target is the first answer; ``references`` are all answers (ANLS takes the best match). The test split has
+    no answers: unanswered Examples.
+    """
+
+    def __init__(
+        self, json_path: str | Path, image_folder: str | Path, task: str = "docvqa", on_error: OnError | None = None
+    ) -> None:
+        super().__init__(json_path, task, on_error)
+        self.image_folder = Path(image_folder)
+
+    def _records(self):
+        data = load_json(self.path, "json_path")
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise DataFormatError(f"{self.path}: expected a JSON object with a list under 'data'")
+        for index, record in enumerate(data["data"]):
+            yield f"{self.path}#{index}", record
+
+    def _parse(self, location: str, record: Any) -> list[Example]:
+        source = with_id(location, record, "questionId")
+        question_id = require(record, "questionId", (int, str), source)
+        turns = [Turn("user", require_text(record, "question", source))]
+        references: tuple[str, ...] = ()
+        if "answers" in record:
+            answers = require(record, "answers", list, source)
+            if not answers or not all(isinstance(a, str) for a in answers):
+                raise DataFormatError(f"{source}: 'answers' should be a non-empty list of strings")
+            references = tuple(answers)
+            turns.append(Turn("assistant", answers[0]))
+        return [
+            Example(
+                task=self.task,
+                id=str(question_id),
+                turns=tuple(turns),
+                images=(self.image_folder / require_text(record, "image", source),),
+                references=references,
+                source=source,
+            )
+        ]

@@ -1,0 +1,54 @@
+"""TextVQA: questions about text in images."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from data_modules.formats.base import DataFormatError, OnError, Reader, load_json, require, require_text, with_id
+from data_modules.records import Example, Turn
+
+
+class TextVQA(Reader):
+    """``TextVQA_0.5.1_<split>.json``: ``{data: [{question, question_id, image_id, answers: [10 strings]}]}``.
+
+    Images are ``<image_folder>/<image_id>.jpg``. The target is the most frequent answer (the first one of the most
+    frequent on ties); ``references`` are all answers, for VQA accuracy. The test split has no answers: unanswered.
+    """
+
+    def __init__(
+        self, json_path: str | Path, image_folder: str | Path, task: str = "textvqa", on_error: OnError | None = None
+    ) -> None:
+        super().__init__(json_path, task, on_error)
+        self.image_folder = Path(image_folder)
+
+    def _records(self):
+        data = load_json(self.path, "json_path")
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            raise DataFormatError(f"{self.path}: expected a JSON object with a list under 'data'")
+        for index, record in enumerate(data["data"]):
+            yield f"{self.path}#{index}", record
+
+    def _parse(self, location: str, record: Any) -> list[Example]:
+        source = with_id(location, record, "question_id")
+        question_id = require(record, "question_id", int, source)
+        image_id = require_text(record, "image_id", source)
+        turns = [Turn("user", require_text(record, "question", source))]
+        references: tuple[str, ...] = ()
+        if "answers" in record:
+            answers = require(record, "answers", list, source)
+            if not answers or not all(isinstance(a, str) for a in answers):
+                raise DataFormatError(f"{source}: 'answers' should be a non-empty list of strings")
+            references = tuple(answers)
+            turns.append(Turn("assistant", Counter(answers).most_common(1)[0][0]))
+        return [
+            Example(
+                task=self.task,
+                id=str(question_id),
+                turns=tuple(turns),
+                images=(self.image_folder / f"{image_id}.jpg",),
+                references=references,
+                source=source,
+            )
+        ]

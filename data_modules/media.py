@@ -1,0 +1,105 @@
+"""Image and video loading for the datasets: one place that turns a media path into pixels or a clear error.
+
+Every failure is a :class:`MediaError` that names the file and the record that referenced it, so a bad file in a
+dataset of a million records can be found; ``reason`` groups failures in skip reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageStat, UnidentifiedImageError
+
+MISSING = "missing media"
+CORRUPT = "corrupt media"
+
+
+class MediaError(RuntimeError):
+    """A referenced image or video is missing or cannot be decoded.
+
+    The message names the record (``source``, e.g. ``file#index``) and the media file; ``reason`` is
+    :data:`MISSING` or :data:`CORRUPT` and groups failures in skip reports. ``MediaError(message)`` alone also works,
+    which lets a DataLoader worker re-raise it in the main process with its type intact.
+    """
+
+    def __init__(
+        self, problem: str, *, path: Path | str | None = None, source: str = "", reason: str = CORRUPT
+    ) -> None:
+        self.path = Path(path) if path is not None else None
+        self.source = source
+        self.reason = reason
+        parts = [str(part) for part in (source, path) if part]
+        super().__init__(": ".join([*parts, problem]))
+
+
+def load_image(path: Path | str, source: str = "") -> Image.Image:
+    """Decode an image file fully (so truncated files fail here, not later in a transform) and return it as RGB."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise MediaError("image file not found", path=path, source=source, reason=MISSING) from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise MediaError(f"corrupt or unreadable image ({error})", path=path, source=source) from error
+
+
+def mean_color(image: Image.Image) -> tuple[int, int, int]:
+    """The image's mean RGB colour, rounded to integers."""
+    return tuple(int(round(c)) for c in ImageStat.Stat(image.convert("RGB")).mean[:3])  # type: ignore[return-value]
+
+
+def pad_to_square(
+    image: Image.Image, fill: tuple[int, int, int] | Literal["mean"] = "mean"
+) -> Image.Image:
+    """Pad the shorter side equally on both sides so the image becomes square, as LLaVA-1.5's ``expand2square``.
+
+    LLaVA pads with its image processor's normalisation mean (``tuple(int(m * 255) for m in image_mean)``): pass that
+    as ``fill``. ``fill="mean"`` pads with this image's own mean colour instead.
+    """
+    width, height = image.size
+    if width == height:
+        return image
+    color = mean_color(image) if fill == "mean" else tuple(fill)
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), color)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def uniform_frame_indices(num_total: int, num_frames: int) -> np.ndarray:
+    """Indices of ``num_frames`` frames at the centres of equal segments of the video (repeats if it is shorter)."""
+    if num_total <= 0:
+        raise ValueError("a video with no frames has nothing to sample")
+    centres = (np.arange(num_frames) + 0.5) * num_total / num_frames
+    return np.minimum(centres.astype(np.int64), num_total - 1)
+
+
+def load_video_frames(
+    path: Path | str, num_frames: int, source: str = "", size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Decode ``num_frames`` uniformly spaced frames with decord: a uint8 tensor ``[T, H, W, C]`` (RGB).
+
+    ``size`` is ``(height, width)`` to resize while decoding (cheaper than resizing afterwards).
+    Note: decord2 3.x fails on frames smaller than about 2048 pixels (e.g. 32x32); such videos raise MediaError.
+    """
+    import decord  # imported here: decord loads ffmpeg libraries, which image-only users need not pay for
+
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError("video file not found", path=path, source=source, reason=MISSING)
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    height, width = size if size is not None else (-1, -1)
+    try:
+        reader = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
+        indices = uniform_frame_indices(len(reader), num_frames)
+        frames = reader.get_batch(indices.tolist()).asnumpy()
+    except (RuntimeError, ValueError, decord.DECORDError) as error:
+        problem = f"corrupt or unreadable video ({str(error).splitlines()[0]})"
+        raise MediaError(problem, path=path, source=source) from error
+    return torch.from_numpy(frames)

@@ -1,0 +1,333 @@
+"""One LightningDataModule for every model family: readers in, batches of one task (or mixed) out.
+
+Training batches come from :class:`MultitaskBatchSampler`: each batch holds one task's examples (``round_robin``
+and ``proportional``) or a mix (``concat``). The order depends only on ``seed`` and the epoch, so a run is
+reproducible and a run resumed from an end-of-epoch checkpoint replays the same epochs (a mid-epoch checkpoint
+restarts its epoch from the beginning, as Lightning does for any plain DataLoader, with a warning). Evaluation gets
+one DataLoader per reader, in order, so a ``dataloader_idx`` maps to ``datamodule.eval_tasks(stage)[dataloader_idx]``.
+
+Distributed training: Lightning's sampler injection does the sharding. The batch sampler takes a
+``DistributedSampler`` only for its ``rank``, ``num_replicas`` and ``epoch``; under DDP Lightning re-creates the
+batch sampler with its own DistributedSampler (``use_distributed_sampler=True``, the default) and calls
+``set_epoch`` on it every epoch. Each rank then takes every ``num_replicas``-th example of each task's shuffled
+order (padded by repeating the first ones, as DistributedSampler does), so all ranks run the same number of
+batches and the same task at each step. Evaluation loaders get Lightning's ordinary DistributedSampler (which
+also pads shards with repeated examples, so a metric over several processes may count a few examples twice).
+
+Samples whose media fail to decode under ``on_error="skip"`` are reported by :meth:`on_before_batch_transfer`; a
+batch left empty becomes ``None``, which Lightning skips in training and passes to evaluation steps as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+from data_modules.datasets import SKIPPED_KEY, ExampleDataset, SkipFilteringCollate
+from data_modules.formats.base import DataFormatError, OnError, Reader, SkipReport
+from data_modules.records import Example, Sample
+
+log = logging.getLogger("data_modules")
+
+Sampling = Literal["round_robin", "proportional", "concat"]
+EvalStage = Literal["val", "test", "predict"]
+_EVAL: tuple[EvalStage, ...] = ("val", "test", "predict")
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+
+class DataConfigError(ValueError):
+    """The DataModule's arguments do not fit together; the message names the argument (as in the CLI config)."""
+
+
+class MultitaskBatchSampler(BatchSampler):
+    """Batches of indices into the concatenation of the tasks' examples, one task per batch.
+
+    ``task_sizes[t]`` examples of task ``t`` follow those of task ``t - 1`` in the dataset. Each epoch, every task's
+    examples are shuffled (seeded by ``seed``, the epoch and the task), this rank's share is cut into batches of
+    ``batch_sizes[t]``, and the batches are ordered by ``sampling``:
+
+    - ``round_robin``: tasks take turns, t0 t1 t2 t0 t1 t2 ...; a task whose batches run out leaves the cycle;
+    - ``proportional``: the batches of all tasks in a seeded random order, so at each step a task comes up with
+      probability proportional to its remaining batches (dataset size / batch size). This is what VL-Adapter's
+      ``MultitaskLoader`` calls "roundrobin".
+
+    Either way an epoch visits every example once (plus DDP padding). ``sampler`` supplies ``rank``,
+    ``num_replicas`` and ``epoch`` (see the module docstring); ``set_epoch`` forwards to it.
+    """
+
+    def __init__(
+        self,
+        sampler: DistributedSampler,
+        task_sizes: Sequence[int],
+        batch_sizes: Sequence[int],
+        sampling: Literal["round_robin", "proportional"] = "round_robin",
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        # BatchSampler.__init__ is not called: it accepts a single integer batch size only.
+        if not isinstance(sampler, DistributedSampler):
+            raise TypeError(
+                "MultitaskBatchSampler needs a DistributedSampler (for rank, world size and epoch); use "
+                "DistributedSampler(dataset, num_replicas=1, rank=0) outside distributed training"
+            )
+        if len(task_sizes) != len(batch_sizes) or not task_sizes:
+            raise ValueError("task_sizes and batch_sizes must be non-empty and of the same length")
+        if min(task_sizes) < 1 or min(batch_sizes) < 1:
+            raise ValueError(f"task sizes and batch sizes must be positive: {task_sizes}, {batch_sizes}")
+        if sampling not in ("round_robin", "proportional"):
+            raise ValueError(f"sampling must be 'round_robin' or 'proportional', got {sampling!r}")
+        self.sampler = sampler
+        self.task_sizes = list(task_sizes)
+        self.batch_sizes = list(batch_sizes)
+        self.batch_size = max(batch_sizes)
+        self.sampling = sampling
+        self.seed = seed
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def _num_batches(self, task: int) -> int:
+        per_rank = math.ceil(self.task_sizes[task] / self.sampler.num_replicas)
+        divide = math.floor if self.drop_last else math.ceil
+        return divide(per_rank / self.batch_sizes[task])
+
+    def __len__(self) -> int:
+        return sum(self._num_batches(t) for t in range(len(self.task_sizes)))
+
+    def _task_batches(self, task: int, offset: int) -> list[list[int]]:
+        size, batch_size = self.task_sizes[task], self.batch_sizes[task]
+        rank, world = self.sampler.rank, self.sampler.num_replicas
+        order = np.random.default_rng([self.seed, self.sampler.epoch, 1 + task]).permutation(size)
+        order = np.resize(order, math.ceil(size / world) * world)  # pads by repeating the first indices
+        mine = (order[rank::world] + offset).tolist()
+        batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+        return batches[: self._num_batches(task)]
+
+    def _schedule(self, counts: list[int]) -> list[int]:
+        """The task of each batch of the epoch."""
+        if self.sampling == "round_robin":
+            rounds = [[t for t in range(len(counts)) if counts[t] > r] for r in range(max(counts))]
+            return [t for tasks in rounds for t in tasks]
+        labels = np.repeat(np.arange(len(counts)), counts)
+        return np.random.default_rng([self.seed, self.sampler.epoch, 0]).permutation(labels).tolist()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        offsets = np.cumsum([0, *self.task_sizes[:-1]]).tolist()
+        per_task = [self._task_batches(t, offset) for t, offset in enumerate(offsets)]
+        queues = [iter(batches) for batches in per_task]
+        for task in self._schedule([len(batches) for batches in per_task]):
+            yield next(queues[task])
+
+
+class MultitaskDataModule(LightningDataModule):
+    """Reads the readers of each stage, builds the datasets, and serves multitask training and per-reader eval.
+
+    Args:
+        train, val, test, predict: readers per stage (any :class:`Reader` subclass, ``class_path`` in YAML).
+            Training readers with the same ``task`` are pooled into one task.
+        batch_size: per-device batch size, or a dict task -> batch size.
+        eval_batch_size: batch size of val/test/predict loaders (default: ``batch_size`` of the reader's task).
+        sampling: ``round_robin`` / ``proportional`` (one task per batch, see :class:`MultitaskBatchSampler`)
+            or ``concat`` (all training examples shuffled together; mixed batches of the one int ``batch_size``).
+        num_workers: DataLoader workers (media are decoded there).
+        seed: seeds the training order together with the epoch.
+        on_error: ``raise`` or ``skip`` bad records and undecodable media (counted and logged; readers with their
+            own ``on_error`` keep it). Skip reports: ``read_reports`` and ``media_skips``.
+        collate_fn: the model's collate (Samples -> batch dict); the CLI links it from the model.
+        num_frames: frames sampled per video.
+    """
+
+    def __init__(
+        self,
+        train: list[Reader] | None = None,
+        val: list[Reader] | None = None,
+        test: list[Reader] | None = None,
+        predict: list[Reader] | None = None,
+        batch_size: int | dict[str, int] = 8,
+        eval_batch_size: int | None = None,
+        sampling: Sampling = "round_robin",
+        num_workers: int = 0,
+        seed: int = 0,
+        on_error: OnError = "raise",
+        collate_fn: Callable[[list[Sample]], dict] | None = None,
+        num_frames: int = 8,
+    ) -> None:
+        super().__init__()
+        self.readers: dict[str, list[Reader]] = {
+            "train": list(train or []),
+            "val": list(val or []),
+            "test": list(test or []),
+            "predict": list(predict or []),
+        }
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.sampling = sampling
+        self.num_workers = num_workers
+        self.seed = seed
+        self.on_error = on_error
+        self.collate_fn = collate_fn
+        self.num_frames = num_frames
+        self._check_arguments()
+        self._examples: dict[str, list[list[Example]]] = {}
+        self.read_reports: list[SkipReport] = []
+        self.media_skips = SkipReport("media decoded by the DataLoaders")
+
+    def _check_arguments(self) -> None:
+        if self.sampling not in ("round_robin", "proportional", "concat"):
+            raise DataConfigError(f"data.sampling must be round_robin, proportional or concat, not {self.sampling!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise DataConfigError(f"data.on_error must be 'raise' or 'skip', not {self.on_error!r}")
+        if isinstance(self.batch_size, dict):
+            if self.sampling == "concat":
+                raise DataConfigError("data.batch_size must be one int with sampling: concat (batches mix tasks)")
+            needed = {("data.batch_size", r.task) for r in self.readers["train"]}
+            if self.eval_batch_size is None:
+                needed |= {("data.batch_size or data.eval_batch_size", r.task) for s in _EVAL for r in self.readers[s]}
+            for argument, task in sorted(needed):
+                if task not in self.batch_size:
+                    raise DataConfigError(
+                        f"{argument} has no entry for task {task!r} (it has {sorted(self.batch_size)})"
+                    )
+        sizes = list(self.batch_size.values()) if isinstance(self.batch_size, dict) else [self.batch_size]
+        if self.eval_batch_size is not None:
+            sizes.append(self.eval_batch_size)
+        if any(size < 1 for size in sizes):
+            raise DataConfigError(
+                f"batch sizes must be positive: data.batch_size={self.batch_size}, "
+                f"data.eval_batch_size={self.eval_batch_size}"
+            )
+
+    @property
+    def train_tasks(self) -> list[str]:
+        """The training tasks, in the order of their first reader."""
+        return list(dict.fromkeys(r.task for r in self.readers["train"]))
+
+    def eval_tasks(self, stage: EvalStage) -> list[str]:
+        """The task of each val/test/predict DataLoader: ``eval_tasks(stage)[dataloader_idx]``."""
+        if stage not in _EVAL:
+            raise ValueError(f"stage must be one of {_EVAL}, got {stage!r}")
+        return [r.task for r in self.readers[stage]]
+
+    def examples(self, split: Literal["train", "val", "test", "predict"]) -> list[list[Example]]:
+        """The Examples read for ``split``, one list per reader (after ``setup``)."""
+        self._read(split)
+        return self._examples[split]
+
+    def setup(self, stage: str) -> None:
+        for split in _STAGE_SPLITS[stage]:
+            self._read(split)
+
+    def _read(self, split: str) -> None:
+        if split in self._examples:
+            return
+        per_reader = []
+        for reader in self.readers[split]:
+            examples = reader.read(self.on_error)
+            self.read_reports.append(reader.skipped)
+            if not examples:
+                raise DataFormatError(f"data.{split}: {reader!r} yielded no examples ({reader.skipped!r})")
+            if split == "train":
+                unanswered = [e for e in examples if e.target is None]
+                if unanswered:
+                    raise DataFormatError(
+                        f"data.train: {reader!r} has {len(unanswered)} examples without an answer to train on, "
+                        f"e.g. {unanswered[0].source} (a test split given as training data?)"
+                    )
+            per_reader.append(examples)
+        self._examples[split] = per_reader
+
+    def _collate(self) -> SkipFilteringCollate:
+        if self.collate_fn is None:
+            raise DataConfigError(
+                "MultitaskDataModule has no collate_fn: the model's collate turns Samples into tensors. The mmft "
+                "CLI links it from the model; in Python pass MultitaskDataModule(..., collate_fn=model.collate)."
+            )
+        return SkipFilteringCollate(self.collate_fn)
+
+    def _task_batch_size(self, task: str) -> int:
+        return self.batch_size[task] if isinstance(self.batch_size, dict) else self.batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        collate = self._collate()
+        if not self.readers["train"]:
+            raise DataConfigError("data.train has no readers")
+        pools: dict[str, list[Example]] = {}
+        for reader, examples in zip(self.readers["train"], self.examples("train")):
+            pools.setdefault(reader.task, []).extend(examples)
+        dataset = ExampleDataset(
+            [e for examples in pools.values() for e in examples], on_error=self.on_error, num_frames=self.num_frames
+        )
+        if self.sampling == "concat":
+            task_sizes, batch_sizes = [len(dataset)], [self.batch_size]  # one int: checked in __init__
+        else:
+            task_sizes = [len(examples) for examples in pools.values()]
+            batch_sizes = [self._task_batch_size(task) for task in pools]
+        batch_sampler = MultitaskBatchSampler(
+            DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False),
+            task_sizes,
+            batch_sizes,
+            sampling="round_robin" if self.sampling == "round_robin" else "proportional",
+            seed=self.seed,
+        )
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _eval_dataloaders(self, split: EvalStage) -> list[DataLoader]:
+        collate = self._collate()
+        loaders = []
+        for reader, examples in zip(self.readers[split], self.examples(split)):
+            batch_size = self.eval_batch_size or self._task_batch_size(reader.task)
+            dataset = ExampleDataset(examples, on_error=self.on_error, num_frames=self.num_frames)
+            loaders.append(
+                DataLoader(
+                    dataset,
+                    batch_size=batch_size,
+                    shuffle=False,
+                    num_workers=self.num_workers,
+                    collate_fn=collate,
+                    persistent_workers=self.num_workers > 0,
+                )
+            )
+        return loaders
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_dataloaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_dataloaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self._eval_dataloaders("predict")
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count and report samples dropped by the collate wrapper; a batch left empty becomes None."""
+        if isinstance(batch, MutableMapping) and SKIPPED_KEY in batch:
+            skipped = batch.pop(SKIPPED_KEY)
+            for sample in skipped:
+                self.media_skips.add(sample.reason, sample.message)
+            log.warning(
+                "skipped %d sample(s) whose media could not be decoded (%d so far), e.g. %s",
+                len(skipped),
+                self.media_skips.total,
+                skipped[0].message,
+            )
+            if not batch:
+                return None
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        if self.media_skips.total:
+            log.warning("%s", self.media_skips.summary())
+

@@ -1,0 +1,86 @@
+"""VQA accuracy (VQAv2, TextVQA, VizWiz) and normalised exact-match accuracy (GQA, NLVR2, TVQA, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torchmetrics import Metric
+
+from mmft.metrics.normalize import normalize_vqa_answer
+
+
+def vqa_score(prediction: str, answers: Sequence[str]) -> float:
+    """One question's official VQA accuracy: for each answer left out, ``min(1, matches among the rest / 3)``,
+    averaged over the answers: with 10 answers, 1 match scores 0.3, 2 score 0.6, 3 score 0.9, 4 or more score 1.
+
+    Unlike the official script, the answers get the full normalisation too (the official one only strips their
+    punctuation, and only when they disagree); VQAv2's answers are already normalised, so scores are the same there,
+    and other datasets' raw answers ("Two") are treated like predictions.
+    """
+    if not answers:
+        raise ValueError("VQA accuracy needs at least one reference answer")
+    prediction = normalize_vqa_answer(prediction)
+    matches = [normalize_vqa_answer(answer) == prediction for answer in answers]
+    total = sum(matches)
+    return sum(min(1.0, (total - match) / 3.0) for match in matches) / len(matches)
+
+
+class _MeanScore(Metric):
+    """Mean of a per-example score; the sum and count are tensor states, summed across processes."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("score_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def _add(self, scores: list[float]) -> None:
+        self.score_sum += sum(scores)
+        self.count += len(scores)
+
+    def compute(self) -> torch.Tensor:
+        return (self.score_sum / self.count).float()
+
+
+def _check_lengths(preds: Sequence[str], references: Sequence) -> None:
+    if isinstance(preds, str):
+        raise TypeError("preds must be a sequence of strings, not one string")
+    if len(preds) != len(references):
+        raise ValueError(f"{len(preds)} predictions but {len(references)} reference lists")
+
+
+class VQAAccuracy(_MeanScore):
+    """Official VQA accuracy (see :func:`vqa_score`), averaged over questions; a fraction in [0, 1].
+
+    ``update(preds, references)``: generated answers and, per question, the annotators' answers (10 in VQAv2).
+    """
+
+    normalize = staticmethod(normalize_vqa_answer)
+
+    def update(self, preds: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+        _check_lengths(preds, references)
+        self._add([vqa_score(p, refs) for p, refs in zip(preds, references)])
+
+
+class ExactMatchAccuracy(_MeanScore):
+    """Fraction of predictions equal to a reference after normalisation (the VQA normaliser by default).
+
+    ``update(preds, references)``: each reference is one string or a list of acceptable strings.
+    ``normalize=False`` compares stripped strings only.
+    """
+
+    def __init__(self, normalize: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.normalize: Callable[[str], str] = normalize_vqa_answer if normalize else str.strip
+
+    def update(self, preds: Sequence[str], references: Sequence[str | Sequence[str]]) -> None:
+        _check_lengths(preds, references)
+        scores = []
+        for prediction, refs in zip(preds, references):
+            refs = [refs] if isinstance(refs, str) else refs
+            scores.append(float(self.normalize(prediction) in {self.normalize(r) for r in refs}))
+        self._add(scores)

@@ -1,0 +1,511 @@
+"""Generate the small synthetic sample data, in the real public file formats, that the tiny configs and tests use.
+
+Images are simple scenes: one to three shapes of one kind and colour on a plain background. Questions about colour,
+shape, count and background are answerable from the pixels, so a tiny model learns them in minutes on a CPU, while
+the answers vary enough that always giving the most common answer scores far below 100%.
+
+    python scripts/make_sample_data.py --out data/sample
+
+Deterministic for a given seed (the same bytes every run), about 1 MB, well under a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 225),
+    "yellow": (240, 205, 30),
+    "purple": (145, 60, 185),
+}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUNDS = {"white": (250, 250, 250), "black": (12, 12, 12), "gray": (128, 128, 128)}
+COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
+SIZE = 64
+VIDEO_SIZE = 64  # decord2 cannot decode frames much smaller than this (about 2048 pixels)
+
+
+@dataclass(frozen=True)
+class Scene:
+    color: str
+    shape: str
+    count: int
+    background: str
+
+    @property
+    def noun(self) -> str:
+        return self.shape if self.count == 1 else f"{self.shape}s"
+
+
+def random_scene(rng: random.Random) -> Scene:
+    return Scene(rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice((1, 1, 2, 3)), rng.choice(list(BACKGROUNDS)))
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], color: tuple) -> None:
+    x0, y0, x1, y1 = box
+    if shape == "circle":
+        draw.ellipse(box, fill=color)
+    elif shape == "square":
+        draw.rectangle(box, fill=color)
+    else:
+        draw.polygon([((x0 + x1) // 2, y0), (x1, y1), (x0, y1)], fill=color)
+
+
+def draw_scene(scene: Scene, rng: random.Random, size: int = SIZE) -> Image.Image:
+    """The scene's shapes in distinct cells of a 3x3 grid, with a little jitter in position and size."""
+    image = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
+    draw = ImageDraw.Draw(image)
+    cell = size // 3
+    for index in rng.sample(range(9), scene.count):
+        side = rng.randint(cell * 6 // 10, cell - 2)
+        x = (index % 3) * cell + rng.randint(0, cell - side)
+        y = (index // 3) * cell + rng.randint(0, cell - side)
+        draw_shape(draw, scene.shape, (x, y, x + side, y + side), COLORS[scene.color])
+    return image
+
+
+def save(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jpg":
+        image.save(path, quality=92)
+    else:
+        image.save(path, optimize=False)
+
+
+def write_json(path: Path, data: Any, indent: int | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------- questions and captions about one scene
+
+
+def question_about(scene: Scene, rng: random.Random) -> tuple[str, str, str, str]:
+    """``(question, answer, question_type, answer_type)`` with VQA-style types; about 40% yes/no questions."""
+    kind = rng.choices(["color", "shape", "count", "background", "yes/no"], weights=[20, 15, 15, 10, 40])[0]
+    if kind == "color":
+        verb = "is the" if scene.count == 1 else "are the"
+        return f"What color {verb} {scene.noun}?", scene.color, "what color is the", "other"
+    if kind == "shape":
+        return "What shape is shown?", scene.shape, "what", "other"
+    if kind == "count":
+        return f"How many {scene.shape}s are there?", str(scene.count), "how many", "number"
+    if kind == "background":
+        return "What color is the background?", scene.background, "what color is the", "other"
+    if rng.random() < 0.5:
+        color = scene.color if rng.random() < 0.5 else rng.choice([c for c in COLORS if c != scene.color])
+        return f"Is the {scene.shape} {color}?", "yes" if color == scene.color else "no", "is the", "yes/no"
+    shape = scene.shape if rng.random() < 0.5 else rng.choice([s for s in SHAPES if s != scene.shape])
+    return f"Is there a {shape} in the picture?", "yes" if shape == scene.shape else "no", "is there a", "yes/no"
+
+
+def alternatives(answer: str, answer_type: str) -> list[str]:
+    """Plausible wrong answers of the same kind, for annotator noise."""
+    for pool in (list(COLORS) + list(BACKGROUNDS), list(SHAPES), ["1", "2", "3", "4"], ["yes", "no"]):
+        if answer in pool:
+            return [a for a in pool if a != answer]
+    return ["yes", "no"] if answer_type == "yes/no" else ["1"]
+
+
+def ten_answers(answer: str, answer_type: str, rng: random.Random) -> list[str]:
+    """Ten annotator answers: mostly the truth (sometimes spelt "two" or "Red"), a few plausible mistakes."""
+    correct = rng.choices([10, 9, 8, 7, 5], weights=[45, 25, 15, 10, 5])[0]
+    answers = []
+    for _ in range(correct):
+        spelling = answer
+        if answer.isdigit() and rng.random() < 0.15:
+            spelling = COUNT_WORDS.get(int(answer), answer)
+        elif rng.random() < 0.05:
+            spelling = answer.capitalize()
+        answers.append(spelling)
+    answers += [rng.choice(alternatives(answer, answer_type)) for _ in range(10 - correct)]
+    rng.shuffle(answers)
+    return answers
+
+
+def captions(scene: Scene, rng: random.Random) -> list[str]:
+    """Five COCO-style captions, with COCO's irregular capitalisation and final periods."""
+    article = {1: "a", 2: "two", 3: "three"}[scene.count]
+    thing = f"{article} {scene.color} {scene.noun}"
+    templates = [
+        f"{thing} on a {scene.background} background",
+        f"{thing} against a plain {scene.background} backdrop",
+        f"a {scene.background} picture with {thing}",
+        f"there {'is' if scene.count == 1 else 'are'} {thing} on {scene.background}",
+        f"{COUNT_WORDS[scene.count]} {scene.color} {scene.noun} in front of {scene.background}",
+        f"simple drawing of {thing}",
+    ]
+    chosen = rng.sample(templates, 5)
+    out = []
+    for text in chosen:
+        if rng.random() < 0.6:
+            text = text[0].upper() + text[1:]
+        if rng.random() < 0.5:
+            text += "."
+        out.append(text)
+    return out
+
+
+def caption_tokens(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def make_coco_images(root: Path, rng: random.Random, split: str, first_id: int, n: int) -> dict[int, Scene]:
+    scenes = {}
+    for image_id in range(first_id, first_id + n):
+        scene = random_scene(rng)
+        save(draw_scene(scene, rng), root / "coco" / split / f"COCO_{split}_{image_id:012d}.jpg")
+        scenes[image_id] = scene
+    return scenes
+
+
+def make_vqav2(root: Path, rng: random.Random, split: str, scenes: dict[int, Scene], per_image: int) -> list[str]:
+    questions, annotations = [], []
+    for image_id, scene in scenes.items():
+        asked = set()
+        for k in range(per_image):
+            question, answer, question_type, answer_type = question_about(scene, rng)
+            if question in asked:
+                continue
+            asked.add(question)
+            question_id = image_id * 1000 + k
+            questions.append({"image_id": image_id, "question": question, "question_id": question_id})
+            answers = ten_answers(answer, answer_type, rng)
+            annotations.append(
+                {
+                    "question_type": question_type,
+                    "multiple_choice_answer": answer,
+                    "answers": [
+                        {"answer": a, "answer_confidence": rng.choice(["yes", "yes", "maybe"]), "answer_id": i + 1}
+                        for i, a in enumerate(answers)
+                    ],
+                    "image_id": image_id,
+                    "answer_type": answer_type,
+                    "question_id": question_id,
+                }
+            )
+    info = {"description": "mmft synthetic sample in the VQAv2 format", "version": "2.0"}
+    common = {"info": info, "license": {"name": "CC0"}, "data_type": "mscoco", "data_subtype": split}
+    folder = root / "vqav2"
+    questions_file = {**common, "task_type": "Open-Ended", "questions": questions}
+    write_json(folder / f"v2_OpenEnded_mscoco_{split}_questions.json", questions_file)
+    write_json(folder / f"v2_mscoco_{split}_annotations.json", {**common, "annotations": annotations})
+    return [a["multiple_choice_answer"] for a in annotations]
+
+
+def make_llava(root: Path, rng: random.Random, scenes: dict[int, Scene], text_only: int) -> None:
+    """LLaVA-Instruct-style records: 1-3 rounds of questions per image, plus text-only records."""
+    records = []
+    for image_id, scene in scenes.items():
+        rounds = rng.choice((1, 2, 2, 3))
+        conversation, asked = [], set()
+        while len(conversation) < 2 * rounds:
+            question, answer, _, answer_type = question_about(scene, rng)
+            if question in asked:
+                continue
+            asked.add(question)
+            if answer_type == "yes/no":
+                reply = f"{answer.capitalize()}."
+            elif rng.random() < 0.5:
+                reply = answer
+            else:
+                reply = f"The answer is {answer}."
+            conversation += [{"from": "human", "value": question}, {"from": "gpt", "value": reply}]
+        first = conversation[0]["value"]
+        conversation[0]["value"] = f"<image>\n{first}" if rng.random() < 0.7 else f"{first}\n<image>"
+        records.append(
+            {
+                "id": f"{image_id:012d}",
+                "image": f"coco/train2014/COCO_train2014_{image_id:012d}.jpg",
+                "conversations": conversation,
+            }
+        )
+    for k in range(text_only):
+        shape = rng.choice(SHAPES)
+        corners = {"circle": "no corners", "square": "4 corners", "triangle": "3 corners"}[shape]
+        a, b = rng.sample(list(COLORS), 2)
+        conversation = [
+            {"from": "human", "value": f"How many corners does a {shape} have?"},
+            {"from": "gpt", "value": f"A {shape} has {corners}."},
+        ]
+        if rng.random() < 0.5:
+            conversation += [
+                {"from": "human", "value": f"Name two colors, one of them {a}."},
+                {"from": "gpt", "value": f"{a.capitalize()} and {b}."},
+            ]
+        records.append({"id": f"text-{k:05d}", "conversations": conversation})
+    rng.shuffle(records)
+    write_json(root / "llava" / "llava_instruct_sample.json", records, indent=2)
+
+
+def make_gqa(root: Path, rng: random.Random, name: str, first_id: int, n: int) -> None:
+    questions = {}
+    for image_id in range(first_id, first_id + n):
+        scene = random_scene(rng)
+        image_name = f"n{image_id}"
+        save(draw_scene(scene, rng), root / "gqa" / "images" / f"{image_name}.jpg")
+        other = rng.choice([s for s in SHAPES if s != scene.shape])
+        pair = [scene.shape, other] if rng.random() < 0.5 else [other, scene.shape]
+        color = scene.color if rng.random() < 0.5 else rng.choice([c for c in COLORS if c != scene.color])
+        same = color == scene.color
+        items = [
+            (f"Which color is the {scene.shape}?", scene.color, f"The {scene.shape} is {scene.color}.", "query"),
+            (f"Is it a {pair[0]} or a {pair[1]}?", scene.shape, f"It is a {scene.shape}.", "choose"),
+            (f"Is the {scene.shape} {color}?", "yes" if same else "no",
+             f"{'Yes' if same else 'No'}, the {scene.shape} is {scene.color}.", "verify"),
+            ("What color is the background?", scene.background, f"The background is {scene.background}.", "query"),
+        ]
+        for k, (question, answer, full, structural) in enumerate(rng.sample(items, 2)):
+            questions[f"{image_id}{k:02d}"] = {
+                "semantic": [],
+                "entailed": [],
+                "equivalent": [f"{image_id}{k:02d}"],
+                "question": question,
+                "imageId": image_name,
+                "isBalanced": True,
+                "groups": {"global": None, "local": structural},
+                "answer": answer,
+                "semanticStr": "",
+                "annotations": {"answer": {}, "question": {}, "fullAnswer": {}},
+                "types": {"detailed": structural, "semantic": "attr", "structural": structural},
+                "fullAnswer": full,
+            }
+    write_json(root / "gqa" / f"{name}_balanced_questions.json", questions)
+
+
+def nlvr2_statement(left: Scene, right: Scene, rng: random.Random, want: bool) -> tuple[str, bool]:
+    """A sentence about the image pair and its truth, preferably equal to ``want`` (to balance the labels)."""
+    for _ in range(20):
+        kind = rng.randrange(4)
+        if kind == 0:
+            sentence, truth = "The left image contains more shapes than the right image.", left.count > right.count
+        elif kind == 1:
+            color = rng.choice([left.color, right.color, rng.choice(list(COLORS))])
+            sentence, truth = f"Both images contain {color} shapes.", left.color == color == right.color
+        elif kind == 2:
+            shape = rng.choice(SHAPES)
+            sentence, truth = f"At least one image contains a {shape}.", shape in (left.shape, right.shape)
+        else:
+            background = rng.choice(list(BACKGROUNDS))
+            sentence, truth = f"The right image has a {background} background.", right.background == background
+        if truth == want:
+            break
+    return sentence, truth
+
+
+def make_nlvr2(root: Path, rng: random.Random, split: str, pairs: int) -> list[bool]:
+    lines, labels = [], []
+    for pair in range(pairs):
+        set_id = 100 + pair // 2
+        stem = f"{split}-{set_id}-{pair % 2}"
+        directory = set_id % 4 if split == "train" else None
+        folder = root / "nlvr2" / "images" / split / (str(directory) if directory is not None else "")
+        scenes = [random_scene(rng), random_scene(rng)]
+        for side, scene in enumerate(scenes):
+            save(draw_scene(scene, rng), folder / f"{stem}-img{side}.png")
+        for sentence_index in range(rng.choice((1, 2))):
+            sentence, truth = nlvr2_statement(scenes[0], scenes[1], rng, want=rng.random() < 0.5)
+            labels.append(truth)
+            record = {
+                "validation": {},
+                "sentence": sentence,
+                "left_url": f"https://example.invalid/{stem}-img0.png",
+                "writer": "synthetic",
+                "label": "True" if truth else "False",
+                "right_url": f"https://example.invalid/{stem}-img1.png",
+                "synset": "shape",
+                "query": "synthetic shapes",
+                "identifier": f"{stem}-{sentence_index}",
+                "extra_validations": {},
+            }
+            if directory is not None:
+                record["directory"] = directory
+            lines.append(json.dumps(record))
+    (root / "nlvr2").mkdir(parents=True, exist_ok=True)
+    (root / "nlvr2" / f"{split}.json").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return labels
+
+
+def make_karpathy(root: Path, rng: random.Random, coco: dict[str, dict[int, Scene]]) -> Counter:
+    """dataset_coco.json over the COCO images: train2014 -> train; val2014 split into restval, val and test."""
+    images = []
+    sentence_id = 0
+    val_ids = sorted(coco["val2014"])
+    third = len(val_ids) // 3
+    split_of = {i: "train" for i in coco["train2014"]}
+    split_of.update({i: "restval" for i in val_ids[:third]})
+    split_of.update({i: "val" for i in val_ids[third : 2 * third]})
+    split_of.update({i: "test" for i in val_ids[2 * third :]})
+    for folder in ("train2014", "val2014"):
+        for image_id, scene in coco[folder].items():
+            sentences = []
+            for text in captions(scene, rng):
+                sentences.append(
+                    {"tokens": caption_tokens(text), "raw": text, "imgid": len(images), "sentid": sentence_id}
+                )
+                sentence_id += 1
+            images.append(
+                {
+                    "filepath": folder,
+                    "sentids": [s["sentid"] for s in sentences],
+                    "filename": f"COCO_{folder}_{image_id:012d}.jpg",
+                    "imgid": len(images),
+                    "split": split_of[image_id],
+                    "sentences": sentences,
+                    "cocoid": image_id,
+                }
+            )
+    write_json(root / "coco_karpathy" / "dataset_coco.json", {"images": images, "dataset": "coco"})
+    return Counter(image["split"] for image in images)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 8) -> None:
+    import av  # a dev dependency (pip install av); only the video sample needs it
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"threads": "1"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def make_msrvtt_qa(root: Path, rng: random.Random, counts: dict[str, int], num_frames: int = 8) -> None:
+    """Tiny videos of a shape moving left, right, up or down, with MSRVTT-QA-style questions."""
+    directions = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+    video_id, question_id = 0, 0
+    for split, n in counts.items():
+        records = []
+        for _ in range(n):
+            color, shape, background = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(BACKGROUNDS))
+            direction = rng.choice(list(directions))
+            dx, dy = directions[direction]
+            frames = []
+            for t in range(num_frames):
+                image = Image.new("RGB", (VIDEO_SIZE, VIDEO_SIZE), BACKGROUNDS[background])
+                offset = (t - num_frames // 2) * 5
+                x, y = 24 + dx * offset, 24 + dy * offset
+                draw_shape(ImageDraw.Draw(image), shape, (x, y, x + 16, y + 16), COLORS[color])
+                frames.append(np.asarray(image))
+            write_video(root / "msrvtt_qa" / "videos" / f"video{video_id}.mp4", frames)
+            asked = [(f"which direction does the {shape} move?", direction), ("what color is the moving shape?", color)]
+            for question, answer in asked:
+                records.append({"id": question_id, "video_id": video_id, "question": question, "answer": answer})
+                question_id += 1
+            video_id += 1
+        write_json(root / "msrvtt_qa" / f"{split}_qa.json", records)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: bool = True) -> dict[str, Any]:
+    """Write the sample data under ``out`` and return a summary (also written to ``out/manifest.json``).
+
+    ``scale`` multiplies the number of images and questions (1: about 1,000 images, 1 MB). Every dataset draws from
+    its own seeded generator, so changing one leaves the others' bytes unchanged.
+    """
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def rng(name: str) -> random.Random:
+        return random.Random(f"{seed}/{name}")
+
+    coco = {
+        "train2014": make_coco_images(root, rng("coco-train"), "train2014", 1, 160 * scale),
+        "val2014": make_coco_images(root, rng("coco-val"), "val2014", 500_000, 60 * scale),
+    }
+    train_answers = make_vqav2(root, rng("vqav2-train"), "train2014", coco["train2014"], 3)
+    val_answers = make_vqav2(root, rng("vqav2-val"), "val2014", coco["val2014"], 3)
+    make_llava(root, rng("llava"), coco["train2014"], 40 * scale)
+    make_gqa(root, rng("gqa-train"), "train", 1000, 120 * scale)
+    make_gqa(root, rng("gqa-testdev"), "testdev", 9000, 40 * scale)
+    nlvr2_train = make_nlvr2(root, rng("nlvr2-train"), "train", 100 * scale)
+    nlvr2_dev = make_nlvr2(root, rng("nlvr2-dev"), "dev", 40 * scale)
+    karpathy_splits = make_karpathy(root, rng("karpathy"), coco)
+    if videos:
+        make_msrvtt_qa(root, rng("msrvtt"), {"train": 8 * scale, "val": 4 * scale})
+
+    majority, _ = Counter(train_answers).most_common(1)[0]
+    summary = {
+        "seed": seed,
+        "scale": scale,
+        "vqav2": {
+            "train_questions": len(train_answers),
+            "val_questions": len(val_answers),
+            "train_majority_answer": majority,
+            "val_share_of_majority_answer": round(val_answers.count(majority) / len(val_answers), 4),
+        },
+        "gqa": {"train_images": 120 * scale, "testdev_images": 40 * scale},
+        "nlvr2": {
+            "train": len(nlvr2_train),
+            "dev": len(nlvr2_dev),
+            "dev_share_true": round(sum(nlvr2_dev) / len(nlvr2_dev), 4),
+        },
+        "coco_karpathy": dict(sorted(karpathy_splits.items())),
+        "videos": videos,
+    }
+    write_json(root / "manifest.json", summary, indent=2)
+    (root / "README.txt").write_text(readme(summary), encoding="utf-8")
+    return summary
+
+
+def readme(summary: dict[str, Any]) -> str:
+    vqa = summary["vqav2"]
+    video = "msrvtt_qa/{train,val}_qa.json, msrvtt_qa/videos/video<id>.mp4      MSRVTT-QA format (64x64, 8 frames)\n"
+    video_line = video if summary["videos"] else ""
+    return f"""mmft sample data (synthetic; made by scripts/make_sample_data.py, seed {summary['seed']})
+
+Scenes of 1-3 shapes (circle, square, triangle) of one colour (red, green, blue, yellow, purple) on a white, black
+or gray background, 64x64 pixels. Every file is in the real public format, so the real readers read it.
+
+coco/train2014/COCO_train2014_<id:012d>.jpg, coco/val2014/...        COCO image folders
+vqav2/v2_OpenEnded_mscoco_<split>_questions.json                    VQAv2 questions (train2014, val2014)
+vqav2/v2_mscoco_<split>_annotations.json                            VQAv2 annotations, 10 answers each
+llava/llava_instruct_sample.json                                    LLaVA instruct JSON (multi-turn, some text-only;
+                                                                    image paths relative to this sample folder)
+gqa/{{train,testdev}}_balanced_questions.json, gqa/images/<id>.jpg    GQA balanced questions
+nlvr2/{{train,dev}}.json, nlvr2/images/{{train/<directory>,dev}}/*.png  NLVR2 JSON lines, image pairs
+coco_karpathy/dataset_coco.json                                     COCO captions, Karpathy split (5 captions each;
+                                                                    images in coco/)
+{video_line}manifest.json                                                       counts and the numbers below
+
+VQAv2: {vqa['train_questions']} train / {vqa['val_questions']} val questions; train and val images are disjoint.
+Majority-answer baseline: the most common train answer, "{vqa['train_majority_answer']}", is the answer to \
+{100 * vqa['val_share_of_majority_answer']:.1f}% of val questions
+(its VQA accuracy on val is computed in tests/test_datamodule.py and is of the same size).
+NLVR2 dev: {100 * summary['nlvr2']['dev_share_true']:.1f}% "true". Karpathy splits: {summary['coco_karpathy']}.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("data/sample"), help="output folder (default data/sample)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scale", type=int, default=1, help="multiply the number of images and questions")
+    parser.add_argument("--no-videos", dest="videos", action="store_false", help="skip the mp4 files (needs av)")
+    args = parser.parse_args()
+    summary = make_sample_data(args.out, args.seed, args.scale, args.videos)
+    print(f"wrote {args.out}: {json.dumps(summary)}")
+
+
+if __name__ == "__main__":
+    main()

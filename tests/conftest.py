@@ -1,0 +1,30 @@
+"""Shared fixtures. ``sample_data``: the synthetic sample data, generated once per test session."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_sample_data_generator():
+    """scripts/make_sample_data.py as a module (scripts/ is not a package)."""
+    name = "make_sample_data"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "make_sample_data.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up in sys.modules
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root folder of the sample data (the layout of data/sample/, see its README.txt), made in about a second."""
+    root = tmp_path_factory.mktemp("sample_data")
+    load_sample_data_generator().make_sample_data(root)
+    return root

@@ -1,0 +1,116 @@
+"""Image loading, square padding and video frame sampling (videos written with PyAV, decoded with decord)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_modules.media import MediaError, load_image, load_video_frames, pad_to_square, uniform_frame_indices
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "CMYK"])
+def test_load_image_returns_rgb(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / ("image.jpg" if mode == "CMYK" else "image.png")
+    Image.new(mode, (5, 3)).save(path)
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (5, 3)
+
+
+def test_load_image_errors_name_file_and_record(tmp_path: Path) -> None:
+    with pytest.raises(MediaError) as error:
+        load_image(tmp_path / "none.png", source="data.json#3 (id 9)")
+    assert str(error.value) == f"data.json#3 (id 9): {tmp_path / 'none.png'}: image file not found"
+    assert error.value.reason == "missing media" and error.value.path == tmp_path / "none.png"
+
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"\x00not an image at all")
+    with pytest.raises(MediaError, match=r"data.json#4: .*garbage\.jpg: corrupt or unreadable image") as error:
+        load_image(garbage, source="data.json#4")
+    assert error.value.reason == "corrupt media"
+
+    truncated = tmp_path / "truncated.jpg"
+    Image.effect_noise((64, 64), 50).convert("RGB").save(tmp_path / "full.jpg")
+    truncated.write_bytes((tmp_path / "full.jpg").read_bytes()[:400])
+    with pytest.raises(MediaError, match=r"truncated\.jpg: corrupt or unreadable image"):
+        load_image(truncated)
+
+
+def test_media_error_survives_a_dataloader_worker_reraise() -> None:
+    # torch re-raises a worker's exception as `type(error)(message)`
+    error = MediaError("broken", path="x.png", source="f.json#1")
+    assert str(MediaError(str(error))) == "f.json#1: x.png: broken"
+
+
+def test_pad_to_square_centres_the_image_like_expand2square() -> None:
+    wide = Image.new("RGB", (6, 2), (200, 0, 0))
+    padded = pad_to_square(wide, fill=(1, 2, 3))
+    assert padded.size == (6, 6)
+    pixels = np.asarray(padded)
+    # (6 - 2) // 2 = 2 rows of fill above, the image in rows 2-3, 2 rows of fill below
+    assert (pixels[:2] == (1, 2, 3)).all() and (pixels[4:] == (1, 2, 3)).all()
+    assert (pixels[2:4] == (200, 0, 0)).all()
+
+    tall = Image.new("RGB", (1, 4), (0, 0, 0))
+    tall.putpixel((0, 0), (255, 255, 255))  # mean colour: (255 / 4) rounded = 64 per channel
+    pixels = np.asarray(pad_to_square(tall))
+    # (4 - 1) // 2 = 1 column of fill left, the image in column 1, 2 columns right
+    assert (pixels[:, 0] == 64).all() and (pixels[:, 2:] == 64).all()
+    assert tuple(pixels[0, 1]) == (255, 255, 255) and (pixels[1:, 1] == 0).all()
+
+    square = Image.new("RGB", (3, 3))
+    assert pad_to_square(square) is square
+
+
+def test_uniform_frame_indices() -> None:
+    # 10 frames in 4 segments of 2.5 frames: centres 1.25, 3.75, 6.25, 8.75
+    assert uniform_frame_indices(10, 4).tolist() == [1, 3, 6, 8]
+    assert uniform_frame_indices(8, 8).tolist() == list(range(8))
+    # a 3-frame video asked for 6 frames repeats frames: centres 0.25, 0.75, 1.25, 1.75, 2.25, 2.75
+    assert uniform_frame_indices(3, 6).tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError):
+        uniform_frame_indices(0, 4)
+
+
+def write_gray_ramp_video(path: Path, num_frames: int, size: int = 64) -> list[int]:
+    """An mp4 whose frame t is uniformly gray with level 20 + 25 t (easy to recognise after lossy coding)."""
+    av = pytest.importorskip("av")
+    levels = [20 + 25 * t for t in range(num_frames)]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for level in levels:
+            frame = np.full((size, size, 3), level, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return levels
+
+
+def test_load_video_frames_samples_uniformly(tmp_path: Path) -> None:
+    path = tmp_path / "ramp.mp4"
+    levels = write_gray_ramp_video(path, 10)
+    frames = load_video_frames(path, 4, source="v.json#0")
+    assert frames.dtype.is_floating_point is False and tuple(frames.shape) == (4, 64, 64, 3)
+    expected = [levels[i] for i in (1, 3, 6, 8)]
+    measured = frames.float().mean(dim=(1, 2, 3)).tolist()
+    assert measured == pytest.approx(expected, abs=4)
+
+    resized = load_video_frames(path, 2, size=(48, 80))
+    assert tuple(resized.shape) == (2, 48, 80, 3)
+
+
+def test_load_video_frames_errors(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match=r"v.json#1: .*none\.mp4: video file not found") as error:
+        load_video_frames(tmp_path / "none.mp4", 4, source="v.json#1")
+    assert error.value.reason == "missing media"
+
+    good = tmp_path / "good.mp4"
+    write_gray_ramp_video(good, 8)
+    for name, data in (("junk.mp4", b"not a video"), ("cut.mp4", good.read_bytes()[:300])):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(MediaError, match=rf"v.json#2: .*{name}: corrupt or unreadable video") as error:
+            load_video_frames(tmp_path / name, 4, source="v.json#2")
+        assert error.value.reason == "corrupt media"
