@@ -121,11 +121,14 @@ def test_dora_function_gradcheck_float64():
     torch.manual_seed(0)
     x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
     W = torch.randn(5, 6, dtype=torch.float64)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
     A = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
     B = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
     g = torch.rand(5, dtype=torch.float64, requires_grad=True)
     for recompute in (False, True):
-        assert torch.autograd.gradcheck(lambda *t: DoRAScaledLinear.apply(*t, 0.7, recompute), (x, W, A, B, g))
+        assert torch.autograd.gradcheck(lambda *t: DoRAScaledLinear.apply(*t, 0.7, recompute), (x, W, bias, A, B, g))
+        assert torch.autograd.gradcheck(lambda x, A, B, g: DoRAScaledLinear.apply(x, W, None, A, B, g, 0.7, recompute),
+                                        (x, A, B, g))
 
 
 @pytest.mark.parametrize("detach_norm", [True, False])

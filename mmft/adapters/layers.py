@@ -31,7 +31,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _versions(*tensors: Tensor | None) -> tuple:
     """A key that changes whenever any tensor is modified in place or replaced."""
-    return tuple((t._version, t.data_ptr(), t.dtype, t.device) if t is not None else None for t in tensors)
+    return tuple((t._version, t.data_ptr()) if t is not None else None for t in tensors)
 
 
 def dora_weight_norm(
@@ -44,32 +44,51 @@ def dora_weight_norm(
     and accumulated into fp32 from there.
     """
     acc = accumulation_dtype(weight.dtype)
-    a32, b32 = lora_A.to(acc), lora_B.to(acc)
+    a, b = lora_A.to(acc), lora_B.to(acc)
     a_wt = (lora_A.to(weight.dtype) @ weight.T).to(acc)  # [r, out]
-    cross = torch.einsum("or,ro->o", b32, a_wt)
-    quad = ((b32 @ (a32 @ a32.T)) * b32).sum(dim=1)
-    squared = weight_sq_norm + (2.0 * scaling) * cross + (scaling * scaling) * quad
+    # ||W_i||^2 + s B_i . (2 A W_i^T + s (A A^T) B_i^T): one small GEMM gives the bracket for every row
+    bracket = torch.addmm(a_wt, a @ a.T, b.T, beta=2.0, alpha=scaling)  # [r, out]
+    squared = torch.add(weight_sq_norm, (b.T * bracket).sum(dim=0), alpha=scaling)
     return squared.clamp_min(NORM_EPS * NORM_EPS).sqrt()
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matmuls run in: autocast's when it is on (as for any other op), else the input's."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
+def dora_linear_inference(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
+                          scale: Tensor, scaling: float) -> Tensor:
+    """``g * (x W^T + s (x A^T) B^T) + b`` without autograd: one GEMM that accumulates the low-rank term and one
+    in-place pass for the scale and bias, so unmerged DoRA inference costs what LoRA's does."""
+    dtype = _compute_dtype(x)
+    with torch.autocast(x.device.type, enabled=False):
+        x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+        out = x2 @ weight.to(dtype).T
+        out.addmm_(x2 @ lora_A.to(dtype).T, lora_B.to(dtype).T, alpha=scaling)
+        out.mul_(scale.to(dtype))
+        if bias is not None:
+            out.add_(bias.to(dtype))
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
 class DoRAScaledLinear(torch.autograd.Function):
-    """``g * (x W^T + s (x A^T) B^T)`` with a hand-written backward that saves ``x``, ``x A^T`` and the unscaled
+    """``g * (x W^T + s (x A^T) B^T) + b`` with a hand-written backward that saves ``x``, ``x A^T`` and the unscaled
     output ``h`` (or recomputes ``h`` in backward when ``recompute`` is set). ``W`` is frozen: no gradient for it."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, scale: Tensor, scaling: float,
-                recompute: bool) -> Tensor:
-        device_type = x.device.type
-        autocast = torch.is_autocast_enabled(device_type)
-        dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
-        with torch.autocast(device_type, enabled=False):
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor, scale: Tensor,
+                scaling: float, recompute: bool) -> Tensor:
+        dtype = _compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
             w, a, b, g = weight.to(dtype), lora_A.to(dtype), lora_B.to(dtype), scale.to(dtype)
             xa = x2 @ a.T
             h = torch.addmm(x2 @ w.T, xa, b.T, alpha=scaling)
-            out = h * g
-        ctx.scaling, ctx.recompute = scaling, recompute
-        ctx.grad_dtypes = (x.dtype, lora_A.dtype, lora_B.dtype, scale.dtype)
+            out = h * g if bias is None else torch.addcmul(bias.to(dtype), h, g)
+        ctx.scaling = scaling
+        ctx.grad_dtypes = (x.dtype, None if bias is None else bias.dtype, lora_A.dtype, lora_B.dtype, scale.dtype)
         ctx.save_for_backward(x2, w, a, b, g, xa, None if recompute else h)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
@@ -77,16 +96,18 @@ class DoRAScaledLinear(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x2, w, a, b, g, xa, h = ctx.saved_tensors
         s = ctx.scaling
-        x_dtype, a_dtype, b_dtype, scale_dtype = ctx.grad_dtypes
+        x_dtype, bias_dtype, a_dtype, b_dtype, scale_dtype = ctx.grad_dtypes
         gy = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
-        need_x, _, need_a, need_b, need_scale = ctx.needs_input_grad[:5]
-        grad_x = grad_a = grad_b = grad_scale = None
+        need_x, _, need_bias, need_a, need_b, need_scale = ctx.needs_input_grad[:6]
+        grad_x = grad_bias = grad_a = grad_b = grad_scale = None
+        acc = accumulation_dtype(gy.dtype)
         with torch.autocast(grad_out.device.type, enabled=False):
             if need_scale:
                 if h is None:
                     h = torch.addmm(x2 @ w.T, xa, b.T, alpha=s)
-                acc = accumulation_dtype(gy.dtype)
-                grad_scale = torch.einsum("no,no->o", gy.to(acc), h.to(acc)).to(scale_dtype)
+                grad_scale = torch.sum(gy * h, dim=0, dtype=acc).to(scale_dtype)
+            if need_bias:
+                grad_bias = torch.sum(gy, dim=0, dtype=acc).to(bias_dtype)
             gh = gy * g
             if need_b:
                 grad_b = (s * (gh.T @ xa)).to(b_dtype)
@@ -97,7 +118,7 @@ class DoRAScaledLinear(torch.autograd.Function):
                 if need_x:
                     grad_x = torch.addmm(gh @ w, gxa, a).to(x_dtype)
                     grad_x = grad_x.reshape(*grad_out.shape[:-1], x2.shape[-1])
-        return grad_x, None, grad_a, grad_b, grad_scale, None, None
+        return grad_x, None, grad_bias, grad_a, grad_b, grad_scale, None, None
 
 
 class VeraProjections(nn.Module):
@@ -234,14 +255,15 @@ class AdaptedLinear(nn.Module):
         factors = self.factors()
         if factors is None:
             out = F.linear(x, weight) * scale.to(x.dtype)
-        elif self.training and isinstance(self.dropout, nn.Dropout):
+            return out if bias is None else out + bias
+        if self.training and isinstance(self.dropout, nn.Dropout):
             # dropout only on the adapter path: y = x W^T + b + [DoRA(x_d) - x_d W^T], as PEFT computes it
             x_d = self.dropout(x)
-            update = DoRAScaledLinear.apply(x_d, weight, *factors, scale, self.scaling, self.dora_recompute)
+            update = DoRAScaledLinear.apply(x_d, weight, None, *factors, scale, self.scaling, self.dora_recompute)
             return F.linear(x, weight, bias) + update - F.linear(x_d, weight)
-        else:
-            out = DoRAScaledLinear.apply(x, weight, *factors, scale, self.scaling, self.dora_recompute)
-        return out if bias is None else out + bias
+        if not torch.is_grad_enabled():
+            return dora_linear_inference(x, weight, bias, *factors, scale, self.scaling)
+        return DoRAScaledLinear.apply(x, weight, bias, *factors, scale, self.scaling, self.dora_recompute)
 
     def extra_repr(self) -> str:
         kind = "magnitude-only " if self.magnitude_only else ""
