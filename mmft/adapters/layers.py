@@ -74,8 +74,12 @@ def dora_linear_inference(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A
 
 
 class DoRAScaledLinear(torch.autograd.Function):
-    """``g * (x W^T + s (x A^T) B^T) + b`` with a hand-written backward that saves ``x``, ``x A^T`` and the unscaled
-    output ``h`` (or recomputes ``h`` in backward when ``recompute`` is set). ``W`` is frozen: no gradient for it."""
+    """``g * (x W^T + s (x A^T) B^T) + b`` with a hand-written backward. ``W`` is frozen: no gradient for it.
+
+    Saved for backward: ``x``, ``x A^T`` and, for ``g``'s gradient ``sum_n gy * h``, the output itself when there is
+    no bias (``h = out / g``; the next op usually saves that same tensor, so the two share one storage), else the
+    unscaled ``h``. With ``recompute`` neither is kept: ``h`` is recomputed in backward.
+    """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor, scale: Tensor,
@@ -85,16 +89,19 @@ class DoRAScaledLinear(torch.autograd.Function):
             x2 = x.reshape(-1, x.shape[-1]).to(dtype)
             w, a, b, g = weight.to(dtype), lora_A.to(dtype), lora_B.to(dtype), scale.to(dtype)
             xa = x2 @ a.T
-            h = torch.addmm(x2 @ w.T, xa, b.T, alpha=scaling)
-            out = h * g if bias is None else torch.addcmul(bias.to(dtype), h, g)
+            h = (x2 @ w.T).addmm_(xa, b.T, alpha=scaling)
+            keep_h = bias is not None and not recompute
+            out = torch.addcmul(bias.to(dtype), h, g) if bias is not None else h.mul_(g)
+            out = out.reshape(*x.shape[:-1], out.shape[-1])
         ctx.scaling = scaling
         ctx.grad_dtypes = (x.dtype, None if bias is None else bias.dtype, lora_A.dtype, lora_B.dtype, scale.dtype)
-        ctx.save_for_backward(x2, w, a, b, g, xa, None if recompute else h)
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        ctx.saved_output = not keep_h and not recompute
+        ctx.save_for_backward(x2, w, a, b, g, xa, h if keep_h else None, out if ctx.saved_output else None)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x2, w, a, b, g, xa, h = ctx.saved_tensors
+        x2, w, a, b, g, xa, h, out = ctx.saved_tensors
         s = ctx.scaling
         x_dtype, bias_dtype, a_dtype, b_dtype, scale_dtype = ctx.grad_dtypes
         gy = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
@@ -103,9 +110,16 @@ class DoRAScaledLinear(torch.autograd.Function):
         acc = accumulation_dtype(gy.dtype)
         with torch.autocast(grad_out.device.type, enabled=False):
             if need_scale:
-                if h is None:
-                    h = torch.addmm(x2 @ w.T, xa, b.T, alpha=s)
-                grad_scale = torch.sum(gy * h, dim=0, dtype=acc).to(scale_dtype)
+                if ctx.saved_output:
+                    # sum_n gy h = (sum_n gy out) / g. A row with g = 0 (m = 0: an all-zero weight row at
+                    # initialisation) outputs 0 and gives B no gradient, so its h stays 0: its gradient is 0.
+                    g_acc = g.to(acc)
+                    dot = torch.sum(gy * out.reshape(gy.shape), dim=0, dtype=acc)
+                    grad_scale = torch.where(g_acc == 0, 0.0, dot / g_acc).to(scale_dtype)
+                else:
+                    if h is None:
+                        h = (x2 @ w.T).addmm_(xa, b.T, alpha=s)
+                    grad_scale = torch.sum(gy * h, dim=0, dtype=acc).to(scale_dtype)
             if need_bias:
                 grad_bias = torch.sum(gy, dim=0, dtype=acc).to(bias_dtype)
             gh = gy * g
@@ -116,7 +130,7 @@ class DoRAScaledLinear(torch.autograd.Function):
                 if need_a:
                     grad_a = (gxa.T @ x2).to(a_dtype)
                 if need_x:
-                    grad_x = torch.addmm(gh @ w, gxa, a).to(x_dtype)
+                    grad_x = (gh @ w).addmm_(gxa, a).to(x_dtype)
                     grad_x = grad_x.reshape(*grad_out.shape[:-1], x2.shape[-1])
         return grad_x, None, grad_bias, grad_a, grad_b, grad_scale, None, None
 

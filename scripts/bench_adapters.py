@@ -1,0 +1,699 @@
+"""Side-by-side benchmark of mmft's LoRA/DoRA against PEFT's on a Llama-style model (issue 5).
+
+    .venv/bin/python scripts/bench_adapters.py                     # default size: 2-3 minutes on 2 idle CPU cores
+    .venv/bin/python scripts/bench_adapters.py --preset 1b --json bench_1b.json   # ~1B parameters, on a GPU
+
+One random base model (transformers ``LlamaConfig``, built from sizes, no download) is copied once per variant:
+mmft LoRA, mmft DoRA, mmft DoRA with ``dora_recompute=True`` ("lean"), mmft DoRA with ``detach_norm=False``, PEFT LoRA
+and PEFT DoRA, all rank ``--rank`` on q/k/v/o/gate/up/down with the same alpha and no dropout. Before timing, every
+variant gets the same non-zero A, B and magnitude, and the script checks (and prints) that mmft and PEFT give the same
+logits (and that all variants equal the base model at init).
+
+What is measured, and how:
+
+- Training step time: forward + LM cross-entropy (labels = the random input tokens) + backward + ``AdamW.step`` over
+  the trainable parameters + ``zero_grad``. Variants run interleaved (round-robin, the order rotated every round) after
+  warmup steps, so machine load drifts hit every variant alike; the MEDIAN over rounds is reported. On CUDA the clock
+  is read after ``torch.cuda.synchronize()``.
+- Bytes saved for backward: ``torch.autograd.graph.saved_tensors_hooks`` wraps every tensor an op saves; after the
+  forward pass, the wrappers still alive are exactly those the autograd graph of the loss holds (they hold detached
+  tensors, so a saved output does not keep its own graph alive through them; the graph of a tensor
+  that was computed and dropped, such as PEFT's ``lora_B(lora_A(eye))`` whose result is only used detached, has been
+  freed by then). They are DEDUPLICATED by storage (a tensor saved by several ops, or a view of it, counts once, with
+  its whole storage) and tensors whose storage is a parameter or buffer of the model (the frozen weights, which exist
+  anyway) are excluded: the figure is activation memory only. One extra, untimed step per variant.
+- Peak step memory: the most bytes allocated during one training step above those allocated when it starts (gradients
+  are ``None`` then, the optimizer state exists). On CUDA: ``torch.cuda.reset_peak_memory_stats()`` before each timed
+  step and ``max_memory_allocated() - memory_allocated()``, the median over the timed steps. On CPU torch keeps no
+  allocator statistics (and tracemalloc / RSS do not see torch's allocator reliably), so the untimed memory step runs
+  under ``torch.profiler`` with ``profile_memory=True``: its allocation and free events (every CPU allocation of
+  torch's allocator, with its size) are replayed in time order and the running maximum is the peak. "Train peak" adds
+  the variant's own static memory (parameters and buffers, frozen base included, plus AdamW state): what the variant
+  would peak at alone on the device. All variants live on the device at once, so absolute device peaks would mix them.
+- Eval forward time: ``model.eval()`` and ``torch.no_grad()``, the adapters unmerged (mmft LoRA/DoRA, PEFT LoRA/DoRA;
+  the lean and no-detach variants run the same no-grad code as mmft DoRA), then merged (``merge_adapters`` /
+  ``merge_and_unload``), each next to the base model, interleaved the same way. PEFT's optional DoRA eval cache
+  (``peft.tuners.lora.dora.ENABLE_DORA_CACHING``) is left at its default (off); mmft caches the DoRA scale in no-grad.
+
+Precision: on CPU the default is float32 everywhere. With ``--dtype bfloat16`` (the default on CUDA) the base weights
+are stored in bf16 and the forward pass runs under ``torch.autocast(dtype=bfloat16)``; the adapter parameters stay fp32
+in both libraries (mmft creates them in fp32; PEFT upcasts them with its default ``autocast_adapter_dtype=True``), and
+autocast runs every matmul of both libraries in bf16. What each library casts on top of that is part of what is
+measured (PEFT's DoRA casts the adapter input to fp32, takes an fp32 copy of W for its norm and runs its elementwise
+tail in fp32; mmft casts the fp32 adapter factors to bf16 and keeps the norm and scale in fp32).
+
+Threads: ``torch.set_num_threads(--threads)``, by default the number of CPUs this process may use, so runs on the same
+machine use the same intra-op parallelism (the value is recorded in the JSON). Everything is seeded (``--seed``); the
+sizes are fixed by the flags, so two runs differ only in timing noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# name -> (library, description, mmft AdapterConfig overrides or PEFT use_dora)
+VARIANTS: dict[str, tuple[str, str, dict]] = {
+    "mmft_lora": ("mmft", "mmft LoRA", {"method": "lora"}),
+    "mmft_dora": ("mmft", "mmft DoRA", {"method": "dora"}),
+    "mmft_dora_lean": ("mmft", "mmft DoRA, dora_recompute", {"method": "dora", "dora_recompute": True}),
+    "mmft_dora_nodetach": ("mmft", "mmft DoRA, detach_norm=False", {"method": "dora", "detach_norm": False}),
+    "peft_lora": ("peft", "PEFT LoRA", {"use_dora": False}),
+    "peft_dora": ("peft", "PEFT DoRA", {"use_dora": True}),
+}
+# the variants whose eval forward is timed (lean / no-detach run mmft DoRA's no-grad code unchanged)
+EVAL_VARIANTS = ["mmft_lora", "mmft_dora", "peft_lora", "peft_dora"]
+BASE = "base"
+
+PRESETS: dict[str, dict] = {
+    "default": {"hidden": 1024, "layers": 4, "heads": 16, "kv_heads": None, "intermediate": None, "seq": 256,
+                "batch": 4, "vocab": 1000, "rank": 16},
+    # Llama-3.2-1B's body (hidden 2048, 16 layers, 32 heads, 8 KV heads, MLP 8192), small vocabulary: ~1.0B params
+    "1b": {"hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "intermediate": 8192, "seq": 1024, "batch": 4,
+           "vocab": 1000, "rank": 16},
+    # seconds on a laptop: for smoke tests of the script itself
+    "tiny": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": None, "seq": 16, "batch": 2,
+             "vocab": 128, "rank": 4},
+}
+
+# (ratio key, numerator variant, denominator variant, quantity, target or None, what it shows)
+RATIOS: list[tuple[str, str, str, str, float | None, str]] = [
+    ("mmft_dora/mmft_lora step time", "mmft_dora", "mmft_lora", "step_time_s", 1.10, "DoRA training overhead"),
+    ("peft_dora/peft_lora step time", "peft_dora", "peft_lora", "step_time_s", None, "PEFT's DoRA overhead"),
+    ("mmft_dora/peft_dora step time", "mmft_dora", "peft_dora", "step_time_s", None, "vs PEFT DoRA"),
+    ("mmft_lora/peft_lora step time", "mmft_lora", "peft_lora", "step_time_s", None, "vs PEFT LoRA"),
+    ("mmft_dora/peft_dora saved bytes", "mmft_dora", "peft_dora", "saved_bytes", 0.75, "activation memory"),
+    ("mmft_dora/peft_dora step peak", "mmft_dora", "peft_dora", "peak_step_bytes", 0.75, "peak above static"),
+    ("mmft_dora/peft_dora train peak", "mmft_dora", "peft_dora", "train_peak_bytes", None, "incl. weights, AdamW"),
+    ("mmft_dora/mmft_lora saved bytes", "mmft_dora", "mmft_lora", "saved_bytes", None, "DoRA's extra activations"),
+    ("lean/mmft_lora saved bytes", "mmft_dora_lean", "mmft_lora", "saved_bytes", 1.05, "dora_recompute memory"),
+    ("lean/mmft_lora step time", "mmft_dora_lean", "mmft_lora", "step_time_s", None, "dora_recompute time"),
+    ("lean/mmft_dora step time", "mmft_dora_lean", "mmft_dora", "step_time_s", None, "cost of recomputing"),
+    ("mmft_dora/mmft_lora eval", "mmft_dora", "mmft_lora", "eval_time_s", 1.10, "unmerged inference"),
+    ("peft_dora/peft_lora eval", "peft_dora", "peft_lora", "eval_time_s", None, "PEFT unmerged inference"),
+    ("detach/no-detach saved bytes", "mmft_dora", "mmft_dora_nodetach", "saved_bytes", None,
+     "paper: -24.4% LLaMA, -12.4% VL-BART (training memory)"),
+    ("detach/no-detach step peak", "mmft_dora", "mmft_dora_nodetach", "peak_step_bytes", None, "detach trick"),
+    ("detach/no-detach train peak", "mmft_dora", "mmft_dora_nodetach", "train_peak_bytes", None, "detach trick"),
+    ("detach/no-detach step time", "mmft_dora", "mmft_dora_nodetach", "step_time_s", None, "detach trick"),
+]
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run as asked (bad flag combination, failed equivalence check); says which."""
+
+
+# -- configuration ---------------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags; size flags left unset take the ``--preset`` value, timing flags a per-device default."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default", help="size preset (default: %(default)s)")
+    p.add_argument("--hidden", type=int, help="hidden size (default preset: 1024)")
+    p.add_argument("--layers", type=int, help="decoder layers (default preset: 4)")
+    p.add_argument("--heads", type=int, help="attention heads (default preset: 16)")
+    p.add_argument("--kv-heads", type=int, help="key/value heads (default: --heads)")
+    p.add_argument("--intermediate", type=int, help="MLP size (default: round(2.6875 * hidden))")
+    p.add_argument("--seq", type=int, help="tokens per sequence (default preset: 256)")
+    p.add_argument("--batch", type=int, help="sequences per step (default preset: 4)")
+    p.add_argument("--vocab", type=int, help="vocabulary size (default preset: 1000)")
+    p.add_argument("--rank", type=int, help="adapter rank (default preset: 16)")
+    p.add_argument("--alpha", type=float, help="adapter alpha (default: 2 * rank)")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="base weight / autocast dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: the CPUs this process may use)")
+    p.add_argument("--warmup", type=int, help="untimed training steps per variant (default: 1 CPU, 3 CUDA)")
+    p.add_argument("--rounds", type=int,
+                   help="timed training rounds, one step per variant each (default: 5 CPU, 10 CUDA)")
+    p.add_argument("--eval-warmup", type=int, help="untimed eval forwards per model (default: 1 CPU, 3 CUDA)")
+    p.add_argument("--eval-rounds", type=int, help="timed eval rounds (default: 3 CPU, 10 CUDA)")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the base model, adapters and tokens")
+    p.add_argument("--json", metavar="PATH", help="also write every number (and the setup) to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="print only the final tables")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return finish_args(args)
+
+
+def finish_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the defaults that depend on the preset or the device, and check the sizes."""
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.kv_heads is None:
+        args.kv_heads = args.heads
+    if args.intermediate is None:
+        args.intermediate = int(round(2.6875 * args.hidden))
+    if args.alpha is None:
+        args.alpha = 2.0 * args.rank
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    on_cuda = torch.device(args.device).type == "cuda"
+    if on_cuda and not torch.cuda.is_available():
+        raise BenchError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.dtype is None:
+        args.dtype = "bfloat16" if on_cuda else "float32"
+    if args.threads is None:
+        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    defaults = {"warmup": 3 if on_cuda else 1, "rounds": 10 if on_cuda else 5,
+                "eval_warmup": 3 if on_cuda else 1, "eval_rounds": 10 if on_cuda else 3}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.hidden % args.heads or args.heads % args.kv_heads:
+        raise BenchError(f"--hidden {args.hidden} / --heads {args.heads} / --kv-heads {args.kv_heads}: the hidden "
+                         "size must divide into heads and the heads into key/value heads")
+    for key in ("hidden", "layers", "heads", "intermediate", "seq", "batch", "vocab", "rank", "rounds",
+                "eval_rounds", "threads"):
+        if getattr(args, key) < 1:
+            raise BenchError(f"--{key.replace('_', '-')} {getattr(args, key)}: must be at least 1")
+    return args
+
+
+def compute_dtype(args: argparse.Namespace) -> torch.dtype:
+    return getattr(torch, args.dtype)
+
+
+def autocast_context(args: argparse.Namespace) -> AbstractContextManager:
+    """bf16/fp16 runs: autocast over the forward pass (see the module docstring); fp32: nothing."""
+    dtype = compute_dtype(args)
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(torch.device(args.device).type, dtype=dtype)
+
+
+def synchronize(args: argparse.Namespace) -> None:
+    if torch.device(args.device).type == "cuda":
+        torch.cuda.synchronize(args.device)
+
+
+# -- models ----------------------------------------------------------------------------------------------------------
+def build_base(args: argparse.Namespace) -> nn.Module:
+    """A randomly initialised Llama-style causal LM of the requested size, on the device, base weights in --dtype."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+        max_position_embeddings=max(args.seq, 64), attention_dropout=0.0, tie_word_embeddings=False,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(args.seed)
+    with torch.device(args.device):  # initialise on the device: a 1B model initialises slowly on CPU
+        model = LlamaForCausalLM(config)
+    return model.to(compute_dtype(args)).eval()
+
+
+def make_variant(base: nn.Module, name: str, args: argparse.Namespace) -> nn.Module:
+    """A copy of ``base`` with variant ``name``'s adapters (rank, alpha, targets and dropout 0 shared by all)."""
+    library, _, options = VARIANTS[name]
+    model = copy.deepcopy(base)
+    if library == "mmft":
+        from mmft.adapters import AdapterConfig, apply_adapters
+
+        apply_adapters(model, AdapterConfig(r=args.rank, alpha=args.alpha, dropout=0.0, target_modules=TARGETS,
+                                             **options))
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=TARGETS,
+                        task_type="CAUSAL_LM", **options)
+    return get_peft_model(model, config)  # autocast_adapter_dtype=True (default): fp32 adapters
+
+
+def adapter_tensors(model: nn.Module) -> dict[str, dict[str, Tensor]]:
+    """``{module name in the base model: {"A", "B", "m"?}}`` for mmft and PEFT models alike."""
+    from mmft.adapters import find_adapted_modules
+
+    layers = find_adapted_modules(model)
+    if layers:
+        found = {}
+        for name, layer in layers.items():
+            found[name] = {"A": layer.lora_A.weight, "B": layer.lora_B.weight}
+            if layer.use_dora:
+                found[name]["m"] = layer.lora_magnitude_vector
+        return found
+    from peft.tuners.lora import LoraLayer
+
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            key = name.removeprefix("base_model.model.")
+            found[key] = {"A": module.lora_A["default"].weight, "B": module.lora_B["default"].weight}
+            if "default" in module.lora_magnitude_vector:
+                found[key]["m"] = module.lora_magnitude_vector["default"].weight
+    return found
+
+
+def randomize_adapters(models: dict[str, nn.Module], base: nn.Module, seed: int) -> None:
+    """Give every variant the same non-zero A, B (and magnitude, near ||W||) so the update is not trivial."""
+    per_model = {name: adapter_tensors(model) for name, model in models.items()}
+    names = list(per_model)
+    modules = sorted(per_model[names[0]])
+    for name, tensors in per_model.items():
+        if sorted(tensors) != modules:
+            raise BenchError(f"variant {name} adapts different modules than the others: cannot compare them")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in modules:
+            weight = base.get_submodule(module).weight.float().cpu()
+            out_features, in_features = weight.shape
+            rank = per_model[names[0]][module]["A"].shape[0]
+            a = (torch.rand(rank, in_features, generator=generator) * 2 - 1) / in_features**0.5
+            b = torch.randn(out_features, rank, generator=generator) * 0.02
+            m = torch.linalg.vector_norm(weight, dim=1) * (1 + 0.05 * torch.randn(out_features, generator=generator))
+            for name in names:
+                tensors = per_model[name][module]
+                tensors["A"].copy_(a)
+                tensors["B"].copy_(b)
+                if "m" in tensors:
+                    tensors["m"].copy_(m)
+
+
+@dataclass
+class Variant:
+    """One model under test and its optimizer."""
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    trainable_params: int = 0
+    step_times: list[float] = field(default_factory=list)
+    step_peaks: list[int] = field(default_factory=list)
+    eval_times: list[float] = field(default_factory=list)
+    merged_eval_times: list[float] = field(default_factory=list)
+    saved_bytes: int | None = None
+    peak_step_bytes: int | None = None
+    static_bytes: int = 0
+
+
+# -- measurement -----------------------------------------------------------------------------------------------------
+def storage_key(t: Tensor) -> tuple:
+    return (t.device.type, t.device.index, t.untyped_storage().data_ptr())
+
+
+class _Held:
+    """What the pack hook returns: the graph holds this wrapper exactly as long as it holds the saved tensor."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
+
+
+class SavedTensorMeter:
+    """Bytes held by the autograd graph for backward, deduplicated by storage, parameters and buffers excluded.
+
+    Use around the forward pass; call `live_bytes` while the graph (the loss) is alive, before ``backward``.
+    """
+
+    def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
+        self._excluded = {storage_key(t) for t in exclude}
+        self._held: list[weakref.ref] = []
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, tensor: Tensor) -> _Held:
+        # detached: a saved output would otherwise hold its own grad_fn through the wrapper (a reference cycle that
+        # keeps a dropped graph alive until the garbage collector runs); backward only needs the values
+        held = _Held(tensor.detach())
+        self._held.append(weakref.ref(held))
+        return held
+
+    @staticmethod
+    def _unpack(held: _Held) -> Tensor:
+        return held.tensor
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    def live_bytes(self) -> int:
+        storages: dict[tuple, int] = {}
+        for ref in self._held:
+            held = ref()
+            if held is None:
+                continue
+            key = storage_key(held.tensor)
+            if key not in self._excluded:
+                storages[key] = held.tensor.untyped_storage().nbytes()
+        return sum(storages.values())
+
+
+def cpu_peak_bytes(fn: Callable[[], object]) -> int:
+    """Peak CPU bytes allocated by torch while ``fn`` runs, above what was allocated when it started.
+
+    torch keeps no CPU allocator statistics; the profiler with ``profile_memory=True`` records every allocation and
+    free of torch's CPU allocator (with its size), which are replayed here in time order.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    try:
+        raw = prof.profiler.kineto_results.events()
+    except AttributeError as err:  # a private profiler API: fail loudly if a torch release renames it
+        raise BenchError(f"torch {torch.__version__}: the profiler's raw memory events are not reachable: {err}")
+    events = sorted(((e.start_ns(), e.nbytes()) for e in raw
+                     if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU),
+                    key=lambda item: item[0])
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return peak
+
+
+def static_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
+    """Parameters and buffers (by storage) plus optimizer state: the memory a variant holds between steps."""
+    storages: dict[tuple, int] = {}
+    for t in list(model.parameters()) + list(model.buffers()):
+        storages[storage_key(t)] = t.untyped_storage().nbytes()
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, Tensor):
+                    storages[storage_key(value)] = value.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def model_tensors(model: nn.Module) -> list[Tensor]:
+    return list(model.parameters()) + list(model.buffers())
+
+
+def loss_of(model: nn.Module, ids: Tensor, args: argparse.Namespace) -> Tensor:
+    with autocast_context(args):
+        return model(input_ids=ids, labels=ids).loss
+
+
+def train_step(variant: Variant, ids: Tensor, args: argparse.Namespace, meter: SavedTensorMeter | None = None) -> None:
+    """Forward, LM cross-entropy, backward, AdamW step, zero_grad. With ``meter``: record the saved bytes too."""
+    if meter is None:
+        loss = loss_of(variant.model, ids, args)
+    else:
+        with meter:
+            loss = loss_of(variant.model, ids, args)
+        variant.saved_bytes = meter.live_bytes()
+    loss.backward()
+    variant.optimizer.step()
+    variant.optimizer.zero_grad(set_to_none=True)
+
+
+def eval_forward(model: nn.Module, ids: Tensor, args: argparse.Namespace) -> Tensor:
+    with torch.no_grad(), autocast_context(args):
+        return model(input_ids=ids).logits
+
+
+def timed(fn: Callable[[], object], args: argparse.Namespace) -> float:
+    synchronize(args)
+    start = time.perf_counter()
+    fn()
+    synchronize(args)
+    return time.perf_counter() - start
+
+
+def round_robin(names: list[str], rounds: int, run: Callable[[str], None]) -> None:
+    """``rounds`` passes over ``names``, the order rotated by one each pass (no variant always runs first)."""
+    for r in range(rounds):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            run(name)
+
+
+def max_abs_diff(a: Tensor, b: Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+# -- the benchmark ---------------------------------------------------------------------------------------------------
+def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
+    """Build, check, time and measure every variant; returns the JSON-ready results (`collect_results`)."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=generator).to(device)
+    check_ids = ids[:1]  # equivalence checks on one sequence: cheap, and enough to catch a wrong formula
+
+    started = time.perf_counter()
+    base = build_base(args)
+    variants = {name: Variant(name, make_variant(base, name, args)) for name in VARIANTS}
+    log(f"built base + {len(variants)} variants in {time.perf_counter() - started:.1f}s")
+
+    checks: dict[str, dict[str, float]] = {"init_vs_base": {}, "randomized": {}, "merged_vs_unmerged": {}}
+    base_logits = eval_forward(base, check_ids, args)
+    for name, v in variants.items():
+        v.model.eval()
+        checks["init_vs_base"][name] = max_abs_diff(eval_forward(v.model, check_ids, args), base_logits)
+    randomize_adapters({n: v.model for n, v in variants.items()}, base, args.seed + 2)
+    logits = {name: eval_forward(v.model, check_ids, args) for name, v in variants.items()}
+    for a, b in [("mmft_dora", "peft_dora"), ("mmft_lora", "peft_lora"), ("mmft_dora_lean", "mmft_dora"),
+                 ("mmft_dora_nodetach", "mmft_dora")]:
+        checks["randomized"][f"{a} vs {b}"] = max_abs_diff(logits[a], logits[b])
+    update_size = max_abs_diff(logits["mmft_dora"], base_logits)
+    # a wrong formula moves the logits by about as much as the update does; rounding moves them far less (in bf16,
+    # through many layers, a good part of a logit: PEFT's DoRA is not even exactly the base model at init there)
+    relative = 1e-4 if compute_dtype(args) == torch.float32 else 5e-2
+    tolerance = relative * max(1.0, base_logits.float().abs().max().item())
+    log(f"equivalence checks (max |logit difference|; the update itself moves the logits by {update_size:.3g}, "
+        f"tolerance {tolerance:.3g}):")
+    for group, values in checks.items():
+        for key, value in values.items():
+            log(f"  {group}: {key}: {value:.3g}")
+    bad = {key: value for group in ("init_vs_base", "randomized") for key, value in checks[group].items()
+           if not value <= tolerance}
+    if bad or not update_size > tolerance:
+        raise BenchError(f"variants disagree beyond {tolerance:.3g} (max |logit difference|): {bad}, or the random "
+                         f"adapters hardly change the model ({update_size:.3g})")
+    checks["update_vs_base"] = {"mmft_dora": update_size}
+    checks["tolerance"] = {"max_abs_logit_diff": tolerance}
+
+    for v in variants.values():
+        v.model.train()
+        params = [p for p in v.model.parameters() if p.requires_grad]
+        v.trainable_params = sum(p.numel() for p in params)
+        v.optimizer = torch.optim.AdamW(params, lr=args.lr)
+
+    names = list(variants)
+    started = time.perf_counter()
+    for _ in range(args.warmup):
+        for name in names:
+            train_step(variants[name], ids, args)
+    for name in names:  # one untimed step each for memory: saved bytes (hooks) and, on CPU, the profiled peak
+        v = variants[name]
+        meter = SavedTensorMeter(exclude=model_tensors(v.model))
+        if on_cuda:
+            train_step(v, ids, args, meter)
+        else:
+            v.peak_step_bytes = cpu_peak_bytes(lambda v=v, meter=meter: train_step(v, ids, args, meter))
+        v.static_bytes = static_bytes(v.model, v.optimizer)
+
+    def timed_step(name: str) -> None:
+        v = variants[name]
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        v.step_times.append(timed(lambda: train_step(v, ids, args), args))
+        if on_cuda:
+            v.step_peaks.append(torch.cuda.max_memory_allocated(device) - before)
+
+    gc.collect()  # drop the profiler's event objects now rather than inside a timed step
+    round_robin(names, args.rounds, timed_step)
+    if on_cuda:
+        for v in variants.values():
+            v.peak_step_bytes = int(statistics.median(v.step_peaks))
+    log(f"training: {args.warmup} warmup + 1 memory + {args.rounds} timed steps per variant in "
+        f"{time.perf_counter() - started:.1f}s")
+
+    started = time.perf_counter()
+    eval_models = {name: variants[name].model for name in EVAL_VARIANTS} | {BASE: base}
+    eval_times: dict[str, list[float]] = {name: [] for name in eval_models}
+    for model in eval_models.values():
+        model.eval()
+    for _ in range(args.eval_warmup):
+        for name, model in eval_models.items():
+            eval_forward(model, ids, args)
+    round_robin(list(eval_models), args.eval_rounds,
+                lambda name: eval_times[name].append(timed(lambda: eval_forward(eval_models[name], ids, args), args)))
+
+    merged_models = {BASE: base}
+    for name in EVAL_VARIANTS:
+        before = eval_forward(variants[name].model, check_ids, args)
+        merged_models[name] = merge_variant(variants[name].model)
+        checks["merged_vs_unmerged"][name] = max_abs_diff(eval_forward(merged_models[name], check_ids, args), before)
+        log(f"  merged_vs_unmerged: {name}: {checks['merged_vs_unmerged'][name]:.3g}")
+    merged_times: dict[str, list[float]] = {name: [] for name in merged_models}
+    for _ in range(args.eval_warmup):
+        for name, model in merged_models.items():
+            eval_forward(model, ids, args)
+    round_robin(list(merged_models), args.eval_rounds,
+                lambda name: merged_times[name].append(timed(lambda: eval_forward(merged_models[name], ids, args),
+                                                             args)))
+    log(f"eval: unmerged and merged, {args.eval_warmup} warmup + {args.eval_rounds} timed forwards per model in "
+        f"{time.perf_counter() - started:.1f}s")
+    for name in EVAL_VARIANTS:
+        variants[name].eval_times = eval_times[name]
+        variants[name].merged_eval_times = merged_times[name]
+    return collect_results(args, variants, base, checks, eval_times[BASE], merged_times[BASE])
+
+
+def merge_variant(model: nn.Module) -> nn.Module:
+    """Fold the adapters into the base weights: mmft ``merge_adapters`` (in place) or PEFT ``merge_and_unload``."""
+    from mmft.adapters import find_adapted_modules, merge_adapters
+
+    if find_adapted_modules(model):
+        merge_adapters(model)
+        return model
+    return model.merge_and_unload()
+
+
+def device_name(args: argparse.Namespace) -> str:
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:  # Linux names the CPU model here; platform.processor() is often empty
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name} CPU ({args.threads} threads)"
+
+
+def collect_results(args: argparse.Namespace, variants: dict[str, Variant], base: nn.Module,
+                    checks: dict, base_eval: list[float], base_merged_eval: list[float]) -> dict:
+    """Medians, ratios against the issue's targets, and the setup, as one JSON-ready dict."""
+    import peft
+    import transformers
+
+    median = statistics.median
+    rows: dict[str, dict] = {}
+    for name, v in variants.items():
+        rows[name] = {
+            "label": VARIANTS[name][1],
+            "trainable_params": v.trainable_params,
+            "step_time_s": median(v.step_times),
+            "step_time_min_s": min(v.step_times),
+            "step_times_s": v.step_times,
+            "saved_bytes": v.saved_bytes,
+            "peak_step_bytes": v.peak_step_bytes,
+            "train_peak_bytes": v.static_bytes + v.peak_step_bytes,
+            "static_bytes": v.static_bytes,
+            "eval_time_s": median(v.eval_times) if v.eval_times else None,
+            "eval_times_s": v.eval_times,
+            "merged_eval_time_s": median(v.merged_eval_times) if v.merged_eval_times else None,
+            "merged_eval_times_s": v.merged_eval_times,
+        }
+    rows[BASE] = {"label": "base model (no adapters)", "eval_time_s": median(base_eval), "eval_times_s": base_eval,
+                  "merged_eval_time_s": median(base_merged_eval), "merged_eval_times_s": base_merged_eval}
+    ratios = {}
+    for key, num, den, quantity, target, note in RATIOS:
+        value = rows[num][quantity] / rows[den][quantity]
+        ratios[key] = {"value": value, "target": target, "meets_target": None if target is None else value <= target,
+                       "note": note}
+    for name in EVAL_VARIANTS:
+        value = rows[name]["merged_eval_time_s"] / rows[BASE]["merged_eval_time_s"]
+        ratios[f"{name} merged/base eval"] = {"value": value, "target": None, "meets_target": None,
+                                              "note": "merged inference"}
+    sizes = {key: getattr(args, key) for key in ("preset", "hidden", "layers", "heads", "kv_heads", "intermediate",
+                                                 "seq", "batch", "vocab", "rank", "alpha")}
+    return {
+        "setup": {
+            "command": shlex.join(["python", "scripts/bench_adapters.py", *args.argv]),
+            "device": str(args.device), "device_name": device_name(args), "dtype": args.dtype,
+            "precision": "float32" if args.dtype == "float32" else
+                         f"base weights {args.dtype}, fp32 adapters, torch.autocast({args.dtype})",
+            "threads": args.threads, "seed": args.seed, "lr": args.lr,
+            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "python": platform.python_version(), "sizes": sizes, "targets": TARGETS,
+            "base_params": sum(p.numel() for p in base.parameters()),
+            "timing": {"warmup": args.warmup, "rounds": args.rounds, "eval_warmup": args.eval_warmup,
+                       "eval_rounds": args.eval_rounds, "statistic": "median"},
+            "memory_method": "CUDA allocator peak per timed step" if torch.device(args.device).type == "cuda"
+                             else "torch.profiler CPU allocation/free events of one step, replayed",
+        },
+        "checks_max_abs_logit_diff": checks,
+        "variants": rows,
+        "ratios": ratios,
+    }
+
+
+# -- output ----------------------------------------------------------------------------------------------------------
+def _mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{1000 * value:,.1f}"
+
+
+def markdown_tables(results: dict) -> str:
+    """The per-variant table and the ratio table, as markdown."""
+    rows = results["variants"]
+    lines = [
+        "| variant | trainable | step ms | saved MiB | step peak MiB | train peak MiB | eval ms | merged eval ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in rows.items():
+        trainable = f"{row['trainable_params']:,}" if "trainable_params" in row else "-"
+        lines.append(f"| {row['label']} | {trainable} | {_ms(row.get('step_time_s'))} | "
+                     f"{_mb(row.get('saved_bytes'))} | {_mb(row.get('peak_step_bytes'))} | "
+                     f"{_mb(row.get('train_peak_bytes'))} | {_ms(row.get('eval_time_s'))} | "
+                     f"{_ms(row.get('merged_eval_time_s'))} |")
+    lines += ["", "| ratio | value | target | |", "|---|---:|---:|---|"]
+    for key, ratio in results["ratios"].items():
+        target = "-" if ratio["target"] is None else f"<= {ratio['target']:.2f}"
+        verdict = {True: "met", False: "**missed**", None: ""}[ratio["meets_target"]]
+        change = f" ({100 * (ratio['value'] - 1):+.1f}%)" if key.startswith("detach") else ""
+        lines.append(f"| {key} | {ratio['value']:.3f}{change} | {target} | {verdict} {ratio['note']} |".rstrip())
+    return "\n".join(lines)
+
+
+def setup_line(results: dict) -> str:
+    s = results["setup"]
+    z = s["sizes"]
+    return (f"{s['device_name']}, {s['precision']}, torch {s['torch']}, transformers {s['transformers']}, peft "
+            f"{s['peft']}; Llama-style {s['base_params'] / 1e6:,.1f}M params: hidden {z['hidden']}, {z['layers']} "
+            f"layers, {z['heads']}/{z['kv_heads']} heads, MLP {z['intermediate']}, vocab {z['vocab']}; batch "
+            f"{z['batch']} x {z['seq']} tokens; rank {z['rank']}, alpha {z['alpha']:g} on {', '.join(s['targets'])}; "
+            f"median of {s['timing']['rounds']} interleaved rounds; memory: {s['memory_method']}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    results = run_benchmark(args, log=(lambda _: None) if args.quiet else print)
+    print()
+    print(setup_line(results))
+    print()
+    print(markdown_tables(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BenchError as err:
+        sys.exit(f"bench_adapters: {err}")
