@@ -1,0 +1,127 @@
+"""The ``mmft`` command: LightningCLI with fit / validate / test / predict over any mmft model and DataModule.
+
+    mmft fit --config configs/tiny/llava_dora.yaml
+    mmft test --config configs/tiny/llava_dora.yaml --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt
+    mmft fit --config configs/llava_dora.yaml --config my_paths.yaml --print_config
+
+Models and DataModules are chosen by ``class_path`` in the config (subclass mode). The model's collate is handed
+to the DataModule (``collate_fn``) once both exist, so a config never names it. Several ``--config`` files compose
+in order, later ones overriding earlier ones.
+"""
+
+from __future__ import annotations
+
+import json
+import netrc
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from mmft.models.base import AdapterModule
+
+
+def wandb_configured() -> bool:
+    """Whether the user has set W&B up: an API key in the environment or a ``wandb login`` entry in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or Path.home() / ".netrc").authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return False
+
+
+def results_table(metrics: Mapping[str, Any], stage: str) -> str:
+    """The per-task metrics ``<stage>/<task>/<Metric>`` and ``<stage>/average`` as a plain text table."""
+    rows = []
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == stage:
+            rows.append((parts[1], parts[2], f"{float(value):.4f}"))
+    if f"{stage}/average" in metrics:
+        rows.append(("average", "", f"{float(metrics[f'{stage}/average']):.4f}"))
+    rows = [("task", "metric", "value"), *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    return "\n".join(f"{t:<{widths[0]}}  {m:<{widths[1]}}  {v:>{widths[2]}}" for t, m, v in rows)
+
+
+class LoggingSaveConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` in the log dir (overwriting: a rerun in the same folder must not abort) and logs the
+    whole run config to every logger (W&B shows it as the run's config)."""
+
+    def save_config(self, trainer: Trainer, pl_module: AdapterModule, stage: str) -> None:
+        config = json.loads(self.parser.dump(self.config, skip_none=False, format="json"))
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config})
+
+
+class MMFTCLI(LightningCLI):
+    """LightningCLI for mmft: any :class:`AdapterModule` and any LightningDataModule by ``class_path``.
+
+    The optimizer and scheduler are arguments of the model (built over trainable parameters only), not the
+    CLI's automatic ``--optimizer`` (which would cover frozen parameters too).
+    """
+
+    def __init__(self, **kwargs) -> None:
+        # jsonargparse 4.49+ warns about its own deprecations from inside LightningCLI: noise for mmft users
+        os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+        # W&B runs offline unless the user configured it (WANDB_MODE, when set, always wins)
+        if "WANDB_MODE" not in os.environ and not wandb_configured():
+            os.environ["WANDB_MODE"] = "offline"
+        kwargs.setdefault("model_class", AdapterModule)
+        kwargs.setdefault("datamodule_class", LightningDataModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_callback", LoggingSaveConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("auto_configure_optimizers", False)
+        super().__init__(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.collate", "data.init_args.collate_fn", apply_on="instantiate")
+
+    # validate / test print mmft's per-task table instead of Lightning's, which repeats epoch-level metrics under
+    # every dataloader's column
+    def before_validate(self) -> None:
+        self.config_init["validate"]["verbose"] = False
+
+    def after_validate(self) -> None:
+        self._print_results("val")
+
+    def before_test(self) -> None:
+        self.config_init["test"]["verbose"] = False
+
+    def after_test(self) -> None:
+        self._print_results("test")
+
+    def _print_results(self, stage: str) -> None:
+        if self.trainer.is_global_zero:
+            print(results_table(self.trainer.callback_metrics, stage), flush=True)
+
+    def instantiate_classes(self) -> None:
+        """As LightningCLI's, but an error raised inside a model's or DataModule's ``__init__`` (such as a missing
+        checkpoint path) surfaces as itself: jsonargparse would bury it in a "does not validate against any of the
+        Union subtypes" message."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            cause = error
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            if cause is error:
+                raise
+            raise cause from None
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``mmft`` console script."""
+    MMFTCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

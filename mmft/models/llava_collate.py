@@ -1,0 +1,244 @@
+"""The LLaVA collate: list[Sample] -> batch tensors. Runs in DataLoader workers, so everything here pickles.
+
+Each batch carries two views of the same examples:
+
+- the training view (``input_ids``, ``attention_mask``, ``labels``; right padding): the whole conversation, labels
+  -100 everywhere except the assistant replies and their end-of-turn token. Present when every example ends with an
+  assistant turn.
+- the generation view (``prompt_input_ids``, ``prompt_attention_mask``; left padding): the conversation up to the
+  last assistant reply, ending with the generation prompt. Present always, with ``ids``, ``tasks`` and
+  ``references`` for scoring.
+
+Both views append the task's instruction to every question (``instructions``): readers give bare questions, and
+LLaVA-1.5 trains and evaluates VQA-style tasks with "Answer the question using a single word or phrase." after each.
+
+A DataModule has one collate for every stage, so the collate cannot know whether it serves training or evaluation;
+building both views is cheap next to the model's forward pass.
+
+Images are padded to square with the processor's mean colour (LLaVA-1.5 ``image_aspect_ratio: pad``), then
+preprocessed by the model's image transform. The ``<image>`` placeholder goes at the start of the first user turn
+and is expanded to the number of visual tokens the model produces per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from data_modules.media import pad_to_square
+from data_modules.records import Example, Sample, Turn
+
+from .templates import IMAGE_PLACEHOLDER, TemplateName, render
+
+IGNORE_INDEX = -100
+SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
+# LLaVA-1.5's instructions for the short-answer benchmarks (its model_vqa_loader evaluation prompts)
+LLAVA_INSTRUCTIONS = {
+    task: SHORT_ANSWER_SUFFIX for task in ("vqav2", "gqa", "textvqa", "vizwiz", "okvqa", "ocrvqa", "docvqa")
+}
+
+
+class CollateError(ValueError):
+    """A sample cannot be turned into model inputs; the message names the record and the setting to change."""
+
+
+class ImageTransform(Protocol):
+    """Turns PIL RGB images into a ``[N, 3, H, W]`` float tensor; ``fill`` is the 0-255 padding colour."""
+
+    fill: tuple[int, int, int]
+
+    def __call__(self, images: list) -> Tensor: ...
+
+
+class HFImageTransform:
+    """A Hugging Face image processor (CLIPImageProcessor for LLaVA) as an ImageTransform."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+        self.fill = tuple(int(round(255 * m)) for m in processor.image_mean)
+
+    def __call__(self, images: list) -> Tensor:
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+class TimmImageTransform:
+    """A timm eval transform (resize, crop, normalise) as an ImageTransform."""
+
+    def __init__(self, transform: Any, mean: Sequence[float]) -> None:
+        self.transform = transform
+        self.fill = tuple(int(round(255 * m)) for m in mean)
+
+    def __call__(self, images: list) -> Tensor:
+        return torch.stack([self.transform(image) for image in images])
+
+
+def with_instruction(turns: Sequence[Turn], instruction: str | None) -> list[Turn]:
+    """Append ``instruction`` (after a newline) to every user turn; an empty question becomes the instruction."""
+    if not instruction:
+        return list(turns)
+    return [
+        replace(t, text=f"{t.text}\n{instruction}" if t.text else instruction) if t.role == "user" else t
+        for t in turns
+    ]
+
+
+def with_image_placeholders(turns: Sequence[Turn], num_images: int) -> list[Turn]:
+    """LLaVA puts ``"<image>\\n"`` at the start of the first user turn, once per image."""
+    turns = list(turns)
+    if num_images:
+        turns[0] = replace(turns[0], text=(IMAGE_PLACEHOLDER + "\n") * num_images + turns[0].text)
+    return turns
+
+
+class LlavaCollate:
+    """Tokenise conversations with a template, mask non-assistant tokens, expand image tokens, batch images.
+
+    Args:
+        tokenizer: a Hugging Face fast tokenizer that knows ``<image>`` as one token.
+        image_transform: the model's image preprocessing.
+        num_image_tokens: visual tokens per image (576 for CLIP ViT-L/14-336).
+        template: ``vicuna_v1`` (LLaVA-1.5) or ``chat_template`` (the tokenizer's own).
+        max_length: longest sequence, image tokens included; longer ones are cut at the end.
+        instructions: task -> text appended (after a newline) to every question of that task's examples, in
+            both views; ``None`` means LLaVA-1.5's short-answer instruction for the VQA-style tasks.
+        pad_images_to_square: pad with the mean colour before preprocessing, as LLaVA-1.5 does.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        image_transform: ImageTransform,
+        num_image_tokens: int,
+        template: TemplateName = "vicuna_v1",
+        max_length: int = 2048,
+        instructions: dict[str, str] | None = None,
+        pad_images_to_square: bool = True,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_transform = image_transform
+        self.num_image_tokens = num_image_tokens
+        self.template = template
+        self.max_length = max_length
+        self.instructions = dict(LLAVA_INSTRUCTIONS if instructions is None else instructions)
+        self.pad_images_to_square = pad_images_to_square
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise CollateError(f"the tokenizer has no {IMAGE_PLACEHOLDER} token: add it as a special token")
+        if tokenizer.eos_token is None:
+            raise CollateError("the tokenizer has no eos token: the end of each assistant reply cannot be marked")
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
+        # vicuna_v1 text has no begin-of-sequence marker; chat templates write their own
+        self.bos_token_id = tokenizer.bos_token_id if template == "vicuna_v1" else None
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        if not samples:
+            raise CollateError("empty batch")
+        examples = [s.example for s in samples]
+        batch: dict[str, Any] = {
+            "ids": [e.id for e in examples],
+            "tasks": [e.task for e in examples],
+            "references": [list(e.references) for e in examples],
+        }
+        images = [image for s in samples for image in self._images(s)]
+        if images:
+            batch["pixel_values"] = self.image_transform(images)
+        if all(e.turns and e.turns[-1].role == "assistant" for e in examples):
+            encoded = [self.encode(s.example, len(s.images)) for s in samples]
+            ids, mask = self._pad([ids for ids, _ in encoded], left=False)
+            labels, _ = self._pad([labels for _, labels in encoded], left=False, value=IGNORE_INDEX)
+            batch.update(input_ids=ids, attention_mask=mask, labels=labels)
+        prompts = [self.encode_prompt(s.example, len(s.images)) for s in samples]
+        batch["prompt_input_ids"], batch["prompt_attention_mask"] = self._pad(prompts, left=True)
+        return batch
+
+    def _images(self, sample: Sample) -> list:
+        example = sample.example
+        if example.video is not None:
+            raise CollateError(f"{self._name(example)}: has a video; the LLaVA collate handles images only")
+        if len(sample.images) != len(example.images):
+            raise CollateError(
+                f"{self._name(example)}: {len(example.images)} image paths but {len(sample.images)} decoded images"
+            )
+        if self.pad_images_to_square:
+            return [pad_to_square(image, self.image_transform.fill) for image in sample.images]
+        return list(sample.images)
+
+    @staticmethod
+    def _name(example: Example) -> str:
+        return example.source or f"{example.task} example {example.id}"
+
+    def encode(self, example: Example, num_images: int) -> tuple[list[int], list[int]]:
+        """Token ids and labels of the whole conversation (training view)."""
+        turns = with_instruction(example.turns, self.instructions.get(example.task))
+        turns = with_image_placeholders(turns, num_images)
+        rendered = render(self.template, turns, self.tokenizer.eos_token, self.tokenizer, source=self._name(example))
+        ids, labels = self._tokenize(rendered.text, rendered.supervised, num_images, example)
+        if len(ids) > self.max_length:
+            last_image = max((i for i, t in enumerate(ids) if t == self.image_token_id), default=-1)
+            if last_image >= self.max_length:
+                raise CollateError(
+                    f"{self._name(example)}: max_length={self.max_length} would cut through the image tokens "
+                    f"(they end at position {last_image + 1}): raise the collate's max_length"
+                )
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        return ids, labels
+
+    def encode_prompt(self, example: Example, num_images: int) -> list[int]:
+        """Token ids of the generation prompt: every turn but a final assistant reply."""
+        turns = list(example.turns)
+        if turns and turns[-1].role == "assistant":
+            turns = turns[:-1]
+        turns = with_instruction(turns, self.instructions.get(example.task))
+        turns = with_image_placeholders(turns, num_images)
+        rendered = render(
+            self.template, turns, self.tokenizer.eos_token, self.tokenizer, add_generation_prompt=True,
+            source=self._name(example),
+        )
+        ids, _ = self._tokenize(rendered.text, (), num_images, example)
+        if len(ids) > self.max_length:
+            raise CollateError(
+                f"{self._name(example)}: the generation prompt has {len(ids)} tokens, more than "
+                f"max_length={self.max_length}: raise the collate's max_length"
+            )
+        return ids
+
+    def _tokenize(
+        self, text: str, supervised: Sequence[tuple[int, int]], num_images: int, example: Example
+    ) -> tuple[list[int], list[int]]:
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = []
+        labels: list[int] = []
+        if self.bos_token_id is not None:
+            ids.append(self.bos_token_id)
+            labels.append(IGNORE_INDEX)
+        found = 0
+        for token, (start, end) in zip(encoding["input_ids"], encoding["offset_mapping"]):
+            if token == self.image_token_id:
+                ids.extend([token] * self.num_image_tokens)
+                labels.extend([IGNORE_INDEX] * self.num_image_tokens)
+                found += 1
+                continue
+            ids.append(token)
+            labels.append(token if any(start < b and end > a for a, b in supervised) else IGNORE_INDEX)
+        if found != num_images:
+            raise CollateError(
+                f"{self._name(example)}: {num_images} image(s) but {found} {IMAGE_PLACEHOLDER} tokens after "
+                f"tokenisation (does the text contain {IMAGE_PLACEHOLDER} itself?)"
+            )
+        return ids, labels
+
+    def _pad(self, rows: list[list[int]], left: bool, value: int | None = None) -> tuple[Tensor, Tensor]:
+        value = self.pad_token_id if value is None else value
+        width = max(len(r) for r in rows)
+        out = torch.full((len(rows), width), value, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            out[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return out, mask

@@ -1,0 +1,179 @@
+"""The LLaVA collate: template text, label masking at exact positions, image tokens, padding, errors."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, CLIPImageProcessor
+
+from data_modules.records import Example, Sample, Turn
+from mmft.models.llava_collate import (
+    IGNORE_INDEX,
+    SHORT_ANSWER_SUFFIX,
+    CollateError,
+    HFImageTransform,
+    LlavaCollate,
+)
+from mmft.models.templates import VICUNA_V1_SYSTEM, TemplateError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT / "configs" / "tiny" / "tokenizer"
+IMAGE_TOKENS = 4
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+def make_collate(tokenizer, **kwargs) -> LlavaCollate:
+    processor = CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
+    return LlavaCollate(tokenizer, HFImageTransform(processor), IMAGE_TOKENS, **kwargs)
+
+
+def image(width: int = 20, height: int = 12, color=(200, 10, 10)) -> Image.Image:
+    return Image.new("RGB", (width, height), color)
+
+
+def sample(turns, task="llava_instruct", images=1, id_="q1", references=()) -> Sample:
+    example = Example(
+        task=task,
+        id=id_,
+        turns=tuple(Turn(role, text) for role, text in turns),
+        images=tuple(Path(f"img{k}.jpg") for k in range(images)),
+        references=tuple(references),
+        source=f"test.json#{id_}",
+    )
+    return Sample(example, [image() for _ in range(images)])
+
+
+def tokens(tokenizer, ids) -> list[str]:
+    return tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+
+
+def test_two_round_conversation_labels_exactly_the_replies_and_their_eos(tokenizer):
+    collate = make_collate(tokenizer)
+    conversation = [("user", "What color is the circle?"), ("assistant", "red"),
+                    ("user", "Is it a square?"), ("assistant", "No.")]
+    batch = collate([sample(conversation)])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+
+    # the text, written out by hand (LLaVA-1.5 conv_vicuna_v1), then tokenised piece by piece
+    before_image = f"{VICUNA_V1_SYSTEM} USER: "
+    round_1 = "\nWhat color is the circle? ASSISTANT:"
+    round_2 = "USER: Is it a square? ASSISTANT:"
+
+    def enc(text):
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    eos = tokenizer.eos_token_id
+    expected_ids = ([tokenizer.bos_token_id] + enc(before_image) + [image_id] * IMAGE_TOKENS + enc(round_1)
+                    + enc(" red") + [eos] + enc(round_2) + enc(" No.") + [eos])
+    assert ids == expected_ids
+    reply_1 = 1 + len(enc(before_image)) + IMAGE_TOKENS + len(enc(round_1))
+    reply_2 = reply_1 + len(enc(" red")) + 1 + len(enc(round_2))
+    supervised = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+    assert supervised == [reply_1, reply_1 + 1, reply_2, reply_2 + 1, reply_2 + 2]  # " red</s>", " No.</s>"
+    assert [labels[i] for i in supervised] == [ids[i] for i in supervised]
+    assert tokens(tokenizer, [ids[i] for i in supervised]) == ["Ġred", "</s>", "ĠNo", ".", "</s>"]
+
+
+def test_prompt_view_is_left_padded_and_ends_with_the_generation_prompt(tokenizer):
+    collate = make_collate(tokenizer)
+    short = sample([("user", "What shape is shown?"), ("assistant", "circle")], task="vqav2", id_="a",
+                   references=["circle"] * 10)
+    long = sample([("user", "Is there a triangle in the picture?"), ("assistant", "no")], task="vqav2", id_="b",
+                  references=["no"] * 10)
+    batch = collate([short, long])
+    prompt, mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+    assert mask[:, -1].tolist() == [1, 1]  # left padding: every prompt ends at the last column
+    assert mask[0].tolist() == sorted(mask[0].tolist())
+    text = tokenizer.decode(prompt[0][mask[0].bool()], skip_special_tokens=False)
+    expected = (f"<s>{VICUNA_V1_SYSTEM} USER: " + "<image>" * IMAGE_TOKENS
+                + f"\nWhat shape is shown?\n{SHORT_ANSWER_SUFFIX} ASSISTANT:")
+    assert text == expected
+    assert batch["ids"] == ["a", "b"] and batch["tasks"] == ["vqav2", "vqav2"]
+    assert batch["references"][1] == ["no"] * 10
+    # the training view carries the same instruction (LLaVA-1.5 trains VQA data with it)
+    train_text = tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()])
+    assert f"What shape is shown?\n{SHORT_ANSWER_SUFFIX} ASSISTANT: circle</s>" in train_text
+    assert batch["attention_mask"][:, 0].tolist() == [1, 1]  # right padding for training
+
+
+def test_instructions_follow_the_task(tokenizer):
+    collate = make_collate(tokenizer, instructions={"gqa": "Short answer."})
+    batch = collate([sample([("user", "Which color?"), ("assistant", "red")], task="gqa")])
+    assert "Which color?\nShort answer. ASSISTANT:" in tokenizer.decode(batch["prompt_input_ids"][0])
+    batch = collate([sample([("user", "Which color?"), ("assistant", "red")], task="vqav2")])
+    assert "Which color? ASSISTANT:" in tokenizer.decode(batch["prompt_input_ids"][0])
+
+
+def test_images_are_padded_to_square_with_the_mean_colour_then_preprocessed(tokenizer):
+    collate = make_collate(tokenizer)
+    processor = collate.image_transform.processor
+    wide = Image.new("RGB", (20, 10), (255, 0, 0))
+    batch = collate([Sample(sample([("user", "q"), ("assistant", "a")]).example, [wide])])
+    square = Image.new("RGB", (20, 20), collate.image_transform.fill)
+    square.paste(wide, (0, 5))
+    expected = processor(images=[square], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(batch["pixel_values"], expected)
+    assert collate.image_transform.fill == tuple(int(round(255 * m)) for m in processor.image_mean)
+
+
+def test_text_only_examples_have_no_image_tokens_or_pixels(tokenizer):
+    collate = make_collate(tokenizer)
+    batch = collate([sample([("user", "How many corners does a square have?"), ("assistant", "Four.")], images=0)])
+    assert "pixel_values" not in batch
+    assert tokenizer.convert_tokens_to_ids("<image>") not in batch["input_ids"][0].tolist()
+
+
+def test_unanswered_examples_give_only_the_generation_view(tokenizer):
+    collate = make_collate(tokenizer)
+    batch = collate([sample([("user", "What color is the background?")], task="vqav2")])
+    assert "labels" not in batch and "input_ids" not in batch
+    assert batch["prompt_input_ids"].shape[0] == 1
+
+
+def test_truncation_keeps_image_tokens_and_errors_when_it_cannot(tokenizer):
+    conversation = [("user", "What color is the circle?"), ("assistant", "The answer is red.")]
+    full = make_collate(tokenizer)([sample(conversation)])["input_ids"].shape[1]
+    batch = make_collate(tokenizer, max_length=full - 3)([sample(conversation)])
+    assert batch["input_ids"].shape[1] == full - 3
+    with pytest.raises(CollateError, match="max_length=20 would cut through the image tokens"):
+        make_collate(tokenizer, max_length=20)([sample(conversation)])
+
+
+def test_bad_conversations_name_the_record(tokenizer):
+    collate = make_collate(tokenizer)
+    with pytest.raises(TemplateError, match=r"test.json#q1: turn 1 has role 'user'"):
+        collate([sample([("user", "a"), ("user", "b")])])
+    broken = sample([("user", "q"), ("assistant", "a")])
+    with pytest.raises(CollateError, match="1 image paths but 0 decoded images"):
+        collate([Sample(broken.example, [])])
+
+
+def test_chat_template_marks_assistant_replies(tokenizer):
+    chat = AutoTokenizer.from_pretrained(TOKENIZER)
+    chat.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if m['role'] == 'assistant' %}</s>{% endif %}"
+        "{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    collate = make_collate(chat, template="chat_template")
+    batch = collate([sample([("user", "What color is it?"), ("assistant", "red")], images=0)])
+    labels = batch["labels"][0]
+    assert tokens(chat, labels[labels != IGNORE_INDEX]) == ["Ġred", "</s>", "Ċ"]
+    assert chat.decode(batch["prompt_input_ids"][0]).endswith("user: What color is it?\nassistant:")
+    with pytest.raises(TemplateError, match="has none"):
+        make_collate(tokenizer, template="chat_template")([sample([("user", "q"), ("assistant", "a")])])
+
+
+def test_collate_pickles_for_dataloader_workers(tokenizer):
+    collate = make_collate(tokenizer)
+    clone = pickle.loads(pickle.dumps(collate))
+    batch = [sample([("user", "What shape is shown?"), ("assistant", "circle")])]
+    assert torch.equal(clone(batch)["input_ids"], collate(batch)["input_ids"])
