@@ -5,19 +5,26 @@ PY := $(VENV)/bin/python
 # torch 2.14.1 + torchvision 0.29.1 are the pair that import together here (see ../shared/REFERENCE.md section 7)
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
+SAMPLE := data/sample
+TINY := configs/tiny/llava_dora.yaml
+
 .PHONY: install demo test bench
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-demo: install
-	$(VENV)/bin/mmft fit --config configs/tiny/llava_dora.yaml
+$(SAMPLE)/README.txt: scripts/make_sample_data.py
+	$(PY) scripts/make_sample_data.py --out $(SAMPLE)
+
+# the main job: DoRA visual instruction tuning of the tiny LLaVA on the sample data, then its test metrics
+demo: install $(SAMPLE)/README.txt
+	$(VENV)/bin/mmft fit --config $(TINY)
+	$(VENV)/bin/mmft test --config $(TINY) --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt
 
 test: install
 	$(PY) -m pytest -q
