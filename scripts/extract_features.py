@@ -1,0 +1,155 @@
+"""Pre-extract VL-BART's visual features: run the frozen visual encoder of a config over image folders once, and
+write one safetensors file keyed by image file name (``[grid², channels]`` per image).
+
+    python scripts/extract_features.py --config configs/vlbart_image_dora.yaml \\
+        --images /data/coco/train2014 /data/coco/val2014 --out features/coco.safetensors
+
+The encoder settings come from the config's ``model.init_args.visual`` (later ``--config`` files override earlier
+ones, as with ``mmft``), so the features equal those the model computes end to end from the same images. Train on
+them by listing the files under ``model.init_args.visual.features``. The file records the settings it was made
+with; a model configured differently refuses it.
+
+Memory: the features are held until the file is written (36 x 2048 values per image: 295 KB in float32, 147 KB in
+float16), so write one file per image folder (COCO, GQA, NLVR2) rather than one for everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import yaml
+from torch.utils.data import DataLoader, Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+
+from data_modules.media import load_image  # noqa: E402
+from mmft.models.visual_features import (  # noqa: E402
+    ImageTransform,
+    VisualConfig,
+    VisualEncoder,
+    VisualFeatureError,
+    feature_key,
+)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def visual_config_from(config_files: Sequence[Path]) -> VisualConfig:
+    """``model.init_args.visual`` of the merged configs (without ``features``: extraction makes them)."""
+    merged: dict = {}
+    for path in config_files:
+        if not path.is_file():
+            raise FileNotFoundError(f"--config {path}: no such file")
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        _deep_update(merged, data)
+    visual = merged.get("model", {}).get("init_args", {}).get("visual")
+    if not isinstance(visual, dict):
+        raise VisualFeatureError(
+            f"{', '.join(map(str, config_files))}: no model.init_args.visual section (a VL-BART config is needed)"
+        )
+    return VisualConfig(**{**visual, "features": None})
+
+
+def _deep_update(target: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def find_images(folders: Sequence[Path]) -> list[Path]:
+    """Every image under ``folders`` (recursively), sorted; two images with one file name are an error, since
+    features are keyed by file name."""
+    images: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--images {folder}: no such folder")
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+                continue
+            key = feature_key(path)
+            if key in images:
+                raise VisualFeatureError(
+                    f"two images named {key!r}: {images[key]} and {path}; features are keyed by file name, so "
+                    "extract them into separate files"
+                )
+            images[key] = path
+    if not images:
+        raise FileNotFoundError(f"no {'/'.join(sorted(IMAGE_SUFFIXES))} images under {', '.join(map(str, folders))}")
+    return list(images.values())
+
+
+class ImageFiles(Dataset):
+    """Images decoded and preprocessed exactly as the model's collate does it (in DataLoader workers)."""
+
+    def __init__(self, paths: list[Path], transform: ImageTransform) -> None:
+        self.paths = paths
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform([load_image(self.paths[index])])[0]
+
+
+def extract(
+    config: VisualConfig,
+    images: list[Path],
+    out: Path,
+    batch_size: int = 64,
+    device: str = "cpu",
+    dtype: str = "float32",
+    num_workers: int = 0,
+) -> dict[str, int]:
+    """Write the features of ``images`` to ``out``; returns the counts written."""
+    from safetensors.torch import save_file
+
+    encoder = VisualEncoder(config).to(device)
+    loader = DataLoader(ImageFiles(images, encoder.image_transform()), batch_size=batch_size, num_workers=num_workers)
+    tensors: dict[str, torch.Tensor] = {}
+    done = 0
+    start = time.time()
+    for pixels in loader:
+        features = encoder(pixels.to(device)).to("cpu", DTYPES[dtype])
+        for path, feature in zip(images[done : done + len(features)], features):
+            tensors[feature_key(path)] = feature.contiguous()
+        done += len(features)
+        print(f"\r{done}/{len(images)} images, {done / (time.time() - start):.1f}/s", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    metadata = {**config.metadata(), "feature_dim": str(encoder.feature_dim), "dtype": dtype}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out), metadata=metadata)
+    return {"images": len(tensors), "tokens_per_image": config.tokens_per_image, "feature_dim": encoder.feature_dim}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, action="append", required=True,
+                        help="mmft VL-BART config(s); the visual encoder comes from model.init_args.visual")
+    parser.add_argument("--images", type=Path, nargs="+", required=True, help="image folders (searched recursively)")
+    parser.add_argument("--out", type=Path, required=True, help="the safetensors file to write")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="stored precision (float32: exactly the end-to-end features; float16 halves the file)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
+    args = parser.parse_args(argv)
+    config = visual_config_from(args.config)
+    images = find_images(args.images)
+    counts = extract(config, images, args.out, args.batch_size, args.device, args.dtype, args.num_workers)
+    print(f"wrote {args.out}: {counts['images']} images x {counts['tokens_per_image']} tokens x "
+          f"{counts['feature_dim']} ({config.encoder}, {config.image_size} px, {args.dtype})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""VL-BART: visual embedding shapes, feature files vs end-to-end features, loss masking, trainable selection,
+checkpoint loading from local folders, the linear schedule."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from data_modules import NLVR2, CocoKarpathy, ExampleDataset, VQAv2
+from mmft.adapters import AdapterConfig
+from mmft.models.vlbart import VisualEmbedding, VLBartConfigError, VLBartModule, WarmupLinear
+from mmft.models.vlbart_collate import IGNORE_INDEX, VLBartCollateError
+from mmft.models.visual_features import FeatureStore, VisualConfig, VisualEncoder, VisualFeatureError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {method: ROOT / "configs" / "tiny" / f"vlbart_image_{method}.yaml" for method in ("dora", "lora")}
+
+
+def tiny_init_args(method: str = "dora") -> dict:
+    return yaml.safe_load(TINY[method].read_text())["model"]["init_args"]
+
+
+def tiny_module(method: str = "dora", **overrides) -> VLBartModule:
+    """The tiny config's model (the shipped tokenizer, random frozen weights)."""
+    args = tiny_init_args(method)
+    kwargs = {
+        "bart": args["bart"],
+        "adapter": AdapterConfig(**args["adapter"]),
+        "tokenizer": str(ROOT / args["tokenizer"]),
+        "visual": VisualConfig(**args["visual"]),
+        "num_beams": 1,
+        "max_new_tokens": 4,
+        "seed": args["seed"],
+    }
+    kwargs.update(overrides)
+    return VLBartModule(**kwargs)
+
+
+def extraction_script():
+    name = "extract_features"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "extract_features.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices gain nothing from threads, and threads competing with other processes make them 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def module() -> VLBartModule:
+    return tiny_module().eval()
+
+
+@pytest.fixture(scope="module")
+def samples(sample_data: Path) -> list:
+    """Two NLVR2 pairs, two VQAv2 questions and one COCO caption, images decoded."""
+    root = sample_data
+    examples = (
+        NLVR2(root / "nlvr2" / "dev.json", root / "nlvr2" / "images" / "dev").read()[:2]
+        + VQAv2(
+            root / "vqav2" / "v2_OpenEnded_mscoco_val2014_questions.json",
+            root / "coco" / "val2014",
+            "val2014",
+            root / "vqav2" / "v2_mscoco_val2014_annotations.json",
+        ).read()[:2]
+        + CocoKarpathy(root / "coco_karpathy" / "dataset_coco.json", root / "coco", split="val").read()[:1]
+    )
+    dataset = ExampleDataset(examples)
+    return [dataset[i] for i in range(len(dataset))]
+
+
+# ------------------------------------------------------------------------------------------------- visual tokens
+def test_visual_embedding_tokens_masks_and_image_order() -> None:
+    torch.manual_seed(0)
+    embedding = VisualEmbedding(feature_dim=5, d_model=8, max_images=2)
+    features = torch.randn(4, 36, 5)  # example 0: one image, example 1: a pair, example 2: one image
+    grid = torch.randn(36, 8)
+    tokens, mask = embedding(features, torch.tensor([1, 2, 1]), grid)
+    assert tokens.shape == (3, 72, 8) and mask.shape == (3, 72)
+    assert mask.tolist() == [[1] * 36 + [0] * 36, [1] * 72, [1] * 36 + [0] * 36]
+    # by hand: LayerNorm(Linear(f)) + image_order[k] + grid[t]
+    base = torch.nn.functional.layer_norm(
+        features @ embedding.feature_projection.weight.T + embedding.feature_projection.bias, (8,),
+        embedding.layer_norm.weight, embedding.layer_norm.bias,
+    )
+    order = embedding.image_order.weight
+    torch.testing.assert_close(tokens[0, :36], base[0] + order[0] + grid)
+    torch.testing.assert_close(tokens[1, :36], base[1] + order[0] + grid)
+    torch.testing.assert_close(tokens[1, 36:], base[2] + order[1] + grid)
+    torch.testing.assert_close(tokens[2, :36], base[3] + order[0] + grid)
+    assert torch.all(tokens[0, 36:] == 0)
+    with pytest.raises(ValueError, match="visual embedding knows 2"):
+        embedding(torch.randn(3, 36, 5), torch.tensor([3]), grid)
+
+
+def test_clip_resnet101_gives_36_tokens_of_2048() -> None:
+    encoder = VisualEncoder(VisualConfig(encoder="resnet101_clip", image_size=224, grid=6))
+    assert encoder.feature_dim == 2048
+    assert encoder(torch.zeros(1, 3, 224, 224)).shape == (1, 36, 2048)
+    assert not any(p.requires_grad for p in encoder.parameters())
+    encoder.train()
+    assert not any(m.training for m in encoder.modules()), "the frozen encoder must stay in eval mode"
+
+
+def test_batch_holds_36_tokens_per_image_72_for_nlvr2(module: VLBartModule, samples: list) -> None:
+    batch = module.collate(samples)
+    assert batch["tasks"] == ["nlvr2", "nlvr2", "vqav2", "vqav2", "coco_caption"]
+    assert batch["image_counts"].tolist() == [2, 2, 1, 1, 1]
+    features = module.visual_features(batch)
+    assert features.shape == (7, 36, 128)
+    tokens, mask = module.model.visual_embedding(features, batch["image_counts"], module.model.grid_order(36))
+    assert tokens.shape == (5, 72, 128)
+    assert mask.sum(dim=1).tolist() == [72, 72, 36, 36, 36]
+
+
+# ------------------------------------------------------------------------------------------------------- collate
+def test_collate_prefixes_special_tokens_and_labels(module: VLBartModule, samples: list) -> None:
+    tokenizer = module.tokenizer
+    batch = module.collate(samples)
+    texts = tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+    assert texts[0] == f"nlvr: {samples[0].example.prompt}"
+    assert texts[2] == f"vqa: {samples[2].example.prompt}"
+    assert texts[4] == "caption:"
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    for row, row_mask in zip(ids, mask):
+        real = row[row_mask.bool()].tolist()
+        assert real[0] == tokenizer.bos_token_id and real[-1] == tokenizer.eos_token_id
+        assert (row[~row_mask.bool()] == tokenizer.pad_token_id).all()
+    labels = batch["labels"]
+    for label, sample in zip(labels, samples):
+        kept = label[label != IGNORE_INDEX].tolist()
+        assert kept[0] == tokenizer.bos_token_id and kept[-1] == tokenizer.eos_token_id
+        assert tokenizer.decode(kept[1:-1]) == sample.example.target
+        assert (label[len(kept):] == IGNORE_INDEX).all()
+
+
+def test_collate_errors_name_the_record(module: VLBartModule, samples: list) -> None:
+    from dataclasses import replace
+
+    from data_modules.records import Sample
+
+    unknown = Sample(replace(samples[2].example, task="okvqa"), samples[2].images)
+    with pytest.raises(VLBartCollateError, match="no prefix for task 'okvqa'.*model.init_args.prefixes"):
+        module.collate([unknown])
+    three = Sample(replace(samples[0].example, images=samples[0].example.images * 2), samples[0].images * 2)
+    with pytest.raises(VLBartCollateError, match=r"dev\.json.*4 images; VL-BART takes 1 to 2"):
+        module.collate([three])
+
+
+# -------------------------------------------------------------------------------------------------- the network
+def test_loss_is_mean_over_examples_and_independent_of_padding(module: VLBartModule, samples: list) -> None:
+    """Padded text sits between an example's text and its visual tokens: it must change nothing."""
+    batch_loss = module.training_loss(module.collate(samples))
+    single = [module.training_loss(module.collate([s])) for s in samples]
+    torch.testing.assert_close(batch_loss, torch.stack(single).mean(), rtol=1e-5, atol=1e-5)
+
+
+def test_generation_is_independent_of_the_batch(module: VLBartModule, samples: list) -> None:
+    together = module.generate_answers(module.collate(samples))
+    assert together == [module.generate_answers(module.collate([s]))[0] for s in samples]
+
+
+def test_trainable_parameters_are_the_papers(module: VLBartModule) -> None:
+    """Adapters on q_proj / v_proj of encoder self-, decoder self- and cross-attention; visual embedding, every
+    bias and every LayerNorm of BART trained; nothing else (token embeddings, other projections, the encoder)."""
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    adapted = {n.rsplit(".", 1)[0] for n in trainable if ".lora_A." in n or ".lora_B." in n}
+    layers = module.model.config.encoder_layers
+    expected_adapted = {
+        f"model.bart.model.{place}.{proj}.lora_{part}"
+        for i in range(layers)
+        for place in (f"encoder.layers.{i}.self_attn", f"decoder.layers.{i}.self_attn",
+                      f"decoder.layers.{i}.encoder_attn")
+        for proj in ("q_proj", "v_proj")
+        for part in ("A", "B")
+    }
+    assert adapted == expected_adapted
+    assert sum(n.endswith("lora_magnitude_vector") for n in trainable) == 3 * 2 * layers
+    for name, param in module.named_parameters():
+        bart_part = name.startswith("model.bart.")
+        is_norm = "layer_norm" in name or "layernorm_embedding" in name
+        should_train = (
+            ".lora_" in name
+            or name.startswith("model.visual_embedding.")
+            or (bart_part and name.endswith(".bias"))
+            or (bart_part and is_norm)
+        )
+        assert param.requires_grad == should_train, name
+    assert not any(p.requires_grad for p in module.visual_encoder.parameters())
+
+
+def test_lora_config_trains_the_same_but_magnitudes() -> None:
+    lora = tiny_module("lora")
+    dora_names = {n for n, p in tiny_module("dora").named_parameters() if p.requires_grad}
+    lora_names = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert dora_names - lora_names == {n for n in dora_names if n.endswith("lora_magnitude_vector")}
+    assert lora_names <= dora_names
+
+
+def test_adapters_outside_bart_are_refused() -> None:
+    args = tiny_init_args()
+    bad = AdapterConfig(**{**args["adapter"], "target_modules": r".*(q_proj|feature_projection)"})
+    with pytest.raises(VLBartConfigError, match="outside BART.*visual_embedding.feature_projection"):
+        tiny_module(adapter=bad)
+
+
+# ---------------------------------------------------------------------------------- pre-extracted visual features
+def test_feature_file_gives_the_end_to_end_features(module: VLBartModule, samples: list, tmp_path: Path) -> None:
+    script = extraction_script()
+    config = script.visual_config_from([TINY["dora"]])
+    images = sorted({path for s in samples for path in s.example.images})
+    out = tmp_path / "features.safetensors"
+    counts = script.extract(config, images, out, batch_size=3)
+    assert counts == {"images": len(images), "tokens_per_image": 36, "feature_dim": 128}
+
+    from_files = tiny_module(visual=VisualConfig(**{**tiny_init_args()["visual"], "features": [str(out)]})).eval()
+    assert from_files.visual_encoder is None and not from_files.collate.needs_media
+    end_to_end_batch, file_batch = module.collate(samples), from_files.collate(samples)
+    assert "pixel_values" in end_to_end_batch and "pixel_values" not in file_batch
+    torch.testing.assert_close(file_batch["visual_features"], module.visual_features(end_to_end_batch),
+                               rtol=1e-5, atol=1e-5)
+    # same seed, same weights: the whole model agrees
+    torch.testing.assert_close(from_files.training_loss(file_batch), module.training_loss(end_to_end_batch),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_feature_files_made_otherwise_or_incomplete_are_refused(samples: list, tmp_path: Path) -> None:
+    script = extraction_script()
+    config = script.visual_config_from([TINY["dora"]])
+    out = tmp_path / "one.safetensors"
+    script.extract(config, [samples[2].example.images[0]], out)
+    other_grid = VisualConfig(**{**tiny_init_args()["visual"], "grid": 5})
+    with pytest.raises(VisualFeatureError, match=r"one\.safetensors was extracted with grid='6'.*visual\.grid is '5'"):
+        FeatureStore([out], other_grid)
+    other_seed = VisualConfig(**{**tiny_init_args()["visual"], "seed": 1})
+    with pytest.raises(VisualFeatureError, match="seed"):
+        FeatureStore([out], other_seed)
+    store = FeatureStore([out], config)
+    with pytest.raises(VisualFeatureError, match=r"dev\.json.*no features for image .*img0\.png.*extract_features"):
+        store.get(samples[0].example.images[0], samples[0].example.source)
+    with pytest.raises(VisualFeatureError, match="not found"):
+        FeatureStore([tmp_path / "missing.safetensors"], config)
+
+
+# -------------------------------------------------------------------------------------------- local checkpoints
+def test_bart_and_visual_encoder_load_from_local_files(tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    args = tiny_init_args()
+    tokenizer = AutoTokenizer.from_pretrained(ROOT / args["tokenizer"])
+    torch.manual_seed(3)
+    bart = BartForConditionalGeneration(BartConfig(
+        **{**args["bart"], "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id,
+           "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "decoder_start_token_id": tokenizer.eos_token_id}))
+    bart.save_pretrained(tmp_path / "bart")
+    tokenizer.save_pretrained(tmp_path / "bart")
+    visual = VisualConfig(**args["visual"])
+    torch.manual_seed(4)
+    cnn = timm.create_model(visual.encoder, **visual.encoder_kwargs).eval()
+    save_file(cnn.state_dict(), str(tmp_path / "cnn.safetensors"))
+
+    module = tiny_module(bart=str(tmp_path / "bart"), tokenizer=None,
+                         visual=VisualConfig(**{**args["visual"], "checkpoint": str(tmp_path / "cnn.safetensors")}))
+    assert module.base_model_name_or_path == str(tmp_path / "bart")
+    loaded = module.model.bart.model.encoder.layers[0].fc1.weight
+    torch.testing.assert_close(loaded, bart.model.encoder.layers[0].fc1.weight)
+    pixels = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        expected = torch.nn.functional.adaptive_max_pool2d(cnn.forward_features(pixels), 6).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(module.visual_encoder(pixels), expected)
+
+    with pytest.raises(VLBartConfigError, match=r"model\.init_args\.bart='/nowhere': no such folder"):
+        tiny_module(bart="/nowhere", tokenizer=None)
+    with pytest.raises(VisualFeatureError, match=r"visual\.checkpoint='/nowhere\.safetensors': no such file"):
+        VisualEncoder(VisualConfig(**{**args["visual"], "checkpoint": "/nowhere.safetensors"}))
+
+
+# ------------------------------------------------------------------------------------------------------ schedule
+def test_warmup_linear_matches_transformers() -> None:
+    from transformers import get_linear_schedule_with_warmup
+
+    total = 50
+    ours = WarmupLinear(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), total, warmup_ratio=0.1)
+    reference = get_linear_schedule_with_warmup(
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), math.ceil(0.1 * total), total
+    )
+    for step in range(total + 1):
+        assert ours.factor(step) == pytest.approx(reference.lr_lambdas[0](step), abs=1e-12), step
+
+
+# ------------------------------------------------------------------------------------------------------ PEFT export
+def test_exported_adapter_gives_the_same_model_in_peft(samples: list, tmp_path: Path) -> None:
+    """What PeftExport writes at the end of fit rebuilds the same VL-BART in PEFT (DoRA on BART's q/v projections,
+    biases, LayerNorms and the visual embedding)."""
+    from peft import PeftModel
+
+    from mmft.adapters import save_adapters
+    from mmft.models.vlbart import VLBart, build_bart
+
+    trained = tiny_module().eval()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in sorted(trained.named_parameters()):
+            if param.requires_grad:
+                noise = torch.randn(param.shape, generator=generator)
+                param.mul_(1 + 0.2 * noise) if "magnitude" in name else param.add_(0.1 * noise)
+    save_adapters(trained.model, tmp_path / "adapter")
+
+    args = tiny_init_args()
+    base_bart = build_bart(args["bart"], trained.tokenizer, args["seed"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args["seed"])
+        base = VLBart(base_bart, trained.visual_encoder.feature_dim)
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+
+    batch = trained.collate(samples)
+    inputs = (batch["input_ids"], batch["attention_mask"], trained.visual_features(batch), batch["image_counts"],
+              batch["labels"])
+    with torch.no_grad():
+        ours = trained.model(*inputs).logits
+        theirs = peft_model(*inputs).logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,151 @@
+"""The ``mmft`` CLI on the tiny VL-BART configs, in subprocesses as a user runs it (fit, then test from the checkpoint),
+and the paper recipes: their numbers, and the error that asks for the BART folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mmft.cli import main
+from mmft.models.vlbart import VLBartConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 3 training steps, one batch per evaluation loader, files under runs/ of the work folder
+SHORT_RUN = {
+    "trainer": {
+        "max_epochs": 1,
+        "limit_train_batches": 3,
+        "limit_val_batches": 1,
+        "limit_test_batches": 1,
+        "log_every_n_steps": 1,
+        "num_sanity_val_steps": 0,
+        "logger": [{"class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": "runs", "name": "csv"}}],
+        "callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+             "init_args": {"dirpath": "runs/ckpt", "save_last": True, "save_on_train_epoch_end": False}},
+            {"class_path": "mmft.callbacks.CPUThreads", "init_args": {"num_threads": 1}},
+            {"class_path": "mmft.callbacks.PeftExport", "init_args": {"dirpath": "runs/adapter"}},
+        ],
+    }
+}
+TASK_METRICS = {"vqav2": "VQAAccuracy", "gqa": "ExactMatchAccuracy", "nlvr2": "ExactMatchAccuracy",
+                "coco_caption": "CIDErD"}
+
+
+def make_workdir(folder: Path, sample_data: Path) -> Path:
+    """A folder laid out like the repository root (configs/, data/sample/), where runs/ is written."""
+    (folder / "configs").symlink_to(ROOT / "configs")
+    (folder / "data").mkdir()
+    (folder / "data" / "sample").symlink_to(sample_data)
+    (folder / "short.yaml").write_text(yaml.safe_dump(SHORT_RUN))
+    return folder
+
+
+def mmft(workdir: Path, subcommand: str, config: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "mmft.cli", subcommand, "--config", config, "--config", "short.yaml", *args]
+    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, f"{subcommand} {config} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    return done.stdout + done.stderr
+
+
+def logged_columns(run: Path) -> set[str]:
+    with (run / "csv" / "version_0" / "metrics.csv").open() as file:
+        return set(next(csv.reader(file)))
+
+
+@pytest.mark.parametrize("method", ["dora", "lora"])
+def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path):
+    workdir = make_workdir(tmp_path, sample_data)
+    config = f"configs/tiny/vlbart_image_{method}.yaml"
+    mmft(workdir, "fit", config)
+    runs = workdir / "runs"
+    columns = logged_columns(runs)
+    assert "train/loss" in columns and "val/average" in columns
+    assert {f"val/{task}/{metric}" for task, metric in TASK_METRICS.items()} <= columns
+
+    # the checkpoint holds exactly the trainable parameters; the adapter folder is PEFT's
+    state = torch.load(runs / "ckpt" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert any(k.endswith("v_proj.lora_A.weight") for k in state)
+    assert any(k.startswith("model.visual_embedding.") for k in state)
+    assert not any(k.startswith("visual_encoder.") or k.endswith("fc1.weight") for k in state)
+    adapter = json.loads((runs / "adapter" / "adapter_config.json").read_text())
+    assert adapter["use_dora"] == (method == "dora") and adapter["bias"] == "all"
+    assert (runs / "adapter" / "adapter_model.safetensors").is_file()
+
+    if method == "dora":  # test from the trainable-only checkpoint: the frozen weights are rebuilt from the config
+        output = mmft(workdir, "test", config, "--ckpt_path", "runs/ckpt/last.ckpt")
+        table = [row.split() for row in output[output.index("task  "):].splitlines()[1:6]]
+        assert [row[:2] for row in table[:4]] == [list(item) for item in TASK_METRICS.items()]
+        scores = [float(row[-1]) for row in table]
+        # the paper's average of the four scores (it prints them x100)
+        assert table[4][0] == "average" and scores[4] == pytest.approx(sum(scores[:4]) / 4, abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- paper recipes
+RECIPES = {"dora": ROOT / "configs" / "vlbart_image_dora.yaml", "lora": ROOT / "configs" / "vlbart_image_lora.yaml"}
+
+
+def test_recipe_numbers_match_the_paper():
+    """DoRA paper section 5.2 / VL-Adapter: r 128 on q_proj, v_proj of every attention, visual embedding + biases +
+    LayerNorms trained, AdamW lr 1e-3, 20 epochs, warmup 0.1, gradient clipping 5, batch 300, beam search 5."""
+    for method, path in RECIPES.items():
+        config = yaml.safe_load(path.read_text())
+        model = config["model"]["init_args"]
+        adapter = model["adapter"]
+        assert adapter["method"] == method and adapter["r"] == 128 and adapter["bias"] == "all"
+        assert adapter["alpha"] == {"dora": 128, "lora": 32}[method]
+        assert "visual_embedding" in adapter["modules_to_save"]
+        assert model["optimizer"]["init_args"]["lr"] == 1.0e-3
+        assert model["scheduler"]["class_path"] == "mmft.models.vlbart.WarmupLinear"
+        assert model["scheduler"]["init_args"] == {"warmup_ratio": 0.1}
+        assert model["num_beams"] == 5
+        assert model["visual"]["encoder"] == "resnet101_clip" and model["visual"]["grid"] == 6
+        assert config["trainer"]["max_epochs"] == 20 and config["trainer"]["gradient_clip_val"] == 5.0
+        assert config["data"]["init_args"]["batch_size"] * config["trainer"]["accumulate_grad_batches"] == 300
+        tiny = yaml.safe_load((ROOT / "configs" / "tiny" / f"vlbart_image_{method}.yaml").read_text())
+        assert tiny["model"]["init_args"]["adapter"]["target_modules"] == adapter["target_modules"]
+        assert tiny["model"]["init_args"]["adapter"]["modules_to_save"] == adapter["modules_to_save"]
+
+
+@pytest.mark.parametrize("method", ["dora", "lora"])
+def test_recipe_asks_for_the_bart_folder(method, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", ["mmft", "fit", "--config", str(RECIPES[method])])
+    with pytest.raises(VLBartConfigError, match=r"model\.init_args\.bart='/path/to/facebook/bart-base': no such"):
+        main()
+
+
+VLBART_CONFIGS = sorted((ROOT / "configs").rglob("vlbart_*.yaml"))
+
+
+@pytest.mark.parametrize("config", VLBART_CONFIGS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
+def test_config_prints(config, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr("sys.argv", ["mmft", "fit", "--config", str(config), "--print_config"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]
+    assert printed["class_path"] == "mmft.models.vlbart.VLBartModule"
+    assert printed["init_args"]["visual"]["grid"] == 6
+    assert set(printed["init_args"]["metrics"]) == set(TASK_METRICS)
+
+
+def test_all_four_configs_exist():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in VLBART_CONFIGS}
+    assert names == {"vlbart_image_dora.yaml", "vlbart_image_lora.yaml", "tiny/vlbart_image_dora.yaml",
+                     "tiny/vlbart_image_lora.yaml"}
