@@ -229,7 +229,7 @@ class MultitaskDataModule(LightningDataModule):
             return
         per_reader = []
         for reader in self.readers[split]:
-            examples = reader.read(self.on_error)
+            examples = reader.read(self.on_error, check_media=self._needs_media)
             self.read_reports.append(reader.skipped)
             if not examples:
                 raise DataFormatError(f"data.{split}: {reader!r} yielded no examples ({reader.skipped!r})")
@@ -242,6 +242,12 @@ class MultitaskDataModule(LightningDataModule):
                     )
             per_reader.append(examples)
         self._examples[split] = per_reader
+
+    @property
+    def _needs_media(self) -> bool:
+        """False when the model's collate reads pre-extracted features (its ``needs_media``): images are then
+        neither checked nor decoded."""
+        return getattr(self.collate_fn, "needs_media", True)
 
     def _collate(self) -> SkipFilteringCollate:
         if self.collate_fn is None:
@@ -262,7 +268,10 @@ class MultitaskDataModule(LightningDataModule):
         for reader, examples in zip(self.readers["train"], self.examples("train")):
             pools.setdefault(reader.task, []).extend(examples)
         dataset = ExampleDataset(
-            [e for examples in pools.values() for e in examples], on_error=self.on_error, num_frames=self.num_frames
+            [e for examples in pools.values() for e in examples],
+            load_media=self._needs_media,
+            on_error=self.on_error,
+            num_frames=self.num_frames,
         )
         if self.sampling == "concat":
             task_sizes, batch_sizes = [len(dataset)], [self.batch_size]  # one int: checked in __init__
@@ -289,7 +298,9 @@ class MultitaskDataModule(LightningDataModule):
         loaders = []
         for reader, examples in zip(self.readers[split], self.examples(split)):
             batch_size = self.eval_batch_size or self._task_batch_size(reader.task)
-            dataset = ExampleDataset(examples, on_error=self.on_error, num_frames=self.num_frames)
+            dataset = ExampleDataset(
+                examples, load_media=self._needs_media, on_error=self.on_error, num_frames=self.num_frames
+            )
             loaders.append(
                 DataLoader(
                     dataset,

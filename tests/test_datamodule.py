@@ -424,3 +424,26 @@ def test_sample_data_is_deterministic(tmp_path: Path, sample_data: Path) -> None
     ]
     for relative in files:
         assert (tmp_path / relative).read_bytes() == (sample_data / relative).read_bytes(), relative
+
+
+class FeatureCollate:
+    """A collate that reads pre-extracted features, as VL-BART's does: it asks for no decoded images."""
+
+    needs_media = False
+
+    def __call__(self, samples: list[Sample]) -> dict:
+        return {"id": [s.example.id for s in samples], "images": [len(s.images) for s in samples]}
+
+
+def test_feature_collates_need_no_image_files(tmp_path: Path) -> None:
+    turns = [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A."}]
+    records = [{"id": f"r{k}", "image": f"absent{k}.jpg", "conversations": turns} for k in range(3)]
+    path = tmp_path / "features_only.json"
+    path.write_text(json.dumps(records))
+    with_pixels = MultitaskDataModule(val=[LlavaInstruct(path, tmp_path)], collate_fn=collate_ids)
+    with pytest.raises(MediaError, match="absent0.jpg"):
+        with_pixels.setup("validate")
+    features = MultitaskDataModule(val=[LlavaInstruct(path, tmp_path)], collate_fn=FeatureCollate())
+    features.setup("validate")
+    batch = next(iter(features.val_dataloader()[0]))
+    assert batch["id"] == ["r0", "r1", "r2"] and batch["images"] == [0, 0, 0]

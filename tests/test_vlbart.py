@@ -14,7 +14,8 @@ import yaml
 
 from data_modules import NLVR2, CocoKarpathy, ExampleDataset, VQAv2
 from mmft.adapters import AdapterConfig
-from mmft.models.vlbart import VisualEmbedding, VLBartConfigError, VLBartModule, WarmupLinear
+from mmft.models import WarmupLinear
+from mmft.models.vlbart import VisualEmbedding, VLBartConfigError, VLBartModule
 from mmft.models.vlbart_collate import IGNORE_INDEX, VLBartCollateError
 from mmft.models.visual_features import FeatureStore, VisualConfig, VisualEncoder, VisualFeatureError
 

@@ -108,7 +108,7 @@ def test_recipe_numbers_match_the_paper():
         assert adapter["alpha"] == {"dora": 128, "lora": 32}[method]
         assert "visual_embedding" in adapter["modules_to_save"]
         assert model["optimizer"]["init_args"]["lr"] == 1.0e-3
-        assert model["scheduler"]["class_path"] == "mmft.models.vlbart.WarmupLinear"
+        assert model["scheduler"]["class_path"] == "mmft.models.WarmupLinear"
         assert model["scheduler"]["init_args"] == {"warmup_ratio": 0.1}
         assert model["num_beams"] == 5
         assert model["visual"]["encoder"] == "resnet101_clip" and model["visual"]["grid"] == 6
@@ -140,7 +140,7 @@ def test_config_prints(config, capsys, monkeypatch):
         main()
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)["model"]
-    assert printed["class_path"] == "mmft.models.vlbart.VLBartModule"
+    assert printed["class_path"] == "mmft.models.VLBartModule"
     assert printed["init_args"]["visual"]["grid"] == 6
     assert set(printed["init_args"]["metrics"]) == set(TASK_METRICS)
 

@@ -99,8 +99,11 @@ class Reader:
         """Turn one raw record into Examples, or raise DataFormatError naming the location and the record's id."""
         raise NotImplementedError
 
-    def read(self, on_error: OnError = "raise") -> list[Example]:
-        """Read every record; with the policy "skip", drop bad records and report them (see ``self.skipped``)."""
+    def read(self, on_error: OnError = "raise", check_media: bool = True) -> list[Example]:
+        """Read every record; with the policy "skip", drop bad records and report them (see ``self.skipped``).
+
+        ``check_media=False`` skips the check that referenced media files exist, for models that read pre-extracted
+        features instead of pixels."""
         policy = self.on_error or on_error
         report = SkipReport(repr(self))
         examples: list[Example] = []
@@ -118,7 +121,8 @@ class Reader:
                             f"{example.source}: duplicate id {example.id!r} (first seen at {first_seen[example.id]})",
                             DUPLICATE,
                         )
-                    _check_media(example, media_exists)
+                    if check_media:
+                        _check_media(example, media_exists)
             except (DataFormatError, MediaError) as error:
                 if policy == "raise":
                     raise

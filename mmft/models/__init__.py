@@ -3,10 +3,14 @@
 from .base import AdapterModule, CheckpointMismatchError
 from .llava import HFLlava, LlavaBackbone, LlavaFromConfig, LlavaModule, TimmLlava, VisionLanguageModel
 from .llava_collate import LlavaCollate
-from .optim import ParamGroup, WarmupCosine
+from .optim import ParamGroup, WarmupCosine, WarmupLinear
+from .visual_features import FeatureStore, VisualConfig, VisualEncoder
+from .vlbart import VisualEmbedding, VLBart, VLBartModule
+from .vlbart_collate import VLBartCollate
 
 __all__ = [
     "AdapterModule",
+    "FeatureStore",
     "CheckpointMismatchError",
     "HFLlava",
     "LlavaBackbone",
@@ -15,6 +19,13 @@ __all__ = [
     "LlavaModule",
     "ParamGroup",
     "TimmLlava",
+    "VLBart",
+    "VLBartCollate",
+    "VLBartModule",
     "VisionLanguageModel",
+    "VisualConfig",
+    "VisualEmbedding",
+    "VisualEncoder",
     "WarmupCosine",
+    "WarmupLinear",
 ]

@@ -75,9 +75,9 @@ class WarmupCosine(LRScheduler):
         self, optimizer: Optimizer, total_steps: int, warmup_ratio: float = 0.03, min_lr_ratio: float = 0.0
     ) -> None:
         if total_steps < 1:
-            raise ValueError(f"WarmupCosine total_steps={total_steps}: must be at least 1")
+            raise ValueError(f"{type(self).__name__} total_steps={total_steps}: must be at least 1")
         if not 0.0 <= warmup_ratio < 1.0:
-            raise ValueError(f"WarmupCosine warmup_ratio={warmup_ratio}: must be in [0, 1)")
+            raise ValueError(f"{type(self).__name__} warmup_ratio={warmup_ratio}: must be in [0, 1)")
         self.total_steps = total_steps
         self.warmup_steps = math.ceil(warmup_ratio * total_steps)
         self.min_lr_ratio = min_lr_ratio
@@ -92,3 +92,15 @@ class WarmupCosine(LRScheduler):
 
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+
+class WarmupLinear(WarmupCosine):
+    """Linear warmup from 0 over ``ceil(warmup_ratio * total_steps)`` steps, then linear decay to
+    ``min_lr_ratio * lr`` at ``total_steps``: transformers' ``get_linear_schedule_with_warmup``, which VL-T5 and
+    VL-Adapter use (warmup ratio 0.1)."""
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return step / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * (1.0 - progress)

@@ -29,7 +29,7 @@ from torchmetrics import Metric
 from mmft.adapters import AdapterConfig
 
 from .base import AdapterModule
-from .optim import ParamGroup, SchedulerCallable, WarmupCosine
+from .optim import ParamGroup, SchedulerCallable
 from .vlbart_collate import IGNORE_INDEX, VLBART_PREFIXES, VLBartCollate
 from .visual_features import FeatureStore, VisualConfig, VisualEncoder
 
@@ -51,18 +51,6 @@ def default_vlbart_metrics() -> dict[str, Metric]:
 
     return {"vqav2": VQAAccuracy(), "gqa": ExactMatchAccuracy(), "nlvr2": ExactMatchAccuracy(),
             "coco_caption": CIDErD()}
-
-
-class WarmupLinear(WarmupCosine):
-    """Linear warmup from 0 over ``ceil(warmup_ratio * total_steps)`` steps, then linear decay to
-    ``min_lr_ratio * lr`` at ``total_steps``: transformers' ``get_linear_schedule_with_warmup``, which VL-T5 and
-    VL-Adapter use (warmup ratio 0.1)."""
-
-    def factor(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return step / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * (1.0 - progress)
 
 
 class VisualEmbedding(nn.Module):
