@@ -293,3 +293,20 @@ def test_cuda_bf16_autocast_matches_float64():
     torch.testing.assert_close(out.double(), dense_reference(model.up, x), atol=5e-2, rtol=3e-2)
     out.float().sum().backward()
     assert torch.isfinite(model.up.lora_B.weight.grad).all()
+
+
+@pytest.mark.parametrize("method", ["dora", "dvora"])
+def test_eval_cache_follows_loaded_weights(method):
+    """A weight load (in-place copy) must invalidate the cached scale, for VeRA-based DoRA too."""
+    model = TwoLayer()
+    apply_adapters(model, AdapterConfig(method=method, r=3, alpha=6, target_modules=["up"]))
+    x = torch.randn(4, 12)
+    model.eval()
+    with torch.no_grad():
+        before = model.up(x)
+        trained = copy.deepcopy(model)
+        randomise_(trained)
+        model.load_state_dict(trained.state_dict())
+        after = model.up(x)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(after.double(), dense_reference(model.up, x), atol=1e-5, rtol=1e-5)

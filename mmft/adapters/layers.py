@@ -241,13 +241,18 @@ class AdaptedLinear(nn.Module):
             else:
                 norm = self.weight_norm()
             return self.lora_magnitude_vector / norm
-        key = _versions(self.base_layer.weight, self.lora_magnitude_vector, *(self.factors() or ()))
-        if self.use_vera:  # factors() builds new tensors each call: key on the parameters instead
-            key = _versions(self.base_layer.weight, self.lora_magnitude_vector, self.vera_lambda_b,
-                            self.vera_lambda_d, self.__dict__["_vera"].vera_A)
+        key = self._state_key()
         if self._scale_cache is None or self._scale_cache[0] != key:
             self._scale_cache = (key, self.lora_magnitude_vector / self.weight_norm())
         return self._scale_cache[1]
+
+    def _state_key(self) -> tuple:
+        """Changes whenever a tensor the scale depends on is modified in place or replaced."""
+        tensors = list(self.parameters())
+        if self.use_vera:
+            vera = self.__dict__["_vera"]
+            tensors += [vera.vera_A, vera.vera_B]
+        return _versions(*tensors)
 
     def delta_weight(self) -> Tensor:
         """The dense direction update ``s * B @ A`` in fp32 (merging and tests only; training never builds it)."""
