@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from cli_helpers import make_workdir, run_mmft
 
 # A short run: 2 epochs of 3 batches; checkpoints after every validation, all kept (resume from epoch 0's).
 SHORT_RUN = {
@@ -42,23 +39,11 @@ SHORT_RUN = {
 
 @pytest.fixture(scope="module")
 def workdir(sample_data, tmp_path_factory) -> Path:
-    """A folder laid out like the repository root (configs/, data/sample/), where runs/ is written."""
-    folder = tmp_path_factory.mktemp("cli")
-    (folder / "configs").symlink_to(ROOT / "configs")
-    (folder / "data").mkdir()
-    (folder / "data" / "sample").symlink_to(sample_data)
-    (folder / "short.yaml").write_text(yaml.safe_dump(SHORT_RUN))
-    return folder
+    return make_workdir(tmp_path_factory.mktemp("cli"), sample_data, SHORT_RUN)
 
 
-def mmft(workdir: Path, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "mmft.cli", args[0], "--config", "configs/tiny/llava_dora.yaml",
-               "--config", "short.yaml", *args[1:]]
-    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    return done.stdout + done.stderr
+def mmft(workdir: Path, subcommand: str, *args: str) -> str:
+    return run_mmft(workdir, subcommand, "configs/tiny/llava_dora.yaml", *args)
 
 
 def train_losses(version_dir: Path) -> dict[int, float]:

@@ -7,24 +7,18 @@ import csv
 from pathlib import Path
 
 import pytest
-import yaml
 
-from test_cli import ROOT, SHORT_RUN, mmft
+from cli_helpers import make_workdir
+from test_cli import SHORT_RUN, mmft
 
 VAL_EXAMPLES = 161  # the sample VQAv2 val split
 
 
 @pytest.fixture(scope="module")
 def ddp_workdir(sample_data, tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("cli_ddp")
-    (folder / "configs").symlink_to(ROOT / "configs")
-    (folder / "data").mkdir()
-    (folder / "data" / "sample").symlink_to(sample_data)
     # enough steps (20 per rank) for the answers to be scored above zero, so the comparison means something
     trainer = {**SHORT_RUN["trainer"], "max_epochs": 1, "limit_train_batches": 20, "limit_val_batches": 1.0}
-    run = {"trainer": trainer}
-    (folder / "short.yaml").write_text(yaml.safe_dump(run))
-    return folder
+    return make_workdir(tmp_path_factory.mktemp("cli_ddp"), sample_data, {"trainer": trainer})
 
 
 def last_val_accuracy(version_dir: Path) -> float:

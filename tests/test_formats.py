@@ -208,7 +208,7 @@ def test_duplicate_ids_are_errors(tmp_path: Path) -> None:
     make_image(tmp_path / "a.png")
     good = {"id": "same", "image": "a.png", "conversations": GOOD_TURNS}
     path = write_json(tmp_path / "l.json", [good, good])
-    with pytest.raises(DataFormatError, match=rf"l\.json#1 \(id same\): duplicate id 'same' \(first seen at .*#0"):
+    with pytest.raises(DataFormatError, match=r"l\.json#1 \(id same\): duplicate id 'same' \(first seen at .*#0"):
         LlavaInstruct(path, tmp_path).read()
 
 

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from cli_helpers import ROOT, make_workdir, run_mmft
 from mmft.cli import main
 from mmft.models.vlbart import VLBartConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # 3 training steps, one batch per evaluation loader, files under runs/ of the work folder
 SHORT_RUN = {
@@ -42,22 +39,8 @@ TASK_METRICS = {"vqav2": "VQAAccuracy", "gqa": "ExactMatchAccuracy", "nlvr2": "E
                 "coco_caption": "CIDErD"}
 
 
-def make_workdir(folder: Path, sample_data: Path) -> Path:
-    """A folder laid out like the repository root (configs/, data/sample/), where runs/ is written."""
-    (folder / "configs").symlink_to(ROOT / "configs")
-    (folder / "data").mkdir()
-    (folder / "data" / "sample").symlink_to(sample_data)
-    (folder / "short.yaml").write_text(yaml.safe_dump(SHORT_RUN))
-    return folder
-
-
 def mmft(workdir: Path, subcommand: str, config: str, *args: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "mmft.cli", subcommand, "--config", config, "--config", "short.yaml", *args]
-    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=400)
-    assert done.returncode == 0, f"{subcommand} {config} failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    return done.stdout + done.stderr
+    return run_mmft(workdir, subcommand, config, *args)
 
 
 def logged_columns(run: Path) -> set[str]:
@@ -67,7 +50,7 @@ def logged_columns(run: Path) -> set[str]:
 
 @pytest.mark.parametrize("method", ["dora", "lora"])
 def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path):
-    workdir = make_workdir(tmp_path, sample_data)
+    workdir = make_workdir(tmp_path, sample_data, SHORT_RUN)
     config = f"configs/tiny/vlbart_image_{method}.yaml"
     mmft(workdir, "fit", config)
     runs = workdir / "runs"

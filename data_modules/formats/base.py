@@ -160,6 +160,16 @@ def load_json(path: Path, argument: str) -> Any:
         raise DataFormatError(f"{path}: not UTF-8 text: {error}") from None
 
 
+def iter_data_list(path: Path, argument: str) -> Iterator[tuple[str, Any]]:
+    """``(location, record)`` for each record of a JSON object holding its records under ``"data"`` (TextVQA,
+    DocVQA)."""
+    data = load_json(path, argument)
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise DataFormatError(f"{path}: expected a JSON object with a list under 'data'")
+    for index, record in enumerate(data["data"]):
+        yield f"{path}#{index}", record
+
+
 def iter_json_lines(path: Path, argument: str) -> Iterator[tuple[str, Any]]:
     """Yield ``(location, record)`` per non-empty line of a JSON-lines file; a bad line is a per-record error.
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_modules.formats.base import DataFormatError, OnError, Reader, load_json, require, require_text, with_id
+from data_modules.formats.base import (
+    DataFormatError,
+    OnError,
+    Reader,
+    iter_data_list,
+    require,
+    require_text,
+    with_id,
+)
 from data_modules.records import Example, Turn
 
 
@@ -23,11 +31,7 @@ class DocVQA(Reader):
         self.image_folder = Path(image_folder)
 
     def _records(self):
-        data = load_json(self.path, "json_path")
-        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-            raise DataFormatError(f"{self.path}: expected a JSON object with a list under 'data'")
-        for index, record in enumerate(data["data"]):
-            yield f"{self.path}#{index}", record
+        return iter_data_list(self.path, "json_path")
 
     def _parse(self, location: str, record: Any) -> list[Example]:
         source = with_id(location, record, "questionId")
