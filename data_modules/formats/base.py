@@ -160,13 +160,17 @@ def load_json(path: Path, argument: str) -> Any:
         raise DataFormatError(f"{path}: not UTF-8 text: {error}") from None
 
 
-def iter_data_list(path: Path, argument: str) -> Iterator[tuple[str, Any]]:
-    """``(location, record)`` for each record of a JSON object holding its records under ``"data"`` (TextVQA,
-    DocVQA)."""
+def iter_json_records(path: Path, argument: str, key: str | None = None) -> Iterator[tuple[str, Any]]:
+    """``(location, record)`` for each record of a JSON file that is a list of records (LLaVA, MSRVTT-QA) or, with
+    ``key``, an object holding that list under ``key`` (TextVQA and DocVQA: ``"data"``)."""
     data = load_json(path, argument)
-    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise DataFormatError(f"{path}: expected a JSON object with a list under 'data'")
-    for index, record in enumerate(data["data"]):
+    if key is not None:
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise DataFormatError(f"{path}: expected a JSON object with a list under {key!r}")
+        data = data[key]
+    elif not isinstance(data, list):
+        raise DataFormatError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    for index, record in enumerate(data):
         yield f"{path}#{index}", record
 
 

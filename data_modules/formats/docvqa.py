@@ -9,7 +9,7 @@ from data_modules.formats.base import (
     DataFormatError,
     OnError,
     Reader,
-    iter_data_list,
+    iter_json_records,
     require,
     require_text,
     with_id,
@@ -31,7 +31,7 @@ class DocVQA(Reader):
         self.image_folder = Path(image_folder)
 
     def _records(self):
-        return iter_data_list(self.path, "json_path")
+        return iter_json_records(self.path, "json_path", key="data")
 
     def _parse(self, location: str, record: Any) -> list[Example]:
         source = with_id(location, record, "questionId")

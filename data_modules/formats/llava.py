@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_modules.formats.base import DataFormatError, OnError, Reader, load_json, require, with_id
+from data_modules.formats.base import DataFormatError, OnError, Reader, iter_json_records, require, with_id
 from data_modules.records import Example, Turn
 
 IMAGE_MARKER = "<image>"
@@ -39,11 +39,7 @@ class LlavaInstruct(Reader):
         self.image_folder = Path(image_folder)
 
     def _records(self):
-        data = load_json(self.path, "json_path")
-        if not isinstance(data, list):
-            raise DataFormatError(f"{self.path}: expected a JSON list of records, got {type(data).__name__}")
-        for index, record in enumerate(data):
-            yield f"{self.path}#{index}", record
+        return iter_json_records(self.path, "json_path")
 
     def _parse(self, location: str, record: Any) -> list[Example]:
         source = with_id(location, record, "id")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_modules.formats.base import DataFormatError, OnError, Reader, load_json, require, require_text, with_id
+from data_modules.formats.base import OnError, Reader, iter_json_records, require, require_text, with_id
 from data_modules.records import Example, Turn
 
 
@@ -22,11 +22,7 @@ class MSRVTTQA(Reader):
         self.video_folder = Path(video_folder)
 
     def _records(self):
-        data = load_json(self.path, "json_path")
-        if not isinstance(data, list):
-            raise DataFormatError(f"{self.path}: expected a JSON list of records, got {type(data).__name__}")
-        for index, record in enumerate(data):
-            yield f"{self.path}#{index}", record
+        return iter_json_records(self.path, "json_path")
 
     def _parse(self, location: str, record: Any) -> list[Example]:
         source = with_id(location, record, "id")

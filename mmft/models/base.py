@@ -26,9 +26,19 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from data_modules.records import Example
 from mmft.adapters import AdapterConfig, AdapterReport, apply_adapters
 
 from .optim import ParamGroup, SchedulerCallable, build_param_groups
+
+
+def batch_metadata(examples: list[Example]) -> dict[str, list]:
+    """The keys every family's collate returns beside its tensors: what the base module scores and writes."""
+    return {
+        "ids": [e.id for e in examples],
+        "tasks": [e.task for e in examples],
+        "references": [list(e.references) for e in examples],
+    }
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:

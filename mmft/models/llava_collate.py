@@ -32,6 +32,7 @@ from torch import Tensor
 from data_modules.media import pad_to_square
 from data_modules.records import Example, Sample, Turn
 
+from .base import batch_metadata
 from .templates import IMAGE_PLACEHOLDER, TemplateName, render
 
 IGNORE_INDEX = -100
@@ -139,11 +140,7 @@ class LlavaCollate:
         if not samples:
             raise CollateError("empty batch")
         examples = [s.example for s in samples]
-        batch: dict[str, Any] = {
-            "ids": [e.id for e in examples],
-            "tasks": [e.task for e in examples],
-            "references": [list(e.references) for e in examples],
-        }
+        batch: dict[str, Any] = batch_metadata(examples)
         images = [image for s in samples for image in self._images(s)]
         if images:
             batch["pixel_values"] = self.image_transform(images)

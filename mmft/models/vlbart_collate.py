@@ -16,6 +16,7 @@ from torch import Tensor
 
 from data_modules.records import Example, Sample
 
+from .base import batch_metadata
 from .visual_features import FeatureStore, ImageTransform
 
 IGNORE_INDEX = -100
@@ -86,11 +87,7 @@ class VLBartCollate:
         if not samples:
             raise VLBartCollateError("empty batch")
         examples = [s.example for s in samples]
-        batch: dict[str, Any] = {
-            "ids": [e.id for e in examples],
-            "tasks": [e.task for e in examples],
-            "references": [list(e.references) for e in examples],
-        }
+        batch: dict[str, Any] = batch_metadata(examples)
         source = self._encode([self._source_text(e) for e in examples], self.max_length)
         batch["input_ids"], batch["attention_mask"] = self._pad(source, self.tokenizer.pad_token_id)
         targets = [e.target for e in examples]
