@@ -88,6 +88,10 @@ PRESETS: dict[str, dict] = {
     # Llama-3.2-1B's body (hidden 2048, 16 layers, 32 heads, 8 KV heads, MLP 8192), small vocabulary: ~1.0B params
     "1b": {"hidden": 2048, "layers": 16, "heads": 32, "kv_heads": 8, "intermediate": 8192, "seq": 1024, "batch": 4,
            "vocab": 1000, "rank": 16},
+    # launch-bound: layers so small that a step is all per-op host work (Python, dispatcher), the regime a GPU step is
+    # in when its kernels are shorter than their launches. A CPU stand-in for that part of a GPU step; use --threads 1
+    "overhead": {"hidden": 64, "layers": 16, "heads": 4, "kv_heads": None, "intermediate": None, "seq": 16,
+                 "batch": 1, "vocab": 128, "rank": 8},
     # seconds on a laptop: for smoke tests of the script itself
     "tiny": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": None, "seq": 16, "batch": 2,
              "vocab": 128, "rank": 4},

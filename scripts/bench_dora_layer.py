@@ -4,8 +4,10 @@
     python scripts/bench_dora_layer.py --device cuda --dtype bfloat16 --tokens 4096 --out 8192 --profile
 
 Times forward + backward (training) and a no-grad forward (eval) for mmft LoRA / DoRA / DoRA with dora_recompute and
-PEFT LoRA / DoRA on the same weights, interleaved, and prints medians and ratios. ``--profile`` prints the top
-operators of one mmft DoRA and one mmft LoRA training step (torch.profiler). Use scripts/bench_adapters.py for the
+PEFT LoRA / DoRA on the same weights, interleaved, and prints medians and ratios, then how many compute operators
+(kernel launches on a GPU; views and allocations not counted) one training step and one eval forward dispatch per
+variant: where a step is launch-bound (small layers, a fast GPU), that count sets its time. ``--profile`` prints the
+top operators of one mmft DoRA and one mmft LoRA training step (torch.profiler). Use scripts/bench_adapters.py for the
 whole-model numbers the README quotes.
 """
 
@@ -19,6 +21,7 @@ import time
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmft.adapters import AdapterConfig, apply_adapters
 
@@ -68,6 +71,30 @@ def eval_step(model: nn.Module, x: torch.Tensor, autocast: bool) -> None:
         model(x)
 
 
+# dispatched but launching no kernel: dtype arithmetic, allocations, host scalars
+NO_KERNEL = {"aten.promote_types.default", "aten.empty.memory_format", "aten.new_empty.default",
+             "aten.empty_like.default", "aten.scalar_tensor.default", "aten.lift_fresh.default"}
+
+
+class ComputeOpCounter(TorchDispatchMode):
+    """Counts the operators that compute (views, aliases and allocations excluded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and str(func) not in NO_KERNEL:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def compute_ops(fn) -> int:
+    with ComputeOpCounter() as counter:
+        fn()
+    return counter.count
+
+
 def timed(fn, device: str) -> float:
     sync(device)
     start = time.perf_counter()
@@ -109,6 +136,10 @@ def main() -> None:
     for a, b in (("mmft_dora", "mmft_lora"), ("peft_dora", "peft_lora"), ("mmft_dora", "peft_dora"),
                  ("mmft_dora_lean", "mmft_lora")):
         print(f"{a}/{b}: train {med[a]['train'] / med[b]['train']:.3f}, eval {med[a]['eval'] / med[b]['eval']:.3f}")
+    print("\n| variant | compute ops per training step | per eval forward |\n|---|---:|---:|")
+    for name, model in variants.items():
+        print(f"| {name} | {compute_ops(lambda: train_step(model, x, args.autocast))} "
+              f"| {compute_ops(lambda: eval_step(model, x, args.autocast))} |")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

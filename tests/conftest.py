@@ -11,11 +11,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_sample_data_generator():
-    """scripts/make_sample_data.py as a module (scripts/ is not a package)."""
-    name = "make_sample_data"
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (scripts/ is not a package), loaded once."""
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "make_sample_data.py")
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses look their module up in sys.modules
         spec.loader.exec_module(module)
@@ -26,5 +25,5 @@ def load_sample_data_generator():
 def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root folder of the sample data (the layout of data/sample/, see its README.txt), made in about a second."""
     root = tmp_path_factory.mktemp("sample_data")
-    load_sample_data_generator().make_sample_data(root)
+    load_script("make_sample_data").make_sample_data(root)
     return root

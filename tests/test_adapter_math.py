@@ -117,18 +117,37 @@ def test_merged_model_is_plain_and_saves_as_an_ordinary_state_dict():
     torch.testing.assert_close(plain(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_dora_function_gradcheck_float64():
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("with_dropout_input", [False, True])
+def test_dora_function_gradcheck_float64(recompute, with_bias, with_dropout_input):
+    """Every input's gradient, the norm's (detach_norm=False) included, on each save/recompute path."""
     torch.manual_seed(0)
     x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)
+    x_base = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True) if with_dropout_input else None
     W = torch.randn(5, 6, dtype=torch.float64)
-    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True) if with_bias else None
     A = torch.randn(2, 6, dtype=torch.float64, requires_grad=True)
     B = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
-    g = torch.rand(5, dtype=torch.float64, requires_grad=True)
-    for recompute in (False, True):
-        assert torch.autograd.gradcheck(lambda *t: DoRAScaledLinear.apply(*t, 0.7, recompute), (x, W, bias, A, B, g))
-        assert torch.autograd.gradcheck(lambda x, A, B, g: DoRAScaledLinear.apply(x, W, None, A, B, g, 0.7, recompute),
-                                        (x, A, B, g))
+    m = torch.rand(5, dtype=torch.float64, requires_grad=True)
+    norm = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_()
+
+    def function(x, x_base, bias, A, B, m, norm):
+        return DoRAScaledLinear.apply(x, x_base, W, bias, A, B, m, norm, 0.7, recompute)
+
+    assert torch.autograd.gradcheck(function, (x, x_base, bias, A, B, m, norm))
+
+
+def test_dora_function_with_dropout_input_is_pefts_formula():
+    """x_base W^T + b + (g - 1) x W^T + g s (x A^T) B^T, against float64 autograd of that formula."""
+    torch.manual_seed(1)
+    x, x_base = torch.randn(7, 6, dtype=torch.float64), torch.randn(7, 6, dtype=torch.float64)
+    W, bias = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    A, B = torch.randn(2, 6, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    m, norm = torch.rand(5, dtype=torch.float64), torch.rand(5, dtype=torch.float64) + 0.5
+    g = m / norm
+    expected = x_base @ W.T + bias + (g - 1) * (x @ W.T) + g * 0.7 * (x @ A.T @ B.T)
+    torch.testing.assert_close(DoRAScaledLinear.apply(x, x_base, W, bias, A, B, m, norm, 0.7, False), expected)
 
 
 @pytest.mark.parametrize("detach_norm", [True, False])

@@ -5,16 +5,14 @@ No timing assertions: timings on a shared machine prove nothing. The meters are 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_adapters.py"
+from conftest import load_script
+
 TINY = ["--preset", "tiny", "--device", "cpu", "--threads", "1", "--warmup", "1", "--rounds", "1",
         "--eval-warmup", "0", "--eval-rounds", "1", "--quiet"]
 FOUR = ["mmft_lora", "mmft_dora", "peft_lora", "peft_dora"]
@@ -22,11 +20,7 @@ FOUR = ["mmft_lora", "mmft_dora", "peft_lora", "peft_dora"]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_adapters", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_adapters"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_adapters")
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,8 @@ SHORT_RUN = {
             {"class_path": "mmft.callbacks.CPUThreads", "init_args": {"num_threads": 1}},
             {"class_path": "mmft.callbacks.PeftExport", "init_args": {"dirpath": "runs/adapter"}},
             {"class_path": "mmft.callbacks.AnswerWriter", "init_args": {"path": "runs/predictions.jsonl"}},
+            {"class_path": "mmft.callbacks.WeightUpdates",
+             "init_args": {"modules": ["q_proj", "v_proj"], "every_n_train_steps": 2, "path": "runs/updates.json"}},
         ],
     }
 }
@@ -79,13 +81,37 @@ def test_fit_writes_config_metrics_adapter_and_trainable_only_checkpoints(workdi
     assert (workdir / "runs" / "tiny_llava_dora" / "wandb").is_dir()  # W&B ran, offline
 
 
+def test_weight_updates_are_tracked_over_training(workdir, fitted):
+    """Every 2 steps and at each epoch end (steps 2, 3, 4, 6; 6 once), for the 2 layers' q_proj and v_proj."""
+    updates = json.loads((workdir / "runs" / "updates.json").read_text())
+    assert updates["method"] == "dora"
+    steps = sorted({p["step"] for p in updates["points"]})
+    assert steps == [2, 3, 4, 6]
+    modules = {p["module"] for p in updates["points"]}
+    assert len(modules) == 4 and all(m.endswith(("q_proj", "v_proj")) for m in modules)
+    assert len(updates["points"]) == 16 and set(updates["module_trends"]) == modules
+    assert all(p["delta_magnitude"] > 0 and p["delta_direction"] > 0 for p in updates["points"])
+    with (fitted / "metrics.csv").open() as file:
+        rows = [row for row in csv.DictReader(file) if row["updates/delta_magnitude"]]
+    assert [int(row["step"]) for row in rows] == steps
+    assert float(rows[-1]["updates/slope"]) == pytest.approx(updates["trend"]["slope"])
+
+
 def test_resume_replays_the_uninterrupted_run(workdir, fitted):
     uninterrupted = train_losses(fitted)
+    uninterrupted_updates = json.loads((workdir / "runs" / "updates.json").read_text())["points"]
     # a second run in the same folder: the saved config is overwritten, not an abort
     mmft(workdir, "fit", "--ckpt_path", "runs/ckpt/epoch=0-step=3.ckpt")
     resumed = train_losses(fitted.parent / "version_1")
     assert sorted(resumed) == [3, 4, 5]
     assert resumed == pytest.approx({step: uninterrupted[step] for step in resumed}, rel=1e-6, abs=0)
+    # the weight-update record came back with the checkpoint and goes on as the uninterrupted run's did
+    resumed_updates = json.loads((workdir / "runs" / "updates.json").read_text())["points"]
+    assert [(p["step"], p["module"]) for p in resumed_updates] == [(p["step"], p["module"])
+                                                                   for p in uninterrupted_updates]
+    for mine, reference in zip(resumed_updates, uninterrupted_updates):
+        assert mine["delta_magnitude"] == pytest.approx(reference["delta_magnitude"], rel=1e-5)
+        assert mine["delta_direction"] == pytest.approx(reference["delta_direction"], rel=1e-4)
 
 
 def test_test_prints_the_metrics_table(workdir, fitted):

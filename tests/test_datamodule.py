@@ -413,9 +413,9 @@ def test_vqav2_sample_majority_baseline_is_far_below_100(sample_data: Path) -> N
 
 
 def test_sample_data_is_deterministic(tmp_path: Path, sample_data: Path) -> None:
-    from conftest import load_sample_data_generator
+    from conftest import load_script
 
-    load_sample_data_generator().make_sample_data(tmp_path, videos=False)
+    load_script("make_sample_data").make_sample_data(tmp_path, videos=False)
     files = [
         "vqav2/v2_mscoco_val2014_annotations.json",
         "llava/llava_instruct_sample.json",

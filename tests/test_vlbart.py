@@ -3,15 +3,14 @@ checkpoint loading from local folders, the linear schedule."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from conftest import load_script
 from data_modules import NLVR2, CocoKarpathy, ExampleDataset, VQAv2
 from mmft.adapters import AdapterConfig
 from mmft.models import WarmupLinear
@@ -41,16 +40,6 @@ def tiny_module(method: str = "dora", **overrides) -> VLBartModule:
     }
     kwargs.update(overrides)
     return VLBartModule(**kwargs)
-
-
-def extraction_script():
-    name = "extract_features"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "extract_features.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -222,7 +211,7 @@ def test_adapters_outside_bart_are_refused() -> None:
 
 # ---------------------------------------------------------------------------------- pre-extracted visual features
 def test_feature_file_gives_the_end_to_end_features(module: VLBartModule, samples: list, tmp_path: Path) -> None:
-    script = extraction_script()
+    script = load_script("extract_features")
     config = script.visual_config_from([TINY["dora"]])
     images = sorted({path for s in samples for path in s.example.images})
     out = tmp_path / "features.safetensors"
@@ -241,7 +230,7 @@ def test_feature_file_gives_the_end_to_end_features(module: VLBartModule, sample
 
 
 def test_feature_files_made_otherwise_or_incomplete_are_refused(samples: list, tmp_path: Path) -> None:
-    script = extraction_script()
+    script = load_script("extract_features")
     config = script.visual_config_from([TINY["dora"]])
     out = tmp_path / "one.safetensors"
     script.extract(config, [samples[2].example.images[0]], out)

@@ -13,6 +13,7 @@ function saves one ``[tokens, out]`` tensor (or none, with ``dora_recompute``) w
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -34,6 +35,25 @@ def _versions(*tensors: Tensor | None) -> tuple:
     return tuple((t._version, t.data_ptr()) if t is not None else None for t in tensors)
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` that skips the dispatcher when nothing changes: the DoRA step makes a dozen such calls per
+    layer, and in the launch-bound regime their fixed cost is what DoRA pays over LoRA."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def _autocast_off(x: Tensor) -> tuple[torch.dtype, contextlib.AbstractContextManager]:
+    """The dtype matmuls run in (autocast's when it is on, as for any other op, else the input's) and a context
+    that keeps autocast out of the hand-written ops. The context is entered only when autocast is on: entering it
+    costs more than the small ops it wraps."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type), torch.autocast(device_type, enabled=False)
+    return x.dtype, _NO_CONTEXT
+
+
 def dora_weight_norm(
     weight: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: float, weight_sq_norm: Tensor
 ) -> Tensor:
@@ -44,95 +64,120 @@ def dora_weight_norm(
     and accumulated into fp32 from there.
     """
     acc = accumulation_dtype(weight.dtype)
-    a, b = lora_A.to(acc), lora_B.to(acc)
-    a_wt = (lora_A.to(weight.dtype) @ weight.T).to(acc)  # [r, out]
-    # ||W_i||^2 + s B_i . (2 A W_i^T + s (A A^T) B_i^T): one small GEMM gives the bracket for every row
+    a, b = _cast(lora_A, acc), _cast(lora_B, acc)
+    a_wt = _cast(_cast(lora_A, weight.dtype) @ weight.T, acc)  # [r, out]
+    # the bracket of ||W_i||^2 + s B_i . (2 A W_i^T + s (A A^T) B_i^T) for every row i: one small GEMM
     bracket = torch.addmm(a_wt, a @ a.T, b.T, beta=2.0, alpha=scaling)  # [r, out]
-    squared = torch.add(weight_sq_norm, (b.T * bracket).sum(dim=0), alpha=scaling)
-    return squared.clamp_min(NORM_EPS * NORM_EPS).sqrt()
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype matmuls run in: autocast's when it is on (as for any other op), else the input's."""
-    device_type = x.device.type
-    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+    # the per-row dot products and the sum with ||W_i||^2 as one batched GEMM: [out, 1, r] @ [out, r, 1]
+    squared = torch.baddbmm(weight_sq_norm.view(-1, 1, 1), b.unsqueeze(1), bracket.T.unsqueeze(2), alpha=scaling)
+    return squared.view(-1).clamp_min(NORM_EPS * NORM_EPS).sqrt()
 
 
 def dora_linear_inference(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
                           scale: Tensor, scaling: float) -> Tensor:
     """``g * (x W^T + s (x A^T) B^T) + b`` without autograd: one GEMM that accumulates the low-rank term and one
     in-place pass for the scale and bias, so unmerged DoRA inference costs what LoRA's does."""
-    dtype = _compute_dtype(x)
-    with torch.autocast(x.device.type, enabled=False):
-        x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        out = x2 @ weight.to(dtype).T
-        out.addmm_(x2 @ lora_A.to(dtype).T, lora_B.to(dtype).T, alpha=scaling)
-        out.mul_(scale.to(dtype))
+    dtype, no_autocast = _autocast_off(x)
+    with no_autocast:
+        x2 = _cast(x.reshape(-1, x.shape[-1]), dtype)
+        out = x2 @ _cast(weight, dtype).T
+        out.addmm_(x2 @ _cast(lora_A, dtype).T, _cast(lora_B, dtype).T, alpha=scaling)
+        out.mul_(_cast(scale, dtype))
         if bias is not None:
-            out.add_(bias.to(dtype))
+            out.add_(_cast(bias, dtype))
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class DoRAScaledLinear(torch.autograd.Function):
-    """``g * (x W^T + s (x A^T) B^T) + b`` with a hand-written backward. ``W`` is frozen: no gradient for it.
+    """DoRA's output with ``g = m / norm`` and a hand-written backward. ``W`` is frozen: no gradient for it; ``norm``
+    gets one only when it requires one (``detach_norm=False``).
 
-    Saved for backward: ``x``, ``x A^T`` and, for ``g``'s gradient ``sum_n gy * h``, the output itself when there is
-    no bias (``h = out / g``; the next op usually saves that same tensor, so the two share one storage), else the
-    unscaled ``h``. With ``recompute`` neither is kept: ``h`` is recomputed in backward.
+    Without dropout (``x_base`` is None): ``g * (x W^T + s (x A^T) B^T) + b``. With dropout, ``x`` is the dropped
+    adapter input and ``x_base`` the layer's input, and the output is PEFT's ``x_base W^T + b + (g - 1) x W^T +
+    g s (x A^T) B^T``: two GEMMs with ``W`` each way, where composing the pieces takes three.
+
+    Saved for backward: the inputs, ``x A^T`` and, for ``g``'s gradient ``sum_n gy * h`` with ``h = x W^T + s (x A^T)
+    B^T``, the output itself when ``out = g * h`` (no bias, no dropout: the next op usually saves that same tensor, so
+    the two share one storage), else ``h``. With ``recompute`` neither is kept: ``h`` is recomputed in backward.
+    Taking ``m`` and ``norm`` rather than ``g`` keeps the division out of the autograd graph.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor, scale: Tensor,
-                scaling: float, recompute: bool) -> Tensor:
-        dtype = _compute_dtype(x)
-        with torch.autocast(x.device.type, enabled=False):
-            x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-            w, a, b, g = weight.to(dtype), lora_A.to(dtype), lora_B.to(dtype), scale.to(dtype)
+    def forward(ctx, x: Tensor, x_base: Tensor | None, weight: Tensor, bias: Tensor | None, lora_A: Tensor,
+                lora_B: Tensor, magnitude: Tensor, norm: Tensor, scaling: float, recompute: bool) -> Tensor:
+        dtype, no_autocast = _autocast_off(x)
+        with no_autocast:
+            x2 = _cast(x.reshape(-1, x.shape[-1]), dtype)
+            w, a, b = _cast(weight, dtype), _cast(lora_A, dtype), _cast(lora_B, dtype)
+            g = _cast(magnitude / norm, dtype)
             xa = x2 @ a.T
-            h = (x2 @ w.T).addmm_(xa, b.T, alpha=scaling)
-            keep_h = bias is not None and not recompute
-            out = torch.addcmul(bias.to(dtype), h, g) if bias is not None else h.mul_(g)
+            xw = x2 @ w.T
+            if x_base is None:
+                xb2 = None
+                h = xw.addmm_(xa, b.T, alpha=scaling)
+                out = torch.addcmul(_cast(bias, dtype), h, g) if bias is not None else h.mul_(g)
+            else:
+                xb2 = _cast(x_base.reshape(x2.shape), dtype)
+                h = torch.addmm(xw, xa, b.T, alpha=scaling)
+                out = xb2 @ w.T if bias is None else torch.addmm(_cast(bias, dtype), xb2, w.T)
+                out.addcmul_(h, g).sub_(xw)
             out = out.reshape(*x.shape[:-1], out.shape[-1])
         ctx.scaling = scaling
-        ctx.grad_dtypes = (x.dtype, None if bias is None else bias.dtype, lora_A.dtype, lora_B.dtype, scale.dtype)
-        ctx.saved_output = not keep_h and not recompute
-        ctx.save_for_backward(x2, w, a, b, g, xa, h if keep_h else None, out if ctx.saved_output else None)
+        ctx.grad_dtypes = (x.dtype, None if x_base is None else x_base.dtype, None if bias is None else bias.dtype,
+                           lora_A.dtype, lora_B.dtype)
+        ctx.saved_output = x_base is None and bias is None and not recompute
+        keep_h = not ctx.saved_output and not recompute
+        ctx.save_for_backward(x2, xb2, w, a, b, g, magnitude, norm, xa, h if keep_h else None,
+                              out if ctx.saved_output else None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x2, w, a, b, g, xa, h, out = ctx.saved_tensors
+        x2, xb2, w, a, b, g, magnitude, norm, xa, h, out = ctx.saved_tensors
         s = ctx.scaling
-        x_dtype, bias_dtype, a_dtype, b_dtype, scale_dtype = ctx.grad_dtypes
-        gy = grad_out.reshape(-1, grad_out.shape[-1]).to(x2.dtype)
-        need_x, _, need_bias, need_a, need_b, need_scale = ctx.needs_input_grad[:6]
-        grad_x = grad_bias = grad_a = grad_b = grad_scale = None
-        acc = accumulation_dtype(gy.dtype)
-        with torch.autocast(grad_out.device.type, enabled=False):
-            if need_scale:
+        x_dtype, x_base_dtype, bias_dtype, a_dtype, b_dtype = ctx.grad_dtypes
+        need_x, need_x_base, _, need_bias, need_a, need_b, need_m, need_norm = ctx.needs_input_grad[:8]
+        grad_x = grad_x_base = grad_bias = grad_a = grad_b = grad_m = grad_norm = None
+        _, no_autocast = _autocast_off(grad_out)
+        with no_autocast:
+            gy = _cast(grad_out.reshape(-1, grad_out.shape[-1]), x2.dtype)
+            acc = accumulation_dtype(gy.dtype)
+            if need_m or need_norm:
                 if ctx.saved_output:
-                    # sum_n gy h = (sum_n gy out) / g. A row with g = 0 (m = 0: an all-zero weight row at
-                    # initialisation) outputs 0 and gives B no gradient, so its h stays 0: its gradient is 0.
-                    g_acc = g.to(acc)
-                    dot = torch.sum(gy * out.reshape(gy.shape), dim=0, dtype=acc)
-                    grad_scale = torch.where(g_acc == 0, 0.0, dot / g_acc).to(scale_dtype)
+                    # d/dm = sum_n gy h / norm = (sum_n gy out) / m and d/dnorm = -(sum_n gy out) / norm. A row with
+                    # m = 0 (an all-zero weight row at initialisation) outputs 0 and gives B no gradient, so its h
+                    # stays 0: its gradient is 0.
+                    dot = torch.sum(gy * out.view_as(gy), dim=0, dtype=acc)
+                    if need_m:
+                        grad_m = torch.where(magnitude == 0, 0.0, dot / magnitude)
+                    if need_norm:
+                        grad_norm = (dot / norm).neg_()
                 else:
                     if h is None:
                         h = (x2 @ w.T).addmm_(xa, b.T, alpha=s)
-                    grad_scale = torch.sum(gy * h, dim=0, dtype=acc).to(scale_dtype)
+                    grad_g = torch.sum(gy * h, dim=0, dtype=acc)
+                    if need_m:
+                        grad_m = grad_g / norm
+                    if need_norm:
+                        grad_norm = (grad_g * magnitude).div_(norm.square()).neg_()
             if need_bias:
-                grad_bias = torch.sum(gy, dim=0, dtype=acc).to(bias_dtype)
+                grad_bias = _cast(torch.sum(gy, dim=0, dtype=acc), bias_dtype)
+            if need_x_base:
+                grad_x_base = _cast(gy @ w, x_base_dtype).reshape(*grad_out.shape[:-1], x2.shape[-1])
             gh = gy * g
+            # beta=0 ignores the (uninitialised) input: the GEMM applies the scaling, no separate pass
+            unused = gh.new_empty(())
             if need_b:
-                grad_b = (s * (gh.T @ xa)).to(b_dtype)
+                grad_b = _cast(torch.addmm(unused, gh.T, xa, beta=0, alpha=s), b_dtype)
             if need_a or need_x:
-                gxa = (gh @ b) * s
+                gxa = torch.addmm(unused, gh, b, beta=0, alpha=s)
                 if need_a:
-                    grad_a = (gxa.T @ x2).to(a_dtype)
+                    grad_a = _cast(gxa.T @ x2, a_dtype)
                 if need_x:
-                    grad_x = (gh @ w).addmm_(gxa, a).to(x_dtype)
-                    grad_x = grad_x.reshape(*grad_out.shape[:-1], x2.shape[-1])
-        return grad_x, None, grad_bias, grad_a, grad_b, grad_scale, None, None
+                    # with dropout, x's share of the W path is (g - 1) x W^T
+                    gw = gh if xb2 is None else gh.sub_(gy)
+                    grad_x = _cast((gw @ w).addmm_(gxa, a), x_dtype).reshape(*grad_out.shape[:-1], x2.shape[-1])
+        return grad_x, grad_x_base, None, grad_bias, grad_a, grad_b, grad_m, grad_norm, None, None
 
 
 class VeraProjections(nn.Module):
@@ -182,7 +227,8 @@ class AdaptedLinear(nn.Module):
         self.use_dora = method in ("dora", "dvora")
         self.use_vera = method in ("vera", "dvora")
         self.scaling = 1.0 if self.use_vera else alpha / (math.sqrt(r) if use_rslora else r)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.has_dropout = dropout > 0
+        self.dropout = nn.Dropout(dropout) if self.has_dropout else nn.Identity()
         weight = base_layer.weight
         factory = {"device": weight.device, "dtype": accumulation_dtype(weight.dtype)}
         if magnitude_only:
@@ -225,22 +271,24 @@ class AdaptedLinear(nn.Module):
             self._weight_sq_cache = (key, sq)
         return self._weight_sq_cache[1]
 
-    def weight_norm(self) -> Tensor:
-        """Row-wise ``||W + s B A||`` in fp32 (``||W||`` for magnitude-only layers)."""
-        factors = self.factors()
+    def weight_norm(self, factors: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Row-wise ``||W + s B A||`` in fp32 (``||W||`` for magnitude-only layers); ``factors`` when already at hand."""
+        factors = factors or self.factors()
         if factors is None:
             return self.weight_sq_norm().clamp_min(NORM_EPS * NORM_EPS).sqrt()
         return dora_weight_norm(self.base_layer.weight, *factors, self.scaling, self.weight_sq_norm())
 
+    def training_norm(self, factors: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """The norm a training forward divides by: a constant for autograd with ``detach_norm`` (the paper's trick)."""
+        if not self.detach_norm:
+            return self.weight_norm(factors)
+        with torch.no_grad():
+            return self.weight_norm(factors)
+
     def magnitude_scale(self) -> Tensor:
         """``g = m / ||W + s B A||`` in fp32. Without autograd (eval, generation) it is cached until a weight changes."""
         if torch.is_grad_enabled():
-            if self.detach_norm:
-                with torch.no_grad():
-                    norm = self.weight_norm()
-            else:
-                norm = self.weight_norm()
-            return self.lora_magnitude_vector / norm
+            return self.lora_magnitude_vector / self.training_norm()
         key = self._state_key()
         if self._scale_cache is None or self._scale_cache[0] != key:
             self._scale_cache = (key, self.lora_magnitude_vector / self.weight_norm())
@@ -248,10 +296,12 @@ class AdaptedLinear(nn.Module):
 
     def _state_key(self) -> tuple:
         """Changes whenever a tensor the scale depends on is modified in place or replaced."""
-        tensors = list(self.parameters())
+        tensors = [self.base_layer.weight, self.lora_magnitude_vector]
         if self.use_vera:
             vera = self.__dict__["_vera"]
-            tensors += [vera.vera_A, vera.vera_B]
+            tensors += [self.vera_lambda_b, self.vera_lambda_d, vera.vera_A, vera.vera_B]
+        elif not self.magnitude_only:
+            tensors += [self.lora_A.weight, self.lora_B.weight]
         return _versions(*tensors)
 
     def delta_weight(self) -> Tensor:
@@ -268,21 +318,19 @@ class AdaptedLinear(nn.Module):
         weight, bias = self.base_layer.weight, self.base_layer.bias
         if not self.use_dora:
             a, b = self.factors()
-            update = F.linear(F.linear(self.dropout(x), a.to(x.dtype)), b.to(x.dtype))
+            update = F.linear(F.linear(self.dropout(x), _cast(a, x.dtype)), _cast(b, x.dtype))
             return self.base_layer(x) + update * self.scaling
-        scale = self.magnitude_scale()
         factors = self.factors()
         if factors is None:
-            out = F.linear(x, weight) * scale.to(x.dtype)
+            out = F.linear(x, weight) * _cast(self.magnitude_scale(), x.dtype)
             return out if bias is None else out + bias
-        if self.training and isinstance(self.dropout, nn.Dropout):
-            # dropout only on the adapter path: y = x W^T + b + [DoRA(x_d) - x_d W^T], as PEFT computes it
-            x_d = self.dropout(x)
-            update = DoRAScaledLinear.apply(x_d, weight, None, *factors, scale, self.scaling, self.dora_recompute)
-            return F.linear(x, weight, bias) + update - F.linear(x_d, weight)
-        if not torch.is_grad_enabled():
-            return dora_linear_inference(x, weight, bias, *factors, scale, self.scaling)
-        return DoRAScaledLinear.apply(x, weight, bias, *factors, scale, self.scaling, self.dora_recompute)
+        dropped = self.training and self.has_dropout
+        if not dropped and not torch.is_grad_enabled():
+            return dora_linear_inference(x, weight, bias, *factors, self.magnitude_scale(), self.scaling)
+        # dropout only on the adapter path, as PEFT computes it: the function then also takes the undropped input
+        x_d, x_base = (self.dropout(x), x) if dropped else (x, None)
+        return DoRAScaledLinear.apply(x_d, x_base, weight, bias, *factors, self.lora_magnitude_vector,
+                                      self.training_norm(factors), self.scaling, self.dora_recompute)
 
     def extra_repr(self) -> str:
         kind = "magnitude-only " if self.magnitude_only else ""

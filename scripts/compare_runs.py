@@ -1,0 +1,140 @@
+"""Compare finished runs side by side (LoRA against DoRA, say) from their CSV logs.
+
+    python scripts/compare_runs.py runs/tiny_llava_lora runs/tiny_llava_dora
+    python scripts/compare_runs.py runs/a/csv/version_0 runs/b/csv/version_0 --json comparison.json
+
+A RUN is a CSVLogger version folder (``metrics.csv`` + ``hparams.yaml``) or a folder holding ``csv/version_*``
+(the ``default_root_dir`` of mmft's configs), whose versions (the fit, then test runs) are read in order and merged.
+Every mmft run logs the same keys (adapter settings, trainable share, ``val/<task>/<metric>``, ``test/...``,
+``perf/train_*`` from the Throughput callback, ``updates/*`` from WeightUpdates), so the table lines them up:
+one row per quantity, one column per run, and with several runs the ratio of each to the first. W&B shows the same
+keys for runs synced there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class RunFolderError(ValueError):
+    """A RUN argument is not a CSV log folder."""
+
+
+def version_folders(run: Path) -> list[Path]:
+    """The CSVLogger version folders of ``run``, oldest first."""
+    if (run / "metrics.csv").is_file():
+        return [run]
+    versions = sorted((p for p in run.glob("csv/version_*") if (p / "metrics.csv").is_file()),
+                      key=lambda p: int(p.name.removeprefix("version_")) if p.name[8:].isdigit() else -1)
+    if not versions:
+        raise RunFolderError(f"{run}: no metrics.csv here nor under csv/version_*/ (pass a CSVLogger version folder "
+                             "or a run's default_root_dir)")
+    return versions
+
+
+def read_metrics(folder: Path) -> list[dict[str, float]]:
+    """The rows of ``metrics.csv``, empty cells dropped, values as floats."""
+    path = folder / "metrics.csv"
+    with path.open(newline="") as file:
+        rows = []
+        for line, row in enumerate(csv.DictReader(file), start=2):
+            try:
+                rows.append({k: float(v) for k, v in row.items() if k is not None and v not in ("", None)})
+            except ValueError as error:
+                raise RunFolderError(f"{path}:{line}: not a number ({error})") from None
+    return rows
+
+
+def summarise_run(run: Path) -> dict[str, Any]:
+    """One run's comparable numbers: adapter settings, last/best metrics, throughput and memory, update trend."""
+    summary: dict[str, Any] = {"run": run.name if run.name and not run.name.startswith("version_")
+                               else str(run)}
+    history: dict[str, list[float]] = {}
+    for folder in version_folders(run):
+        hparams_path = folder / "hparams.yaml"
+        hparams = yaml.safe_load(hparams_path.read_text()) or {} if hparams_path.is_file() else {}
+        adapter = hparams.get("adapter") or {}
+        for key in ("method", "r", "alpha", "dropout"):
+            if key in adapter:
+                summary[f"adapter {key}"] = adapter[key]
+        for key in ("trainable_params", "trainable_percent"):
+            if key in hparams:
+                summary[key] = hparams[key]
+        for row in read_metrics(folder):
+            for key, value in row.items():
+                if key not in ("epoch", "step"):
+                    history.setdefault(key, []).append(value)
+                elif key == "step" and "train/loss" in row:
+                    summary["train steps"] = int(value) + 1
+    for key in sorted(history):
+        values = [v for v in history[key] if not math.isnan(v)]
+        if not values:
+            continue
+        if key == "train/loss":
+            summary["train/loss (last)"] = values[-1]
+        elif key.startswith("val/"):
+            summary[f"{key} (last)"] = values[-1]
+            summary[f"{key} (best)"] = min(values) if "loss" in key else max(values)
+        elif key.startswith(("test/", "perf/train_", "updates/slope", "updates/correlation")):
+            summary[key] = values[-1]
+    return summary
+
+
+def ratio(value: Any, baseline: Any) -> str:
+    if isinstance(value, (int, float)) and isinstance(baseline, (int, float)) and not isinstance(value, bool) \
+            and baseline not in (0, None) and not math.isnan(baseline):
+        return f"{value / baseline:.3f}"
+    return ""
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def comparison_table(summaries: list[dict[str, Any]]) -> str:
+    """A markdown table: a row per quantity (in order of first appearance), a column per run, then ratios."""
+    keys: list[str] = []
+    for summary in summaries:
+        keys += [k for k in summary if k != "run" and k not in keys]
+    header = ["quantity", *(s["run"] for s in summaries)]
+    header += [f"{s['run']} / {summaries[0]['run']}" for s in summaries[1:]]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for key in keys:
+        cells = [fmt(s.get(key)) for s in summaries]
+        cells += [ratio(s.get(key), summaries[0].get(key)) for s in summaries[1:]]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="CSVLogger version folders or run root folders")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the summaries to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        summaries = [summarise_run(run) for run in args.runs]
+    except (RunFolderError, OSError, yaml.YAMLError) as error:
+        print(f"compare_runs: {error}", file=sys.stderr)
+        return 2
+    print(comparison_table(summaries))
+    if args.json:
+        args.json.write_text(json.dumps(summaries, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
