@@ -8,6 +8,7 @@ from data_modules.formats import (
     GQA,
     MSRVTTQA,
     NLVR2,
+    TVQA,
     CocoKarpathy,
     DataFormatError,
     DocVQA,
@@ -16,6 +17,7 @@ from data_modules.formats import (
     Reader,
     SkipReport,
     TextVQA,
+    VideoCaptions,
     VQAv2,
 )
 from data_modules.media import MediaError, load_image, load_video_frames, pad_to_square
@@ -27,6 +29,7 @@ __all__ = [
     "MSRVTTQA",
     "NLVR2",
     "SKIPPED_KEY",
+    "TVQA",
     "CocoKarpathy",
     "DataConfigError",
     "DataFormatError",
@@ -46,6 +49,7 @@ __all__ = [
     "TextVQA",
     "Turn",
     "VQAv2",
+    "VideoCaptions",
     "load_image",
     "load_video_frames",
     "pad_to_square",

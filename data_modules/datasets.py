@@ -34,7 +34,7 @@ class ExampleDataset(Dataset):
     """Examples as :class:`Sample` objects with their images (PIL, RGB) and video frames decoded.
 
     ``load_media=False`` yields Samples without pixels (for text-only models or inspecting data).
-    ``num_frames`` frames are sampled uniformly from an Example's video.
+    ``num_frames`` frames are sampled uniformly from an Example's video, or from its ``video_span`` when set.
     """
 
     def __init__(
@@ -62,7 +62,7 @@ class ExampleDataset(Dataset):
             images = [load_image(path, example.source) for path in example.images]
             frames = None
             if example.video is not None:
-                frames = load_video_frames(example.video, self.num_frames, example.source)
+                frames = load_video_frames(example.video, self.num_frames, example.source, span=example.video_span)
         except MediaError as error:
             if self.on_error == "raise":
                 raise

@@ -6,6 +6,7 @@ dataset of a million records can be found; ``reason`` groups failures in skip re
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -15,14 +16,15 @@ from PIL import Image, ImageStat, UnidentifiedImageError
 
 MISSING = "missing media"
 CORRUPT = "corrupt media"
+OUTSIDE = "span outside video"
 
 
 class MediaError(RuntimeError):
     """A referenced image or video is missing or cannot be decoded.
 
     The message names the record (``source``, e.g. ``file#index``) and the media file; ``reason`` is
-    :data:`MISSING` or :data:`CORRUPT` and groups failures in skip reports. ``MediaError(message)`` alone also works,
-    which lets a DataLoader worker re-raise it in the main process with its type intact.
+    :data:`MISSING`, :data:`CORRUPT` or :data:`OUTSIDE` and groups failures in skip reports. ``MediaError(message)``
+    alone also works, which lets a DataLoader worker re-raise it in the main process with its type intact.
     """
 
     def __init__(
@@ -79,12 +81,39 @@ def uniform_frame_indices(num_total: int, num_frames: int) -> np.ndarray:
     return np.minimum(centres.astype(np.int64), num_total - 1)
 
 
+class SpanOutsideVideo(ValueError):
+    """A time span that shares no frame with the video (raised by :func:`span_frame_indices`)."""
+
+
+def span_frame_indices(num_total: int, fps: float, span: tuple[float, float], num_frames: int) -> np.ndarray:
+    """Indices of ``num_frames`` frames spread uniformly over the frames shown during ``span`` (seconds).
+
+    Frame ``t`` is shown during ``[t / fps, (t + 1) / fps)``; the span is clamped to the video, so annotations that
+    run a little past the end (common in TVC and YouCook2) still work. A span wholly outside raises
+    :class:`SpanOutsideVideo`.
+    """
+    start, end = span
+    # the 1e-6 absorbs float error: 0.7 s * 10 fps is 7.000000000000001, yet a span ending at 0.7 s excludes frame 7
+    first = max(0, math.floor(start * fps + 1e-6))
+    stop = min(num_total, math.ceil(end * fps - 1e-6))
+    if first >= stop:
+        duration = num_total / fps if fps > 0 else 0.0
+        raise SpanOutsideVideo(f"span {start:g}-{end:g} s lies outside the video ({duration:.2f} s long)")
+    return first + uniform_frame_indices(stop - first, num_frames)
+
+
 def load_video_frames(
-    path: Path | str, num_frames: int, source: str = "", size: tuple[int, int] | None = None
+    path: Path | str,
+    num_frames: int,
+    source: str = "",
+    size: tuple[int, int] | None = None,
+    span: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Decode ``num_frames`` uniformly spaced frames with decord: a uint8 tensor ``[T, H, W, C]`` (RGB).
 
-    ``size`` is ``(height, width)`` to resize while decoding (cheaper than resizing afterwards).
+    ``size`` is ``(height, width)`` to resize while decoding (cheaper than resizing afterwards). ``span`` is
+    ``(start, end)`` in seconds: sample inside that moment only (TVC / YouCook2 captions describe a part of a video);
+    None samples the whole video.
     Note: decord2 3.x fails on frames smaller than about 2048 pixels (e.g. 32x32); such videos raise MediaError.
     """
     import decord  # imported here: decord loads ffmpeg libraries, which image-only users need not pay for
@@ -94,11 +123,18 @@ def load_video_frames(
         raise MediaError("video file not found", path=path, source=source, reason=MISSING)
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if span is not None and not span[0] < span[1]:
+        raise ValueError(f"span must be (start, end) seconds with start < end, got {span!r}")
     height, width = size if size is not None else (-1, -1)
     try:
         reader = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
-        indices = uniform_frame_indices(len(reader), num_frames)
+        if span is None:
+            indices = uniform_frame_indices(len(reader), num_frames)
+        else:
+            indices = span_frame_indices(len(reader), reader.get_avg_fps(), span, num_frames)
         frames = reader.get_batch(indices.tolist()).asnumpy()
+    except SpanOutsideVideo as error:
+        raise MediaError(str(error), path=path, source=source, reason=OUTSIDE) from None
     except (RuntimeError, ValueError, decord.DECORDError) as error:
         problem = f"corrupt or unreadable video ({str(error).splitlines()[0]})"
         raise MediaError(problem, path=path, source=source) from error

@@ -27,7 +27,9 @@ class Example:
 
     ``turns`` holds the conversation (a single question/answer is one user turn and, when the answer is known, one
     assistant turn). ``references`` holds every gold answer used for scoring (10 VQA answers, 5 captions).
-    ``source`` says where the record came from (``file#record``) so errors can name it.
+    ``source`` says where the record came from (``file#record``) so errors can name it. ``video_span`` is the
+    ``(start, end)`` in seconds (start < end) of ``video`` that the example is about, e.g. a TVC caption's moment;
+    None means the whole video.
     """
 
     task: str
@@ -37,6 +39,7 @@ class Example:
     video: Path | None = None
     references: tuple[str, ...] = ()
     source: str = ""
+    video_span: tuple[float, float] | None = None
 
     @property
     def prompt(self) -> str:

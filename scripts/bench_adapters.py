@@ -42,6 +42,11 @@ autocast runs every matmul of both libraries in bf16. What each library casts on
 measured (PEFT's DoRA casts the adapter input to fp32, takes an fp32 copy of W for its norm and runs its elementwise
 tail in fp32; mmft casts the fp32 adapter factors to bf16 and keeps the norm and scale in fp32).
 
+``--compile`` times ``torch.compile``'d models (inductor, default mode: the adapters' small ops fuse into few kernels,
+which is what a launch-bound step needs); every variant is compiled separately for training, eval and merged eval
+during warm-up. The memory figures then still come from the eager models, since saved-tensor hooks do not reach into
+compiled graphs.
+
 Threads: ``torch.set_num_threads(--threads)``, by default the number of CPUs this process may use, so runs on the same
 machine use the same intra-op parallelism (the value is recorded in the JSON). Everything is seeded (``--seed``); the
 sizes are fixed by the flags, so two runs differ only in timing noise.
@@ -149,6 +154,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-warmup", type=int, help="untimed eval forwards per model (default: 1 CPU, 3 CUDA)")
     p.add_argument("--eval-rounds", type=int, help="timed eval rounds (default: 3 CPU, 10 CUDA)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--compile", action="store_true",
+                   help="time torch.compile'd models (inductor; compiled during warm-up, so keep --warmup and\n"
+                        "--eval-warmup >= 1); memory is still measured on the eager models")
     p.add_argument("--seed", type=int, default=0, help="seed of the base model, adapters and tokens")
     p.add_argument("--json", metavar="PATH", help="also write every number (and the setup) to this JSON file")
     p.add_argument("--quiet", action="store_true", help="print only the final tables")
@@ -182,6 +190,8 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.compile and (args.warmup < 1 or args.eval_warmup < 1):
+        raise BenchError("--compile: --warmup and --eval-warmup must be at least 1 (compilation happens there)")
     if args.hidden % args.heads or args.heads % args.kv_heads:
         raise BenchError(f"--hidden {args.hidden} / --heads {args.heads} / --kv-heads {args.kv_heads}: the hidden "
                          "size must divide into heads and the heads into key/value heads")
@@ -299,6 +309,7 @@ class Variant:
     name: str
     model: nn.Module
     optimizer: torch.optim.Optimizer | None = None
+    runner: nn.Module | None = None  # what timed steps call: the model, or its torch.compile wrapper
     trainable_params: int = 0
     step_times: list[float] = field(default_factory=list)
     step_peaks: list[int] = field(default_factory=list)
@@ -411,9 +422,10 @@ def loss_of(model: nn.Module, ids: Tensor, args: argparse.Namespace) -> Tensor:
 
 
 def train_step(variant: Variant, ids: Tensor, args: argparse.Namespace, meter: SavedTensorMeter | None = None) -> None:
-    """Forward, LM cross-entropy, backward, AdamW step, zero_grad. With ``meter``: record the saved bytes too."""
+    """Forward, LM cross-entropy, backward, AdamW step, zero_grad. With ``meter``: record the saved bytes too (on the
+    eager model: saved-tensor hooks do not reach into compiled graphs)."""
     if meter is None:
-        loss = loss_of(variant.model, ids, args)
+        loss = loss_of(variant.model if variant.runner is None else variant.runner, ids, args)
     else:
         with meter:
             loss = loss_of(variant.model, ids, args)
@@ -496,6 +508,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         params = [p for p in v.model.parameters() if p.requires_grad]
         v.trainable_params = sum(p.numel() for p in params)
         v.optimizer = torch.optim.AdamW(params, lr=args.lr)
+        v.runner = compiled(v.model, args)
 
     names = list(variants)
     started = time.perf_counter()
@@ -529,7 +542,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         f"{time.perf_counter() - started:.1f}s")
 
     started = time.perf_counter()
-    eval_models = {name: variants[name].model for name in EVAL_VARIANTS} | {BASE: base}
+    eval_models = {name: compiled(variants[name].model, args) for name in EVAL_VARIANTS} | {BASE: compiled(base, args)}
     eval_times: dict[str, list[float]] = {name: [] for name in eval_models}
     for model in eval_models.values():
         model.eval()
@@ -539,11 +552,12 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     round_robin(list(eval_models), args.eval_rounds,
                 lambda name: eval_times[name].append(timed(lambda: eval_forward(eval_models[name], ids, args), args)))
 
-    merged_models = {BASE: base}
+    merged_models = {BASE: compiled(base, args)}
     for name in EVAL_VARIANTS:
         before = eval_forward(variants[name].model, check_ids, args)
-        merged_models[name] = merge_variant(variants[name].model)
-        checks["merged_vs_unmerged"][name] = max_abs_diff(eval_forward(merged_models[name], check_ids, args), before)
+        merged = merge_variant(variants[name].model)
+        checks["merged_vs_unmerged"][name] = max_abs_diff(eval_forward(merged, check_ids, args), before)
+        merged_models[name] = compiled(merged, args)
         log(f"  merged_vs_unmerged: {name}: {checks['merged_vs_unmerged'][name]:.3g}")
     merged_times: dict[str, list[float]] = {name: [] for name in merged_models}
     for _ in range(args.eval_warmup):
@@ -558,6 +572,11 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         variants[name].eval_times = eval_times[name]
         variants[name].merged_eval_times = merged_times[name]
     return collect_results(args, variants, base, checks, eval_times[BASE], merged_times[BASE])
+
+
+def compiled(model: nn.Module, args: argparse.Namespace) -> nn.Module:
+    """``torch.compile(model)`` with ``--compile`` (a fresh wrapper: each use compiles its own graphs), else the model."""
+    return torch.compile(model) if args.compile else model
 
 
 def merge_variant(model: nn.Module) -> nn.Module:
@@ -626,7 +645,7 @@ def collect_results(args: argparse.Namespace, variants: dict[str, Variant], base
             "device": str(args.device), "device_name": device_name(args), "dtype": args.dtype,
             "precision": "float32" if args.dtype == "float32" else
                          f"base weights {args.dtype}, fp32 adapters, torch.autocast({args.dtype})",
-            "threads": args.threads, "seed": args.seed, "lr": args.lr,
+            "threads": args.threads, "seed": args.seed, "lr": args.lr, "compile": args.compile,
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
             "python": platform.python_version(), "sizes": sizes, "targets": TARGETS,
             "base_params": sum(p.numel() for p in base.parameters()),
@@ -679,7 +698,8 @@ def setup_line(results: dict) -> str:
             f"{s['peft']}; Llama-style {s['base_params'] / 1e6:,.1f}M params: hidden {z['hidden']}, {z['layers']} "
             f"layers, {z['heads']}/{z['kv_heads']} heads, MLP {z['intermediate']}, vocab {z['vocab']}; batch "
             f"{z['batch']} x {z['seq']} tokens; rank {z['rank']}, alpha {z['alpha']:g} on {', '.join(s['targets'])}; "
-            f"median of {s['timing']['rounds']} interleaved rounds; memory: {s['memory_method']}")
+            f"median of {s['timing']['rounds']} interleaved rounds; memory: {s['memory_method']}"
+            + ("; timed models torch.compile'd" if s.get("compile") else ""))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -414,6 +414,118 @@ def make_msrvtt_qa(root: Path, rng: random.Random, counts: dict[str, int], num_f
         write_json(root / "msrvtt_qa" / f"{split}_qa.json", records)
 
 
+MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+STILL = "nowhere"
+VIDEO_FPS = 8
+VIDEO_SHAPE = 16  # pixels
+
+
+def moving_shape_frames(
+    color: str, shape: str, background: str, velocities: list[tuple[int, int]]
+) -> list[np.ndarray]:
+    """One frame per velocity: the shape moves 2 pixels per frame that way, its whole path centred in the frame."""
+    path, x, y = [], 0, 0
+    for dx, dy in velocities:
+        path.append((x, y))
+        x, y = x + 2 * dx, y + 2 * dy
+    xs, ys = zip(*path)
+    shift_x = (VIDEO_SIZE - VIDEO_SHAPE - min(xs) - max(xs)) // 2
+    shift_y = (VIDEO_SIZE - VIDEO_SHAPE - min(ys) - max(ys)) // 2
+    frames = []
+    for x, y in path:
+        image = Image.new("RGB", (VIDEO_SIZE, VIDEO_SIZE), BACKGROUNDS[background])
+        box = (x + shift_x, y + shift_y, x + shift_x + VIDEO_SHAPE, y + shift_y + VIDEO_SHAPE)
+        draw_shape(ImageDraw.Draw(image), shape, box, COLORS[color])
+        frames.append(np.asarray(image))
+    return frames
+
+
+def write_json_lines(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+
+
+def subtitle_record(vid_name: str, lines: list[tuple[float, float, str]]) -> dict[str, Any]:
+    return {"vid_name": vid_name, "sub": [{"start": start, "end": end, "text": text} for start, end, text in lines]}
+
+
+def multiple_choice(question: str, answer: str, options: list[str], rng: random.Random) -> dict[str, Any]:
+    """A TVQA-style question: the five options in random order, ``answer_idx`` pointing at the answer."""
+    options = rng.sample(options, len(options))
+    return {"q": question, **{f"a{k}": o for k, o in enumerate(options)}, "answer_idx": options.index(answer)}
+
+
+def make_tvqa(root: Path, rng: random.Random, counts: dict[str, int], num_frames: int = 16) -> dict[str, int]:
+    """VALUE's TVQA format: 2-second clips of a shape moving one way (or not at all), two five-way questions each.
+
+    "Which way does it move" needs the video; the colour is in the pixels and, for most clips, in the subtitles.
+    """
+    seconds = num_frames / VIDEO_FPS
+    middle = seconds / 2
+    subtitles, questions, qid = [], {}, 0
+    for split, n in counts.items():
+        records = []
+        for k in range(n):
+            vid_name = f"{split}_clip_{k:03d}"
+            color, shape, background = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(BACKGROUNDS))
+            motion = rng.choice([*MOTIONS, STILL])
+            frames = moving_shape_frames(color, shape, background, [MOTIONS.get(motion, (0, 0))] * num_frames)
+            write_video(root / "tvqa" / "videos" / f"{vid_name}.mp4", frames, VIDEO_FPS)
+            if rng.random() < 0.8:  # the others have no subtitle line, as some real clips
+                lines = [(0.0, middle, f"look at the {color} {shape}"), (middle, seconds, "what is it doing?")]
+                subtitles.append(subtitle_record(vid_name, lines))
+            asked = [
+                multiple_choice(f"which way does the {shape} move?", motion, [*MOTIONS, STILL], rng),
+                multiple_choice(f"what color is the {shape}?", color, list(COLORS), rng),
+            ]
+            for question in asked:
+                records.append({"vid_name": vid_name, **question, "qid": qid, "ts": f"0.00-{seconds:.2f}"})
+                qid += 1
+        write_json_lines(root / "tvqa" / f"tvqa_{split}.jsonl", records)
+        questions[f"{split}_questions"] = len(records)
+    write_json_lines(root / "tvqa" / "tvqa_subtitles.jsonl", subtitles)
+    return questions
+
+
+def moment_captions(color: str, shape: str, motion: str, rng: random.Random) -> list[dict[str, str]]:
+    """Two TVC-style descriptions of one moment."""
+    templates = [
+        f"the {color} {shape} moves {motion}",
+        f"a {color} {shape} slides {motion}",
+        f"the {shape} goes {motion}",
+        f"a {color} {shape} heading {motion}",
+    ]
+    return [{"desc": desc} for desc in rng.sample(templates, 2)]
+
+
+def make_tvc(root: Path, rng: random.Random, counts: dict[str, int], num_frames: int = 16) -> dict[str, int]:
+    """VALUE's TVC format: in each 2-second video the shape moves one way during the first second and another way
+    during the second; each second is a moment (``ts``) with two captions, so a model must look inside the span."""
+    seconds, half = num_frames / VIDEO_FPS, num_frames // 2
+    middle = seconds / 2
+    subtitles, clips, clip_id = [], {}, 0
+    for split, n in counts.items():
+        records = []
+        for k in range(n):
+            vid_name = f"{split}_video_{k:03d}"
+            color, shape, background = rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(list(BACKGROUNDS))
+            motions = rng.sample(list(MOTIONS), 2)
+            velocities = [MOTIONS[motions[0]]] * half + [MOTIONS[motions[1]]] * (num_frames - half)
+            frames = moving_shape_frames(color, shape, background, velocities)
+            write_video(root / "tvc" / "videos" / f"{vid_name}.mp4", frames, VIDEO_FPS)
+            lines = [(0.1, middle - 0.1, f"a {color} {shape} appears"), (middle + 0.1, seconds - 0.1, "now it turns")]
+            subtitles.append(subtitle_record(vid_name, lines))
+            for ts, motion in zip(([0.0, middle], [middle, seconds]), motions):
+                descs = moment_captions(color, shape, motion, rng)
+                record = {"vid_name": vid_name, "duration": seconds, "ts": ts, "clip_id": clip_id, "descs": descs}
+                records.append(record)
+                clip_id += 1
+        write_json_lines(root / "tvc" / f"tvc_{split}.jsonl", records)
+        clips[f"{split}_clips"] = len(records)
+    write_json_lines(root / "tvc" / "tvc_subtitles.jsonl", subtitles)
+    return clips
+
+
 # ---------------------------------------------------------------- entry points
 
 
@@ -441,8 +553,11 @@ def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: boo
     nlvr2_train = make_nlvr2(root, rng("nlvr2-train"), "train", 100 * scale)
     nlvr2_dev = make_nlvr2(root, rng("nlvr2-dev"), "dev", 40 * scale)
     karpathy_splits = make_karpathy(root, rng("karpathy"), coco)
+    video_counts = {}
     if videos:
         make_msrvtt_qa(root, rng("msrvtt"), {"train": 8 * scale, "val": 4 * scale})
+        video_counts["tvqa"] = make_tvqa(root, rng("tvqa"), {"train": 12 * scale, "val": 6 * scale})
+        video_counts["tvc"] = make_tvc(root, rng("tvc"), {"train": 12 * scale, "val": 6 * scale})
 
     majority, _ = Counter(train_answers).most_common(1)[0]
     summary = {
@@ -462,6 +577,7 @@ def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: boo
         },
         "coco_karpathy": dict(sorted(karpathy_splits.items())),
         "videos": videos,
+        **video_counts,
     }
     write_json(root / "manifest.json", summary, indent=2)
     (root / "README.txt").write_text(readme(summary), encoding="utf-8")
@@ -470,7 +586,12 @@ def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: boo
 
 def readme(summary: dict[str, Any]) -> str:
     vqa = summary["vqav2"]
-    video = "msrvtt_qa/{train,val}_qa.json, msrvtt_qa/videos/video<id>.mp4      MSRVTT-QA format (64x64, 8 frames)\n"
+    video = """msrvtt_qa/{train,val}_qa.json, msrvtt_qa/videos/video<id>.mp4      MSRVTT-QA format (64x64, 8 frames)
+tvqa/tvqa_{train,val}.jsonl, tvqa/tvqa_subtitles.jsonl              VALUE TVQA format: 5-way questions about 2 s
+tvqa/videos/<vid_name>.mp4                                          clips (64x64, 16 frames at 8 fps), subtitles
+tvc/tvc_{train,val}.jsonl, tvc/tvc_subtitles.jsonl                  VALUE TVC format: two 1 s moments per video,
+tvc/videos/<vid_name>.mp4                                           2 captions each (ts = the moment's seconds)
+"""
     video_line = video if summary["videos"] else ""
     return f"""mmft sample data (synthetic; made by scripts/make_sample_data.py, seed {summary['seed']})
 
@@ -493,7 +614,17 @@ Majority-answer baseline: the most common train answer, "{vqa['train_majority_an
 {100 * vqa['val_share_of_majority_answer']:.1f}% of val questions
 (its VQA accuracy on val is computed in tests/test_datamodule.py and is of the same size).
 NLVR2 dev: {100 * summary['nlvr2']['dev_share_true']:.1f}% "true". Karpathy splits: {summary['coco_karpathy']}.
-"""
+{video_summary(summary)}"""
+
+
+def video_summary(summary: dict[str, Any]) -> str:
+    if not summary["videos"]:
+        return ""
+    tvqa, tvc = summary["tvqa"], summary["tvc"]
+    return (
+        f"TVQA: {tvqa['train_questions']} train / {tvqa['val_questions']} val questions. "
+        f"TVC: {tvc['train_clips']} train / {tvc['val_clips']} val moments.\n"
+    )
 
 
 def main() -> None:

@@ -329,3 +329,38 @@ def test_eval_cache_follows_loaded_weights(method):
         after = model.up(x)
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after.double(), dense_reference(model.up, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("options", [
+    {"method": "dora"}, {"method": "dora", "dropout": 0.3}, {"method": "dora", "detach_norm": False},
+    {"method": "dora", "dora_recompute": True}, {"method": "dvora"}, {"method": "lora", "dropout": 0.3},
+    {"method": "dora", "magnitude_only_modules": ["down"]},
+], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_torch_compile_traces_one_graph_with_the_same_outputs_and_gradients(options):
+    """fullgraph=True fails on any graph break (the norm caches key on data pointers, which dynamo cannot trace, so
+    compiled code must take the uncached path). aot_eager runs the traced forward and backward graphs without
+    generating kernels, and keeps eager's dropout masks, so training outputs compare exactly."""
+    torch._dynamo.reset()
+    targets = ["up"] if "magnitude_only_modules" in options else ["up", "down"]
+    model = TwoLayer()
+    apply_adapters(model, AdapterConfig(r=3, alpha=6, target_modules=targets, **options))
+    randomise_(model)
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(twin, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 5, 12)
+    outputs = []
+    for runner in (model, compiled):
+        torch.manual_seed(7)
+        out = runner(x)
+        out.pow(2).sum().backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[1], outputs[0])
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    twin_grads = {n: p.grad for n, p in twin.named_parameters() if p.grad is not None}
+    assert grads and grads.keys() == twin_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(twin_grads[name], grad, msg=name)
+    model.eval()
+    twin.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))

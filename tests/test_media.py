@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_modules.media import MediaError, load_image, load_video_frames, pad_to_square, uniform_frame_indices
+from data_modules.media import (
+    MediaError,
+    SpanOutsideVideo,
+    load_image,
+    load_video_frames,
+    pad_to_square,
+    span_frame_indices,
+    uniform_frame_indices,
+)
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "CMYK"])
@@ -114,3 +122,35 @@ def test_load_video_frames_errors(tmp_path: Path) -> None:
         with pytest.raises(MediaError, match=rf"v.json#2: .*{name}: corrupt or unreadable video") as error:
             load_video_frames(tmp_path / name, 4, source="v.json#2")
         assert error.value.reason == "corrupt media"
+
+
+def test_span_frame_indices() -> None:
+    # 10 fps: frames 3, 4, 5 and 6 are shown during 0.3-0.7 s (0.7 * 10 is 7.000000000000001: frame 7 stays out)
+    assert span_frame_indices(100, 10.0, (0.3, 0.7), 4).tolist() == [3, 4, 5, 6]
+    # frames 10-19 in 2 segments of 5 frames: centres 12.5 and 17.5
+    assert span_frame_indices(100, 10.0, (1.0, 2.0), 2).tolist() == [12, 17]
+    # clamped to the video: frames 8 and 9 of a 10-frame video
+    assert span_frame_indices(10, 10.0, (0.8, 5.0), 4).tolist() == [8, 8, 9, 9]
+    with pytest.raises(SpanOutsideVideo, match=r"span 1-2 s lies outside the video \(1.00 s long\)"):
+        span_frame_indices(10, 10.0, (1.0, 2.0), 4)
+
+
+def test_load_video_frames_samples_inside_a_span(tmp_path: Path) -> None:
+    path = tmp_path / "ramp.mp4"
+    levels = write_gray_ramp_video(path, 10)  # 8 fps: frame t is shown during [t / 8, (t + 1) / 8) s
+
+    def measured(span: tuple[float, float], num_frames: int) -> list[float]:
+        frames = load_video_frames(path, num_frames, source="v.json#5", span=span)
+        return frames.float().mean(dim=(1, 2, 3)).tolist()
+
+    assert measured((0.5, 1.0), 4) == pytest.approx([levels[t] for t in (4, 5, 6, 7)], abs=4)
+    assert measured((0.5, 1.0), 2) == pytest.approx([levels[5], levels[7]], abs=4)
+    # a span running past the end is clamped to frames 2-9: centres of 4 segments of 2 frames
+    assert measured((0.25, 60.0), 4) == pytest.approx([levels[t] for t in (3, 5, 7, 9)], abs=4)
+
+    with pytest.raises(MediaError) as error:
+        load_video_frames(path, 4, source="v.json#5", span=(2.0, 3.5))
+    assert str(error.value) == f"v.json#5: {path}: span 2-3.5 s lies outside the video (1.25 s long)"
+    assert error.value.reason == "span outside video"
+    with pytest.raises(ValueError, match=r"start < end, got \(1.0, 1.0\)"):
+        load_video_frames(path, 4, span=(1.0, 1.0))

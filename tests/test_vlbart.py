@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from conftest import load_script
 from data_modules import NLVR2, CocoKarpathy, ExampleDataset, VQAv2
@@ -328,3 +329,28 @@ def test_exported_adapter_gives_the_same_model_in_peft(samples: list, tmp_path: 
         ours = trained.model(*inputs).logits
         theirs = peft_model(*inputs).logits
     torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------- video
+def test_video_frames_are_images_in_frame_order(sample_data: Path) -> None:
+    """A video example's frames (from its caption's span) become one visual token each; the errors name the fix."""
+    from data_modules import VideoCaptions
+
+    module = tiny_module(visual=VisualConfig(**{**tiny_init_args()["visual"], "grid": 1}), max_images=4).eval()
+    root = sample_data / "tvc"
+    examples = VideoCaptions(root / "tvc_val.jsonl", root / "videos", subtitles=root / "tvc_subtitles.jsonl").read()
+    dataset = ExampleDataset(examples[:2], num_frames=4)
+    samples = [dataset[0], dataset[1]]
+    batch = module.collate(samples)
+    assert batch["tasks"] == ["tvc", "tvc"] and batch["image_counts"].tolist() == [4, 4]
+    assert batch["pixel_values"].shape == (8, 3, 112, 112)
+    frames = [Image.fromarray(frame) for s in samples for frame in s.frames.numpy()]
+    torch.testing.assert_close(batch["pixel_values"], module.collate.image_transform(frames))  # in frame order
+    features = module.visual_features(batch)
+    assert features.shape == (8, 1, 128)
+    assert module.training_loss(batch).isfinite()
+    assert len(module.generate_answers(batch)) == 2
+
+    too_many = ExampleDataset(examples[:1], num_frames=5)[0]
+    with pytest.raises(VLBartCollateError, match=r"5 video frames but the model takes at most 4.*max_images"):
+        module.collate([too_many])

@@ -37,6 +37,8 @@ SHORT_RUN = {
 }
 TASK_METRICS = {"vqav2": "VQAAccuracy", "gqa": "ExactMatchAccuracy", "nlvr2": "ExactMatchAccuracy",
                 "coco_caption": "CIDErD"}
+VIDEO_TASK_METRICS = {"tvqa": "ExactMatchAccuracy", "how2qa": "ExactMatchAccuracy", "tvc": "CIDErD",
+                      "yc2c": "CIDErD"}
 
 
 def mmft(workdir: Path, subcommand: str, config: str, *args: str) -> str:
@@ -76,6 +78,19 @@ def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path):
         assert table[4][0] == "average" and scores[4] == pytest.approx(sum(scores[:4]) / 4, abs=1e-4)
 
 
+def test_tiny_video_config_fits_and_tests_end_to_end(sample_data, tmp_path):
+    """Frames decoded from the sample videos (a caption's span for TVC), one token per frame, QA and captions."""
+    workdir = make_workdir(tmp_path, sample_data, SHORT_RUN)
+    config = "configs/tiny/vlbart_video_dora.yaml"
+    mmft(workdir, "fit", config, "--trainer.check_val_every_n_epoch", "1")
+    columns = logged_columns(workdir / "runs")
+    assert {"train/loss", "val/average", "val/tvqa/ExactMatchAccuracy", "val/tvc/CIDErD"} <= columns
+    output = mmft(workdir, "test", config, "--ckpt_path", "runs/ckpt/last.ckpt")
+    table = [row.split() for row in output[output.index("task  "):].splitlines()[1:4]]
+    assert [row[:2] for row in table[:2]] == [["tvqa", "ExactMatchAccuracy"], ["tvc", "CIDErD"]]
+    assert table[2][0] == "average"
+
+
 # ---------------------------------------------------------------------------------------------- paper recipes
 RECIPES = {"dora": ROOT / "configs" / "vlbart_image_dora.yaml", "lora": ROOT / "configs" / "vlbart_image_lora.yaml"}
 
@@ -102,11 +117,27 @@ def test_recipe_numbers_match_the_paper():
         assert tiny["model"]["init_args"]["adapter"]["modules_to_save"] == adapter["modules_to_save"]
 
 
-@pytest.mark.parametrize("method", ["dora", "lora"])
-def test_recipe_asks_for_the_bart_folder(method, monkeypatch):
+def test_video_recipe_numbers_match_the_paper():
+    """DoRA paper table 4 / VL-Adapter's video setting: the image recipe's adapters, lr 2.4e-4, 7 epochs, batch 40,
+    64 frames per clip (one visual token each)."""
+    for method in ("dora", "lora"):
+        config = yaml.safe_load((ROOT / "configs" / f"vlbart_video_{method}.yaml").read_text())
+        image = yaml.safe_load(RECIPES[method].read_text())
+        model, data = config["model"]["init_args"], config["data"]["init_args"]
+        assert model["adapter"] == image["model"]["init_args"]["adapter"]
+        assert model["optimizer"]["init_args"]["lr"] == 2.4e-4
+        assert config["trainer"]["max_epochs"] == 7 and config["trainer"]["gradient_clip_val"] == 5.0
+        assert data["batch_size"] * config["trainer"]["accumulate_grad_batches"] == 40
+        assert data["num_frames"] == model["max_images"] == 64 and model["visual"]["grid"] == 1
+        assert {reader["init_args"].get("task", "tvqa") for reader in data["train"]} == set(VIDEO_TASK_METRICS)
+        assert model["num_beams"] == 5
+
+
+@pytest.mark.parametrize("name", ["vlbart_image_dora", "vlbart_image_lora", "vlbart_video_dora", "vlbart_video_lora"])
+def test_recipe_asks_for_the_bart_folder(name, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr("sys.argv", ["mmft", "fit", "--config", str(RECIPES[method])])
+    monkeypatch.setattr("sys.argv", ["mmft", "fit", "--config", str(ROOT / "configs" / f"{name}.yaml")])
     with pytest.raises(VLBartConfigError, match=r"model\.init_args\.bart='/path/to/facebook/bart-base': no such"):
         main()
 
@@ -124,11 +155,15 @@ def test_config_prints(config, capsys, monkeypatch):
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)["model"]
     assert printed["class_path"] == "mmft.models.VLBartModule"
-    assert printed["init_args"]["visual"]["grid"] == 6
-    assert set(printed["init_args"]["metrics"]) == set(TASK_METRICS)
+    video = "video" in config.name
+    assert printed["init_args"]["visual"]["grid"] == (1 if video else 6)
+    expected = VIDEO_TASK_METRICS if video else TASK_METRICS
+    if video and "tiny" in config.parts:
+        expected = {task: expected[task] for task in ("tvqa", "tvc")}
+    assert set(printed["init_args"]["metrics"]) == set(expected)
 
 
-def test_all_four_configs_exist():
+def test_all_eight_configs_exist():
     names = {p.relative_to(ROOT / "configs").as_posix() for p in VLBART_CONFIGS}
-    assert names == {"vlbart_image_dora.yaml", "vlbart_image_lora.yaml", "tiny/vlbart_image_dora.yaml",
-                     "tiny/vlbart_image_lora.yaml"}
+    assert names == {f"{folder}vlbart_{kind}_{method}.yaml" for folder in ("", "tiny/") for kind in ("image", "video")
+                     for method in ("dora", "lora")}

@@ -8,12 +8,14 @@ from data_modules.formats.llava import LlavaInstruct
 from data_modules.formats.msrvtt_qa import MSRVTTQA
 from data_modules.formats.nlvr2 import NLVR2
 from data_modules.formats.textvqa import TextVQA
+from data_modules.formats.value import TVQA, VideoCaptions
 from data_modules.formats.vqav2 import VQAv2
 
 __all__ = [
     "GQA",
     "MSRVTTQA",
     "NLVR2",
+    "TVQA",
     "CocoKarpathy",
     "DataFormatError",
     "DocVQA",
@@ -23,4 +25,5 @@ __all__ = [
     "SkipReport",
     "TextVQA",
     "VQAv2",
+    "VideoCaptions",
 ]

@@ -262,8 +262,14 @@ class AdaptedLinear(nn.Module):
         return self.lora_A.weight, self.lora_B.weight
 
     def weight_sq_norm(self) -> Tensor:
-        """Cached fp32 ``||W_i||^2`` (W is frozen; the cache follows in-place changes such as loading weights)."""
+        """Cached fp32 ``||W_i||^2`` (W is frozen; the cache follows in-place changes such as loading weights).
+
+        Inside ``torch.compile`` it is recomputed instead (data pointers, part of the cache key, cannot be traced):
+        one fused reduction over ``W``, and no graph break.
+        """
         weight = self.base_layer.weight
+        if torch.compiler.is_compiling():
+            return torch.linalg.vector_norm(weight.detach(), dim=1, dtype=accumulation_dtype(weight.dtype)).square()
         key = _versions(weight)
         if self._weight_sq_cache is None or self._weight_sq_cache[0] != key:
             with torch.no_grad():
@@ -286,8 +292,9 @@ class AdaptedLinear(nn.Module):
             return self.weight_norm(factors)
 
     def magnitude_scale(self) -> Tensor:
-        """``g = m / ||W + s B A||`` in fp32. Without autograd (eval, generation) it is cached until a weight changes."""
-        if torch.is_grad_enabled():
+        """``g = m / ||W + s B A||`` in fp32. Without autograd (eval, generation) it is cached until a weight changes,
+        except inside ``torch.compile``, whose fused kernels recompute it."""
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self.lora_magnitude_vector / self.training_norm()
         key = self._state_key()
         if self._scale_cache is None or self._scale_cache[0] != key:

@@ -3,7 +3,9 @@
 The encoder text is ``<s> {prefix}{prompt} </s>`` (``"vqa: what is ...?"``); the labels are ``<s> {target} </s>``
 (BART's own layout: the decoder starts from ``</s>``, its ``decoder_start_token_id``), padded with -100. Each
 example brings its images in order (one, or two for NLVR2) as ``pixel_values`` (end to end) or ``visual_features``
-(read from a :class:`FeatureStore`), flattened over the batch, with ``image_counts`` saying how many are whose.
+(read from a :class:`FeatureStore`), flattened over the batch, with ``image_counts`` saying how many are whose. A
+video example (TVQA, How2QA, TVC, YC2C) brings its sampled frames the same way, one "image" per frame, so the visual
+embedding's image order becomes the frame order (VL-Adapter's video setting: one token per frame with ``grid: 1``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from data_modules.records import Example, Sample
@@ -47,7 +50,7 @@ class VLBartCollate:
         max_target_length: longest label sequence, ``<s>`` and ``</s>`` included (longer targets are cut).
         image_transform: images -> pixel tensor, for features computed end to end.
         features: pre-extracted features; when given, images are looked up by file name instead.
-        max_images: most images per example (2: NLVR2's pair).
+        max_images: most images per example (2: NLVR2's pair; for video tasks, the number of frames).
     """
 
     def __init__(
@@ -100,8 +103,15 @@ class VLBartCollate:
                 [self.features.get(path, self._name(s.example)) for s in samples for path in s.example.images]
             )
         else:
-            batch["pixel_values"] = self.image_transform([image for s in samples for image in s.images])
+            batch["pixel_values"] = self.image_transform([image for s in samples for image in self._pictures(s)])
         return batch
+
+    @staticmethod
+    def _pictures(sample: Sample) -> list:
+        """The sample's images, or its video frames as images."""
+        if sample.example.video is None:
+            return sample.images
+        return [Image.fromarray(frame) for frame in sample.frames.numpy()]
 
     def _source_text(self, example: Example) -> str:
         if example.task not in self.prefixes:
@@ -118,6 +128,8 @@ class VLBartCollate:
 
     def _image_count(self, sample: Sample) -> int:
         example = sample.example
+        if example.video is not None:
+            return self._frame_count(sample)
         count = len(example.images)
         if not 1 <= count <= self.max_images:
             raise VLBartCollateError(
@@ -127,6 +139,27 @@ class VLBartCollate:
             raise VLBartCollateError(
                 f"{self._name(example)}: {count} image paths but {len(sample.images)} decoded images (the dataset "
                 "must decode images when features are computed end to end)"
+            )
+        return count
+
+    def _frame_count(self, sample: Sample) -> int:
+        example = sample.example
+        if example.images:
+            raise VLBartCollateError(f"{self._name(example)}: has both images and a video; VL-BART takes one kind")
+        if self.features is not None:
+            raise VLBartCollateError(
+                f"{self._name(example)}: a video example, but visual features are read from files, which hold "
+                "images only: leave model.init_args.visual.features unset for video tasks (frames are encoded "
+                "end to end)"
+            )
+        if sample.frames is None:
+            raise VLBartCollateError(f"{self._name(example)}: a video example without decoded frames (the dataset "
+                                     "decodes them when the collate needs media)")
+        count = int(sample.frames.shape[0])
+        if count > self.max_images:
+            raise VLBartCollateError(
+                f"{self._name(example)}: {count} video frames but the model takes at most {self.max_images} per "
+                "example: set model.init_args.max_images to the data's num_frames"
             )
         return count
 
