@@ -59,6 +59,13 @@ class MultitaskBatchSampler(BatchSampler):
 
     Either way an epoch visits every example once (plus DDP padding). ``sampler`` supplies ``rank``,
     ``num_replicas`` and ``epoch`` (see the module docstring); ``set_epoch`` forwards to it.
+
+    ``modality_lengths`` (one per dataset index: the example's length, negated for text-only examples) turns on
+    LLaVA-1.5's ``group_by_modality_length``: within a task, the shuffled examples are split by modality and cut
+    into megabatches of ``num_replicas x batch size``; each megabatch is dealt to the ranks longest first, each
+    example to the rank whose batch is shortest so far, so a step's batches hold one modality and similar lengths
+    (less padding); the task's megabatches are then shuffled. A megabatch too small for every rank is padded by
+    repeating its examples.
     """
 
     def __init__(
@@ -69,6 +76,7 @@ class MultitaskBatchSampler(BatchSampler):
         sampling: Literal["round_robin", "proportional"] = "round_robin",
         seed: int = 0,
         drop_last: bool = False,
+        modality_lengths: Sequence[int] | None = None,
     ) -> None:
         # BatchSampler.__init__ is not called: it accepts a single integer batch size only.
         if not isinstance(sampler, DistributedSampler):
@@ -89,14 +97,29 @@ class MultitaskBatchSampler(BatchSampler):
         self.sampling = sampling
         self.seed = seed
         self.drop_last = drop_last
+        if modality_lengths is not None:
+            if len(modality_lengths) != sum(self.task_sizes) or 0 in modality_lengths:
+                raise ValueError("modality_lengths needs one non-zero length per example of every task")
+        self.modality_lengths = modality_lengths
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
     def _num_batches(self, task: int) -> int:
-        per_rank = math.ceil(self.task_sizes[task] / self.sampler.num_replicas)
         divide = math.floor if self.drop_last else math.ceil
+        if self.modality_lengths is not None:
+            megabatch = self.sampler.num_replicas * self.batch_sizes[task]
+            return sum(divide(n / megabatch) for n in self._modality_counts(task))
+        per_rank = math.ceil(self.task_sizes[task] / self.sampler.num_replicas)
         return divide(per_rank / self.batch_sizes[task])
+
+    def _task_lengths(self, task: int) -> np.ndarray:
+        offset = sum(self.task_sizes[:task])
+        return np.asarray(self.modality_lengths[offset : offset + self.task_sizes[task]])
+
+    def _modality_counts(self, task: int) -> tuple[int, int]:
+        lengths = self._task_lengths(task)
+        return int((lengths > 0).sum()), int((lengths < 0).sum())
 
     def __len__(self) -> int:
         return sum(self._num_batches(t) for t in range(len(self.task_sizes)))
@@ -105,10 +128,27 @@ class MultitaskBatchSampler(BatchSampler):
         size, batch_size = self.task_sizes[task], self.batch_sizes[task]
         rank, world = self.sampler.rank, self.sampler.num_replicas
         order = np.random.default_rng([self.seed, self.sampler.epoch, 1 + task]).permutation(size)
+        if self.modality_lengths is not None:
+            return self._grouped_batches(task, order, offset)
         order = np.resize(order, math.ceil(size / world) * world)  # pads by repeating the first indices
         mine = (order[rank::world] + offset).tolist()
         batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
         return batches[: self._num_batches(task)]
+
+    def _grouped_batches(self, task: int, order: np.ndarray, offset: int) -> list[list[int]]:
+        """This rank's batches of ``task`` grouped by modality and length (see the class docstring)."""
+        world, megabatch = self.sampler.num_replicas, self.sampler.num_replicas * self.batch_sizes[task]
+        lengths = self._task_lengths(task)
+        batches = []
+        for modality in (order[lengths[order] > 0], order[lengths[order] < 0]):
+            for start in range(0, len(modality), megabatch):
+                chunk = modality[start : start + megabatch]
+                if len(chunk) < megabatch and self.drop_last:
+                    continue
+                chunk = np.resize(chunk, math.ceil(len(chunk) / world) * world)
+                batches.append((deal_by_length(chunk, np.abs(lengths[chunk]), world)[self.sampler.rank] + offset))
+        shuffle = np.random.default_rng([self.seed, self.sampler.epoch, 1 + task, 1]).permutation(len(batches))
+        return [batches[i].tolist() for i in shuffle]
 
     def _schedule(self, counts: list[int]) -> list[int]:
         """The task of each batch of the epoch."""
@@ -124,6 +164,26 @@ class MultitaskBatchSampler(BatchSampler):
         queues = [iter(batches) for batches in per_task]
         for task in self._schedule([len(batches) for batches in per_task]):
             yield next(queues[task])
+
+
+def deal_by_length(indices: np.ndarray, lengths: np.ndarray, parts: int) -> list[np.ndarray]:
+    """Split ``indices`` (a multiple of ``parts`` long) into ``parts`` equal-sized groups of balanced total length:
+    longest first, each to the group with the smallest total so far that still has room (as LLaVA balances ranks)."""
+    size = len(indices) // parts
+    groups: list[list[int]] = [[] for _ in range(parts)]
+    totals = [0] * parts
+    for position in np.argsort(-lengths, kind="stable"):
+        open_groups = [g for g in range(parts) if len(groups[g]) < size]
+        target = min(open_groups, key=lambda g: totals[g])
+        groups[target].append(int(indices[position]))
+        totals[target] += int(lengths[position])
+    return [np.asarray(group, dtype=np.int64) for group in groups]
+
+
+def modality_length(example: Example) -> int:
+    """LLaVA's length for ``group_by_modality_length``: the words of every turn, negated for text-only examples."""
+    words = max(1, sum(len(turn.text.split()) for turn in example.turns))
+    return words if example.images or example.video is not None else -words
 
 
 class MultitaskDataModule(LightningDataModule):
@@ -142,6 +202,9 @@ class MultitaskDataModule(LightningDataModule):
             own ``on_error`` keep it). Skip reports: ``read_reports`` and ``media_skips``.
         collate_fn: the model's collate (Samples -> batch dict); the CLI links it from the model.
         num_frames: frames sampled per video.
+        group_by_modality_length: LLaVA-1.5's option (its LoRA recipe turns it on): each training batch holds
+            examples of one modality (with images or video, or text-only) and of similar lengths; see
+            :class:`MultitaskBatchSampler`.
     """
 
     def __init__(
@@ -158,6 +221,7 @@ class MultitaskDataModule(LightningDataModule):
         on_error: OnError = "raise",
         collate_fn: Callable[[list[Sample]], dict] | None = None,
         num_frames: int = 8,
+        group_by_modality_length: bool = False,
     ) -> None:
         super().__init__()
         self.readers: dict[str, list[Reader]] = {
@@ -174,6 +238,7 @@ class MultitaskDataModule(LightningDataModule):
         self.on_error = on_error
         self.collate_fn = collate_fn
         self.num_frames = num_frames
+        self.group_by_modality_length = group_by_modality_length
         self._check_arguments()
         self._examples: dict[str, list[list[Example]]] = {}
         self.read_reports: list[SkipReport] = []
@@ -284,6 +349,7 @@ class MultitaskDataModule(LightningDataModule):
             batch_sizes,
             sampling="round_robin" if self.sampling == "round_robin" else "proportional",
             seed=self.seed,
+            modality_lengths=[modality_length(e) for e in dataset.examples] if self.group_by_modality_length else None,
         )
         return DataLoader(
             dataset,

@@ -62,3 +62,4 @@ def test_recipe_numbers_match_the_llava_lora_recipe():
         assert model["param_groups"] == [{"name": "projector", "pattern": "multi_modal_projector", "lr": 2.0e-5}]
         assert model["max_length"] == 2048 and config["trainer"]["max_epochs"] == 1
         assert config["data"]["init_args"]["batch_size"] * config["trainer"]["accumulate_grad_batches"] == 128
+        assert config["data"]["init_args"]["group_by_modality_length"] is True

@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -30,6 +31,7 @@ from data_modules import (
     SkippedSample,
     VQAv2,
 )
+from data_modules.multitask import deal_by_length
 from mmft.metrics import VQAAccuracy
 
 
@@ -121,9 +123,11 @@ def test_worker_errors_keep_their_type(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ sampler
 
 
-def sampler(sizes, batch_sizes, sampling="round_robin", seed=0, rank=0, world=1, epoch=0) -> MultitaskBatchSampler:
+def sampler(sizes, batch_sizes, sampling="round_robin", seed=0, rank=0, world=1, epoch=0,
+            modality_lengths=None) -> MultitaskBatchSampler:
     inner = DistributedSampler(range(sum(sizes)), num_replicas=world, rank=rank, shuffle=False)
-    batch_sampler = MultitaskBatchSampler(inner, sizes, batch_sizes, sampling=sampling, seed=seed)
+    batch_sampler = MultitaskBatchSampler(inner, sizes, batch_sizes, sampling=sampling, seed=seed,
+                                          modality_lengths=modality_lengths)
     batch_sampler.set_epoch(epoch)
     return batch_sampler
 
@@ -171,11 +175,41 @@ def test_sampler_shards_ranks_like_distributed_sampler() -> None:
     assert len(shared) == 1  # only the padding index is on both ranks
 
 
+def test_grouping_by_modality_length_keeps_batches_pure_and_ranks_balanced() -> None:
+    """LLaVA's group_by_modality_length: task 0 has 13 image examples (lengths 1..13) and 7 text-only ones (-1..-7);
+    task 1 is text-only. Two ranks, batch 3: megabatches of 6."""
+    sizes, batch_sizes = [20, 5], [3, 2]
+    lengths = list(range(1, 14)) + [-n for n in range(1, 8)] + [-4] * 5
+    ranks = [list(sampler(sizes, batch_sizes, "proportional", rank=r, world=2, epoch=3, modality_lengths=lengths))
+             for r in (0, 1)]
+    # task 0: images ceil(13 / 6) = 3 megabatches, text ceil(7 / 6) = 2; task 1: ceil(5 / 4) = 2
+    assert len(ranks[0]) == len(ranks[1]) == len(sampler(sizes, batch_sizes, world=2, modality_lengths=lengths)) == 7
+    for left, right in zip(*ranks):
+        step = left + right
+        assert {task_of(i, sizes) for i in step} in ({0}, {1})  # one task per step
+        assert len({lengths[i] > 0 for i in step}) == 1  # one modality per step, on both ranks
+        if len(left) == len(right) == 3:  # a full megabatch: dealt longest first to the shorter rank
+            totals = sorted(abs(sum(lengths[i] for i in batch)) for batch in (left, right))
+            assert totals[1] - totals[0] <= max(abs(lengths[i]) for i in step)
+    assert sorted({i for batches in ranks for b in batches for i in b}) == list(range(25))
+    one = list(sampler(sizes, batch_sizes, "proportional", epoch=3, modality_lengths=lengths))
+    assert one != list(sampler(sizes, batch_sizes, "proportional", epoch=4, modality_lengths=lengths))
+    assert sorted(i for b in one for i in b) == list(range(25))  # one process: every example once, no padding
+
+
+def test_deal_by_length_balances_by_hand() -> None:
+    """Lengths 9 8 5 4 3 1 into 2 groups of 3: 9 -> A, 8 -> B, 5 -> B (13), 4 -> A (13), 3 -> A (16), 1 -> B (14)."""
+    groups = deal_by_length(np.array([10, 11, 12, 13, 14, 15]), np.array([4, 9, 1, 8, 5, 3]), 2)
+    assert [sorted(g.tolist()) for g in groups] == [[10, 11, 15], [12, 13, 14]]
+
+
 def test_sampler_rejects_bad_arguments() -> None:
     with pytest.raises(TypeError, match="needs a DistributedSampler"):
         MultitaskBatchSampler(range(3), [3], [1])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="same length"):
         sampler([3, 4], [1])
+    with pytest.raises(ValueError, match="one non-zero length per example"):
+        sampler([3], [1], modality_lengths=[1, -2])
 
 
 # ------------------------------------------------------------------------------------------------ DataModule
@@ -358,6 +392,31 @@ def test_lightning_injects_its_distributed_sampler(sample_data: Path) -> None:
     assert [task_of(b[0], sizes) for b in ranks[0]] == [task_of(b[0], sizes) for b in ranks[1]]
     assert sorted({i for batches in ranks for b in batches for i in b}) == list(range(622))
     assert ranks[0] == list(sampler(sizes, [8, 8], rank=0, world=2, epoch=4))
+
+
+def test_datamodule_groups_llava_batches_by_modality_under_ddp(sample_data: Path) -> None:
+    """The LLaVA sample mixes image and text-only conversations: with group_by_modality_length every batch on every
+    rank holds one kind, also after Lightning re-creates the batch sampler for DDP."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods, _set_sampler_epoch
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import BatchSampler, DataLoader
+
+    data = MultitaskDataModule(train=[llava(sample_data)], batch_size=8, collate_fn=collate_ids,
+                               group_by_modality_length=True)
+    data.setup("fit")
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = data.train_dataloader()
+    has_image = [bool(e.images) for e in loader.dataset.examples]
+    assert 0 < sum(has_image) < len(has_image)
+    steps = []
+    for rank in (0, 1):
+        ranked = _update_dataloader(loader, DistributedSampler(loader.dataset, num_replicas=2, rank=rank))
+        _set_sampler_epoch(ranked, 1)
+        steps.append(list(ranked.batch_sampler))
+    assert len(steps[0]) == len(steps[1])
+    for left, right in zip(*steps):
+        assert len({has_image[i] for i in left + right}) == 1
+    assert sorted({i for batches in steps for b in batches for i in b}) == list(range(len(has_image)))
 
 
 # ------------------------------------------------------------------------------------------------ config, data
