@@ -2,8 +2,10 @@
 
 Training batches come from :class:`MultitaskBatchSampler`: each batch holds one task's examples (``round_robin``
 and ``proportional``) or a mix (``concat``). The order depends only on ``seed`` and the epoch, so a run is
-reproducible and a run resumed from an end-of-epoch checkpoint replays the same epochs (a mid-epoch checkpoint
-restarts its epoch from the beginning, as Lightning does for any plain DataLoader, with a warning). Evaluation gets
+reproducible. Resuming is exact from any checkpoint: the DataModule's ``state_dict`` (which Lightning saves in
+checkpoints) records how many batches of the current epoch were trained, and a resumed run's sampler skips them, so
+a checkpoint saved mid-epoch (``every_n_train_steps``; the only kind a one-epoch recipe such as LLaVA-1.5's has)
+continues with the next batch the uninterrupted run would have drawn. Evaluation gets
 one DataLoader per reader, in order, so a ``dataloader_idx`` maps to ``datamodule.eval_tasks(stage)[dataloader_idx]``.
 
 Distributed training: Lightning's sampler injection does the sharding. The batch sampler takes a
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, Literal
 
@@ -77,6 +80,7 @@ class MultitaskBatchSampler(BatchSampler):
         seed: int = 0,
         drop_last: bool = False,
         modality_lengths: Sequence[int] | None = None,
+        resume: tuple[int, int] | None = None,
     ) -> None:
         # BatchSampler.__init__ is not called: it accepts a single integer batch size only.
         if not isinstance(sampler, DistributedSampler):
@@ -101,6 +105,7 @@ class MultitaskBatchSampler(BatchSampler):
             if len(modality_lengths) != sum(self.task_sizes) or 0 in modality_lengths:
                 raise ValueError("modality_lengths needs one non-zero length per example of every task")
         self.modality_lengths = modality_lengths
+        self.resume = resume
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -162,8 +167,12 @@ class MultitaskBatchSampler(BatchSampler):
         offsets = np.cumsum([0, *self.task_sizes[:-1]]).tolist()
         per_task = [self._task_batches(t, offset) for t, offset in enumerate(offsets)]
         queues = [iter(batches) for batches in per_task]
-        for task in self._schedule([len(batches) for batches in per_task]):
-            yield next(queues[task])
+        # ``resume = (epoch, n)``: that epoch's first n batches were trained before the checkpoint
+        skip = self.resume[1] if self.resume is not None and self.resume[0] == self.sampler.epoch else 0
+        for step, task in enumerate(self._schedule([len(batches) for batches in per_task])):
+            batch = next(queues[task])
+            if step >= skip:
+                yield batch
 
 
 def deal_by_length(indices: np.ndarray, lengths: np.ndarray, parts: int) -> list[np.ndarray]:
@@ -241,6 +250,7 @@ class MultitaskDataModule(LightningDataModule):
         self.group_by_modality_length = group_by_modality_length
         self._check_arguments()
         self._examples: dict[str, list[list[Example]]] = {}
+        self._resume: tuple[int, int] | None = None
         self.read_reports: list[SkipReport] = []
         self.media_skips = SkipReport("media decoded by the DataLoaders")
 
@@ -350,6 +360,7 @@ class MultitaskDataModule(LightningDataModule):
             sampling="round_robin" if self.sampling == "round_robin" else "proportional",
             seed=self.seed,
             modality_lengths=[modality_length(e) for e in dataset.examples] if self.group_by_modality_length else None,
+            resume=self._resume,
         )
         return DataLoader(
             dataset,
@@ -358,6 +369,22 @@ class MultitaskDataModule(LightningDataModule):
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
         )
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training stands in its epoch, saved with every checkpoint: the epoch and the batches trained in it."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        trained = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "batches_trained": trained}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resume the saved epoch after its trained batches (see the module docstring)."""
+        if not state_dict:
+            return
+        self._resume = (int(state_dict["epoch"]), int(state_dict["batches_trained"]))
+        # Lightning warns that a plain DataLoader restarts a checkpoint's epoch from its beginning; this one does not
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
     def _eval_dataloaders(self, split: EvalStage) -> list[DataLoader]:
         collate = self._collate()

@@ -27,6 +27,9 @@ SHORT_RUN = {
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
              "init_args": {"dirpath": "runs/ckpt", "save_top_k": -1, "save_last": True,
                            "save_on_train_epoch_end": False}},
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",  # mid-epoch: after steps 2 and 4
+             "init_args": {"dirpath": "runs/ckpt_steps", "every_n_train_steps": 2, "save_top_k": -1,
+                           "filename": "step{step}"}},
             {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
             {"class_path": "mmft.callbacks.Throughput"},
             {"class_path": "mmft.callbacks.CPUThreads", "init_args": {"num_threads": 1}},
@@ -112,6 +115,21 @@ def test_resume_replays_the_uninterrupted_run(workdir, fitted):
     for mine, reference in zip(resumed_updates, uninterrupted_updates):
         assert mine["delta_magnitude"] == pytest.approx(reference["delta_magnitude"], rel=1e-5)
         assert mine["delta_direction"] == pytest.approx(reference["delta_direction"], rel=1e-4)
+
+
+def test_resume_from_the_middle_of_an_epoch_replays_the_uninterrupted_run(workdir, fitted):
+    """A checkpoint after step 2 of epoch 0 (of 3 steps): the resumed run trains batch 3 of that epoch, not its
+    first batch again, then epoch 1, with the uninterrupted run's losses."""
+    uninterrupted = train_losses(fitted)
+    (checkpoint,) = (workdir / "runs" / "ckpt_steps").glob("step*2.ckpt")
+    state = torch.load(checkpoint, weights_only=True, map_location="cpu")
+    assert state["MultitaskDataModule"] == {"epoch": 0, "batches_trained": 2}
+    out = mmft(workdir, "fit", "--ckpt_path", str(checkpoint.relative_to(workdir)))
+    assert "resuming from a checkpoint that ended before the epoch ended" not in out
+    version = max((fitted.parent).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    resumed = train_losses(version)
+    assert sorted(resumed) == [2, 3, 4, 5]
+    assert resumed == pytest.approx({step: uninterrupted[step] for step in resumed}, rel=1e-6, abs=0)
 
 
 def test_test_prints_the_metrics_table(workdir, fitted):

@@ -197,6 +197,17 @@ def test_grouping_by_modality_length_keeps_batches_pure_and_ranks_balanced() -> 
     assert sorted(i for b in one for i in b) == list(range(25))  # one process: every example once, no padding
 
 
+def test_resumed_sampler_skips_the_trained_batches_of_its_epoch_only() -> None:
+    full = {epoch: list(sampler([10, 7], [3, 2], "proportional", epoch=epoch)) for epoch in (2, 3)}
+    resumed = MultitaskBatchSampler(DistributedSampler(range(17), num_replicas=1, rank=0, shuffle=False), [10, 7],
+                                    [3, 2], sampling="proportional", resume=(2, 3))
+    assert len(resumed) == len(full[2]) == 8  # Lightning counts the epoch's batches from the restored position
+    resumed.set_epoch(2)
+    assert list(resumed) == full[2][3:]
+    resumed.set_epoch(3)
+    assert list(resumed) == full[3]
+
+
 def test_deal_by_length_balances_by_hand() -> None:
     """Lengths 9 8 5 4 3 1 into 2 groups of 3: 9 -> A, 8 -> B, 5 -> B (13), 4 -> A (13), 3 -> A (16), 1 -> B (14)."""
     groups = deal_by_length(np.array([10, 11, 12, 13, 14, 15]), np.array([4, 9, 1, 8, 5, 3]), 2)
