@@ -102,6 +102,16 @@ def span_frame_indices(num_total: int, fps: float, span: tuple[float, float], nu
     return first + uniform_frame_indices(stop - first, num_frames)
 
 
+def sample_frame_indices(
+    num_total: int, fps: float, num_frames: int, span: tuple[float, float] | None = None
+) -> np.ndarray:
+    """The frames a video example takes: ``num_frames`` spread uniformly over the video, or over ``span`` (seconds).
+    One rule for decoded videos and for pre-extracted frame features, so both paths pick the same frames."""
+    if span is None:
+        return uniform_frame_indices(num_total, num_frames)
+    return span_frame_indices(num_total, fps, span, num_frames)
+
+
 def load_video_frames(
     path: Path | str,
     num_frames: int,
@@ -128,10 +138,7 @@ def load_video_frames(
     height, width = size if size is not None else (-1, -1)
     try:
         reader = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
-        if span is None:
-            indices = uniform_frame_indices(len(reader), num_frames)
-        else:
-            indices = span_frame_indices(len(reader), reader.get_avg_fps(), span, num_frames)
+        indices = sample_frame_indices(len(reader), reader.get_avg_fps(), num_frames, span)
         frames = reader.get_batch(indices.tolist()).asnumpy()
     except SpanOutsideVideo as error:
         raise MediaError(str(error), path=path, source=source, reason=OUTSIDE) from None

@@ -1,8 +1,15 @@
-"""Pre-extract VL-BART's visual features: run the frozen visual encoder of a config over image folders once, and
-write one safetensors file keyed by image file name (``[grid², channels]`` per image).
+"""Pre-extract VL-BART's visual features: run the frozen visual encoder of a config over image or video folders once,
+and write one safetensors file keyed by file name (``[grid², channels]`` per image; ``[frames, grid², channels]``
+per video, for the frames taken at ``--video-fps``, with that rate beside it).
 
     python scripts/extract_features.py --config configs/vlbart_image_dora.yaml \\
         --images /data/coco/train2014 /data/coco/val2014 --out features/coco.safetensors
+    python scripts/extract_features.py --config configs/vlbart_video_dora.yaml \\
+        --videos /data/tvqa/videos --video-fps 3 --out features/tvqa.safetensors
+
+A video example then takes ``model.init_args.max_images`` of the stored frames, spread over its clip (or its caption's
+span) by the rule that picks decoded frames; with ``--video-fps 0`` (every frame) the features equal the end-to-end
+ones exactly.
 
 The encoder settings come from the config's ``model.init_args.visual`` (later ``--config`` files override earlier
 ones, as with ``mmft``), so the features equal those the model computes end to end from the same images. Train on
@@ -31,6 +38,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
 
 from data_modules.media import load_image  # noqa: E402
 from mmft.models.visual_features import (  # noqa: E402
+    FPS_SUFFIX,
     ImageTransform,
     VisualConfig,
     VisualEncoder,
@@ -39,6 +47,7 @@ from mmft.models.visual_features import (  # noqa: E402
 )
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -67,25 +76,35 @@ def _deep_update(target: dict, update: dict) -> None:
 
 
 def find_images(folders: Sequence[Path]) -> list[Path]:
-    """Every image under ``folders`` (recursively), sorted; two images with one file name are an error, since
-    features are keyed by file name."""
-    images: dict[str, Path] = {}
+    """Every image under ``folders`` (recursively), sorted."""
+    return find_media(folders, IMAGE_SUFFIXES, "images")
+
+
+def find_videos(folders: Sequence[Path]) -> list[Path]:
+    """Every video under ``folders`` (recursively), sorted."""
+    return find_media(folders, VIDEO_SUFFIXES, "videos")
+
+
+def find_media(folders: Sequence[Path], suffixes: set[str], kind: str) -> list[Path]:
+    """Files with ``suffixes`` under ``folders``; two with one file name are an error, since features are keyed by
+    file name."""
+    found: dict[str, Path] = {}
     for folder in folders:
         if not folder.is_dir():
-            raise FileNotFoundError(f"--images {folder}: no such folder")
+            raise FileNotFoundError(f"--{kind} {folder}: no such folder")
         for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            if path.suffix.lower() not in suffixes or not path.is_file():
                 continue
             key = feature_key(path)
-            if key in images:
+            if key in found:
                 raise VisualFeatureError(
-                    f"two images named {key!r}: {images[key]} and {path}; features are keyed by file name, so "
+                    f"two {kind} named {key!r}: {found[key]} and {path}; features are keyed by file name, so "
                     "extract them into separate files"
                 )
-            images[key] = path
-    if not images:
-        raise FileNotFoundError(f"no {'/'.join(sorted(IMAGE_SUFFIXES))} images under {', '.join(map(str, folders))}")
-    return list(images.values())
+            found[key] = path
+    if not found:
+        raise FileNotFoundError(f"no {'/'.join(sorted(suffixes))} {kind} under {', '.join(map(str, folders))}")
+    return list(found.values())
 
 
 class ImageFiles(Dataset):
@@ -104,39 +123,79 @@ class ImageFiles(Dataset):
 
 def extract(
     config: VisualConfig,
-    images: list[Path],
+    images: Sequence[Path],
     out: Path,
     batch_size: int = 64,
     device: str = "cpu",
     dtype: str = "float32",
     num_workers: int = 0,
+    videos: Sequence[Path] = (),
+    video_fps: float = 0.0,
 ) -> dict[str, int]:
-    """Write the features of ``images`` to ``out``; returns the counts written."""
+    """Write the features of ``images`` and ``videos`` to ``out``; returns the counts written."""
     from safetensors.torch import save_file
 
     encoder = VisualEncoder(config).to(device)
-    loader = DataLoader(ImageFiles(images, encoder.image_transform()), batch_size=batch_size, num_workers=num_workers)
     tensors: dict[str, torch.Tensor] = {}
-    done = 0
-    start = time.time()
-    for pixels in loader:
-        features = encoder(pixels.to(device)).to("cpu", DTYPES[dtype])
-        for path, feature in zip(images[done : done + len(features)], features):
-            tensors[feature_key(path)] = feature.contiguous()
-        done += len(features)
-        print(f"\r{done}/{len(images)} images, {done / (time.time() - start):.1f}/s", end="", file=sys.stderr)
-    print(file=sys.stderr)
+    if images:
+        loader = DataLoader(ImageFiles(list(images), encoder.image_transform()), batch_size=batch_size,
+                            num_workers=num_workers)
+        done = 0
+        start = time.time()
+        for pixels in loader:
+            features = encoder(pixels.to(device)).to("cpu", DTYPES[dtype])
+            for path, feature in zip(images[done : done + len(features)], features):
+                tensors[feature_key(path)] = feature.contiguous()
+            done += len(features)
+            print(f"\r{done}/{len(images)} images, {done / (time.time() - start):.1f}/s", end="", file=sys.stderr)
+        print(file=sys.stderr)
+    frames = 0
+    for number, path in enumerate(videos, start=1):
+        features, fps = video_features(encoder, path, video_fps, batch_size, device)
+        tensors[feature_key(path)] = features.to(DTYPES[dtype]).contiguous()
+        tensors[feature_key(path) + FPS_SUFFIX] = torch.tensor(fps, dtype=torch.float64)
+        frames += len(features)
+        print(f"\r{number}/{len(videos)} videos, {frames} frames", end="", file=sys.stderr)
+    if videos:
+        print(file=sys.stderr)
     metadata = {**config.metadata(), "feature_dim": str(encoder.feature_dim), "dtype": dtype}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata=metadata)
-    return {"images": len(tensors), "tokens_per_image": config.tokens_per_image, "feature_dim": encoder.feature_dim}
+    return {"images": len(images), "videos": len(videos), "frames": frames,
+            "tokens_per_image": config.tokens_per_image, "feature_dim": encoder.feature_dim}
+
+
+def video_features(encoder: VisualEncoder, path: Path, video_fps: float, batch_size: int, device: str
+                   ) -> tuple[torch.Tensor, float]:
+    """Features of every k-th frame of ``path`` (k from the video's rate and ``video_fps``; 0: every frame), and
+    the rate of the frames kept."""
+    import decord
+    from PIL import Image
+
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        native = float(reader.get_avg_fps())
+        step = 1 if video_fps <= 0 else max(1, round(native / video_fps))
+        indices = list(range(0, len(reader), step))
+        transform = encoder.image_transform()
+        chunks = []
+        for start in range(0, len(indices), batch_size):
+            decoded = reader.get_batch(indices[start : start + batch_size]).asnumpy()
+            pixels = transform([Image.fromarray(frame) for frame in decoded])
+            chunks.append(encoder(pixels.to(device)).cpu())
+    except (RuntimeError, decord.DECORDError) as error:
+        raise VisualFeatureError(f"{path}: cannot decode the video ({str(error).splitlines()[0]})") from None
+    return torch.cat(chunks), native / step
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, action="append", required=True,
                         help="mmft VL-BART config(s); the visual encoder comes from model.init_args.visual")
-    parser.add_argument("--images", type=Path, nargs="+", required=True, help="image folders (searched recursively)")
+    parser.add_argument("--images", type=Path, nargs="+", default=[], help="image folders (searched recursively)")
+    parser.add_argument("--videos", type=Path, nargs="+", default=[], help="video folders (searched recursively)")
+    parser.add_argument("--video-fps", type=float, default=0.0,
+                        help="frames per second of video to keep (the nearest whole step; 0: every frame)")
     parser.add_argument("--out", type=Path, required=True, help="the safetensors file to write")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -144,11 +203,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="stored precision (float32: exactly the end-to-end features; float16 halves the file)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers decoding images")
     args = parser.parse_args(argv)
+    if not args.images and not args.videos:
+        parser.error("give --images and/or --videos folders")
     config = visual_config_from(args.config)
-    images = find_images(args.images)
-    counts = extract(config, images, args.out, args.batch_size, args.device, args.dtype, args.num_workers)
-    print(f"wrote {args.out}: {counts['images']} images x {counts['tokens_per_image']} tokens x "
-          f"{counts['feature_dim']} ({config.encoder}, {config.image_size} px, {args.dtype})")
+    images = find_images(args.images) if args.images else []
+    videos = find_videos(args.videos) if args.videos else []
+    counts = extract(config, images, args.out, args.batch_size, args.device, args.dtype, args.num_workers, videos,
+                     args.video_fps)
+    print(f"wrote {args.out}: {counts['images']} images and {counts['videos']} videos ({counts['frames']} frames) x "
+          f"{counts['tokens_per_image']} tokens x {counts['feature_dim']} ({config.encoder}, {config.image_size} px, "
+          f"{args.dtype})")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ checkpoint loading from local folders, the linear schedule."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -141,8 +142,6 @@ def test_collate_prefixes_special_tokens_and_labels(module: VLBartModule, sample
 
 
 def test_collate_errors_name_the_record(module: VLBartModule, samples: list) -> None:
-    from dataclasses import replace
-
     from data_modules.records import Sample
 
     unknown = Sample(replace(samples[2].example, task="okvqa"), samples[2].images)
@@ -217,7 +216,7 @@ def test_feature_file_gives_the_end_to_end_features(module: VLBartModule, sample
     images = sorted({path for s in samples for path in s.example.images})
     out = tmp_path / "features.safetensors"
     counts = script.extract(config, images, out, batch_size=3)
-    assert counts == {"images": len(images), "tokens_per_image": 36, "feature_dim": 128}
+    assert counts == {"images": len(images), "videos": 0, "frames": 0, "tokens_per_image": 36, "feature_dim": 128}
 
     from_files = tiny_module(visual=VisualConfig(**{**tiny_init_args()["visual"], "features": [str(out)]})).eval()
     assert from_files.visual_encoder is None and not from_files.collate.needs_media
@@ -354,3 +353,30 @@ def test_video_frames_are_images_in_frame_order(sample_data: Path) -> None:
     too_many = ExampleDataset(examples[:1], num_frames=5)[0]
     with pytest.raises(VLBartCollateError, match=r"5 video frames but the model takes at most 4.*max_images"):
         module.collate([too_many])
+
+
+def test_video_feature_files_give_the_end_to_end_frame_features(sample_data: Path, tmp_path: Path) -> None:
+    """Every frame stored (--video-fps 0): the span's frames picked from the file are the decoded ones."""
+    from data_modules import VideoCaptions
+
+    script = load_script("extract_features")
+    visual = {**tiny_init_args()["visual"], "grid": 1}
+    root = sample_data / "tvc"
+    examples = VideoCaptions(root / "tvc_val.jsonl", root / "videos").read()[:3]
+    videos = sorted({e.video for e in examples})
+    out = tmp_path / "tvc.safetensors"
+    counts = script.extract(VisualConfig(**visual), [], out, batch_size=5, videos=videos)
+    assert counts["videos"] == len(videos) and counts["frames"] == 16 * len(videos)  # 16-frame sample videos
+
+    end_to_end = tiny_module(visual=VisualConfig(**visual), max_images=4).eval()
+    from_files = tiny_module(visual=VisualConfig(**{**visual, "features": [str(out)]}), max_images=4).eval()
+    decoded = ExampleDataset(examples, num_frames=4)
+    undecoded = ExampleDataset(examples, load_media=False)
+    expected = end_to_end.visual_features(end_to_end.collate([decoded[i] for i in range(3)]))
+    batch = from_files.collate([undecoded[i] for i in range(3)])
+    assert batch["image_counts"].tolist() == [4, 4, 4]
+    torch.testing.assert_close(batch["visual_features"], expected, rtol=1e-5, atol=1e-5)
+
+    outside = replace(examples[0], video_span=(5.0, 6.0))  # the sample videos last 2 s
+    with pytest.raises(VisualFeatureError, match=r"span 5-6 s lies outside the video"):
+        from_files.collate([ExampleDataset([outside], load_media=False)[0]])

@@ -21,6 +21,9 @@ from torch import Tensor, nn
 
 FEATURE_FORMAT = "mmft-visual-features-v1"
 VISUAL_KEY = "model.init_args.visual"
+# a video's entry holds the features of its stored frames, [frames, tokens, channels]; this entry beside it holds the
+# rate at which those frames were taken (frames per second of video)
+FPS_SUFFIX = "#fps"
 
 
 class VisualFeatureError(ValueError):
@@ -197,19 +200,38 @@ class FeatureStore:
 
     def get(self, image: Path | str, source: str = "") -> Tensor:
         """The ``[tokens, feature_dim]`` features of ``image`` (float32)."""
+        return self._tensor(feature_key(image), image, "image", source).float()
+
+    def get_video(self, video: Path | str, num_frames: int, span: tuple[float, float] | None = None,
+                  source: str = "") -> Tensor:
+        """``[num_frames, tokens, feature_dim]`` features of the frames a video example takes (float32): chosen among
+        the stored frames by the rule that picks decoded frames (:func:`data_modules.media.sample_frame_indices`),
+        so features stored for every frame give exactly the end-to-end features."""
+        from data_modules.media import SpanOutsideVideo, sample_frame_indices
+
+        key = feature_key(video)
+        frames = self._tensor(key, video, "video", source)
+        fps = float(self._tensor(key + FPS_SUFFIX, video, "video", source))
+        try:
+            indices = sample_frame_indices(frames.shape[0], fps, num_frames, span)
+        except SpanOutsideVideo as error:
+            where = f"{source}: " if source else ""
+            raise VisualFeatureError(f"{where}{video}: {error}") from None
+        return frames[torch.from_numpy(indices)].float()
+
+    def _tensor(self, key: str, media: Path | str, kind: str, source: str) -> Tensor:
         from safetensors import safe_open
 
-        key = feature_key(image)
         number = self.index.get(key)
         if number is None:
             where = f"{source}: " if source else ""
             raise VisualFeatureError(
-                f"{where}no features for image {key!r} ({image}) in {', '.join(map(str, self.files))}: extract them "
-                "with scripts/extract_features.py over its folder"
+                f"{where}no features for {kind} {key!r} ({media}) in {', '.join(map(str, self.files))}: extract them "
+                f"with scripts/extract_features.py over its folder"
             )
         if number not in self._handles:
             self._handles[number] = safe_open(str(self.files[number]), framework="pt")
-        return self._handles[number].get_tensor(key).float()
+        return self._handles[number].get_tensor(key)
 
 
 def _check_metadata(path: Path, metadata: dict[str, str], expected: dict[str, str]) -> None:

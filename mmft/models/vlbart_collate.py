@@ -50,7 +50,8 @@ class VLBartCollate:
         max_target_length: longest label sequence, ``<s>`` and ``</s>`` included (longer targets are cut).
         image_transform: images -> pixel tensor, for features computed end to end.
         features: pre-extracted features; when given, images are looked up by file name instead.
-        max_images: most images per example (2: NLVR2's pair; for video tasks, the number of frames).
+        max_images: most images per example (2: NLVR2's pair; for video tasks, the number of frames, which is also
+            how many frames a video example takes from feature files).
     """
 
     def __init__(
@@ -99,12 +100,18 @@ class VLBartCollate:
             batch["labels"], _ = self._pad(labels, IGNORE_INDEX)
         batch["image_counts"] = torch.tensor([self._image_count(s) for s in samples], dtype=torch.long)
         if self.features is not None:
-            batch["visual_features"] = torch.stack(
-                [self.features.get(path, self._name(s.example)) for s in samples for path in s.example.images]
-            )
+            batch["visual_features"] = torch.cat([self._stored_features(s.example) for s in samples])
         else:
             batch["pixel_values"] = self.image_transform([image for s in samples for image in self._pictures(s)])
         return batch
+
+    def _stored_features(self, example: Example) -> Tensor:
+        """``[images or frames, tokens, channels]`` of one example from the feature files; a video example takes
+        ``max_images`` frames (its span's, for a caption)."""
+        name = self._name(example)
+        if example.video is not None:
+            return self.features.get_video(example.video, self.max_images, example.video_span, name)
+        return torch.stack([self.features.get(path, name) for path in example.images])
 
     @staticmethod
     def _pictures(sample: Sample) -> list:
@@ -147,11 +154,7 @@ class VLBartCollate:
         if example.images:
             raise VLBartCollateError(f"{self._name(example)}: has both images and a video; VL-BART takes one kind")
         if self.features is not None:
-            raise VLBartCollateError(
-                f"{self._name(example)}: a video example, but visual features are read from files, which hold "
-                "images only: leave model.init_args.visual.features unset for video tasks (frames are encoded "
-                "end to end)"
-            )
+            return self.max_images  # frames read from the feature files
         if sample.frames is None:
             raise VLBartCollateError(f"{self._name(example)}: a video example without decoded frames (the dataset "
                                      "decodes them when the collate needs media)")
