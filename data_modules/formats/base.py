@@ -220,3 +220,13 @@ def require_text(record: Any, key: str, source: str) -> str:
     if not value:
         raise DataFormatError(f"{source}: {key!r} is empty")
     return value
+
+
+def optional_answers(record: Any, source: str) -> tuple[str, ...]:
+    """``record["answers"]`` as a non-empty tuple of strings, or ``()`` when the record has none (a test split)."""
+    if "answers" not in record:
+        return ()
+    answers = require(record, "answers", list, source)
+    if not answers or not all(isinstance(a, str) for a in answers):
+        raise DataFormatError(f"{source}: 'answers' should be a non-empty list of strings")
+    return tuple(answers)

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from data_modules.formats.base import (
-    DataFormatError,
     OnError,
     Reader,
     iter_json_records,
+    optional_answers,
     require,
     require_text,
     with_id,
@@ -37,13 +37,9 @@ class DocVQA(Reader):
         source = with_id(location, record, "questionId")
         question_id = require(record, "questionId", (int, str), source)
         turns = [Turn("user", require_text(record, "question", source))]
-        references: tuple[str, ...] = ()
-        if "answers" in record:
-            answers = require(record, "answers", list, source)
-            if not answers or not all(isinstance(a, str) for a in answers):
-                raise DataFormatError(f"{source}: 'answers' should be a non-empty list of strings")
-            references = tuple(answers)
-            turns.append(Turn("assistant", answers[0]))
+        references = optional_answers(record, source)
+        if references:
+            turns.append(Turn("assistant", references[0]))
         return [
             Example(
                 task=self.task,

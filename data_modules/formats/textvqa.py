@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from data_modules.formats.base import (
-    DataFormatError,
     OnError,
     Reader,
     iter_json_records,
+    optional_answers,
     require,
     require_text,
     with_id,
@@ -39,13 +39,9 @@ class TextVQA(Reader):
         question_id = require(record, "question_id", int, source)
         image_id = require_text(record, "image_id", source)
         turns = [Turn("user", require_text(record, "question", source))]
-        references: tuple[str, ...] = ()
-        if "answers" in record:
-            answers = require(record, "answers", list, source)
-            if not answers or not all(isinstance(a, str) for a in answers):
-                raise DataFormatError(f"{source}: 'answers' should be a non-empty list of strings")
-            references = tuple(answers)
-            turns.append(Turn("assistant", Counter(answers).most_common(1)[0][0]))
+        references = optional_answers(record, source)
+        if references:
+            turns.append(Turn("assistant", Counter(references).most_common(1)[0][0]))
         return [
             Example(
                 task=self.task,
