@@ -104,7 +104,8 @@ class MultitaskBatchSampler(BatchSampler):
         if modality_lengths is not None:
             if len(modality_lengths) != sum(self.task_sizes) or 0 in modality_lengths:
                 raise ValueError("modality_lengths needs one non-zero length per example of every task")
-        self.modality_lengths = modality_lengths
+        self.modality_lengths = modality_lengths  # kept as given: Lightning rebuilds the sampler from its attributes
+        self._lengths = None if modality_lengths is None else np.asarray(modality_lengths)
         self.resume = resume
 
     def set_epoch(self, epoch: int) -> None:
@@ -120,7 +121,7 @@ class MultitaskBatchSampler(BatchSampler):
 
     def _task_lengths(self, task: int) -> np.ndarray:
         offset = sum(self.task_sizes[:task])
-        return np.asarray(self.modality_lengths[offset : offset + self.task_sizes[task]])
+        return self._lengths[offset : offset + self.task_sizes[task]]
 
     def _modality_counts(self, task: int) -> tuple[int, int]:
         lengths = self._task_lengths(task)

@@ -53,14 +53,23 @@ def read_metrics(folder: Path) -> list[dict[str, float]]:
     return rows
 
 
+def read_hparams(path: Path) -> dict[str, Any]:
+    """A version's ``hparams.yaml`` (empty when it has none, as a test-only version may)."""
+    if not path.is_file():
+        return {}
+    hparams = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(hparams, dict):
+        raise RunFolderError(f"{path}: expected a mapping of hyperparameters, got {type(hparams).__name__}")
+    return hparams
+
+
 def summarise_run(run: Path) -> dict[str, Any]:
     """One run's comparable numbers: adapter settings, last/best metrics, throughput and memory, update trend."""
-    summary: dict[str, Any] = {"run": run.name if run.name and not run.name.startswith("version_")
-                               else str(run)}
+    label = str(run) if run.name.startswith("version_") else run.name
+    summary: dict[str, Any] = {"run": label}
     history: dict[str, list[float]] = {}
     for folder in version_folders(run):
-        hparams_path = folder / "hparams.yaml"
-        hparams = yaml.safe_load(hparams_path.read_text()) or {} if hparams_path.is_file() else {}
+        hparams = read_hparams(folder / "hparams.yaml")
         adapter = hparams.get("adapter") or {}
         for key in ("method", "r", "alpha", "dropout"):
             if key in adapter:

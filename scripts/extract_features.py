@@ -216,4 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (VisualFeatureError, FileNotFoundError) as error:
+        sys.exit(f"extract_features: {error}")

@@ -95,3 +95,11 @@ def test_errors_name_the_problem():
         magnitude_direction_change(torch.ones(2, 3), torch.ones(3, 2))
     with pytest.raises(ValueError, match="one value per row"):
         magnitude_direction_change(torch.ones(2, 3), torch.ones(2, 3), torch.ones(3))
+
+
+def test_weight_updates_callback_refuses_unknown_modules_before_training():
+    from mmft.callbacks import WeightUpdates
+
+    with pytest.raises(ValueError, match=r"init_args\.modules=\['k_proj'\]: .*no adapted module matches"):
+        WeightUpdates(modules=["k_proj"]).setup(trainer=None, pl_module=adapted("dora"), stage="fit")
+    WeightUpdates(modules=["q_proj"]).setup(trainer=None, pl_module=adapted("dora"), stage="fit")

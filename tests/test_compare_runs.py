@@ -65,3 +65,7 @@ def test_bad_folders_and_cells_are_named(tmp_path, capsys):
     bad.joinpath("metrics.csv").write_text("epoch,step,train/loss\n0,0,oops\n")
     with pytest.raises(script.RunFolderError, match=r"metrics\.csv:2: not a number"):
         script.summarise_run(bad)
+    bad.joinpath("metrics.csv").write_text("epoch,step,train/loss\n0,0,1.0\n")
+    bad.joinpath("hparams.yaml").write_text("- not\n- a mapping\n")
+    with pytest.raises(script.RunFolderError, match=r"hparams\.yaml: expected a mapping"):
+        script.summarise_run(bad)

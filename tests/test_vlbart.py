@@ -380,3 +380,19 @@ def test_video_feature_files_give_the_end_to_end_frame_features(sample_data: Pat
     outside = replace(examples[0], video_span=(5.0, 6.0))  # the sample videos last 2 s
     with pytest.raises(VisualFeatureError, match=r"span 5-6 s lies outside the video"):
         from_files.collate([ExampleDataset([outside], load_media=False)[0]])
+
+
+def test_extract_script_keeps_frames_at_the_asked_rate(sample_data: Path, tmp_path: Path, capsys) -> None:
+    """16-frame 8 fps sample videos at --video-fps 4: every second frame, stored with its rate."""
+    from safetensors import safe_open
+
+    script = load_script("extract_features")
+    out = tmp_path / "tvc.safetensors"
+    config = ROOT / "configs" / "tiny" / "vlbart_video_dora.yaml"
+    script.main(["--config", str(config), "--videos", str(sample_data / "tvc" / "videos"), "--video-fps", "4",
+                 "--out", str(out)])
+    videos = sorted((sample_data / "tvc" / "videos").glob("*.mp4"))
+    assert f"0 images and {len(videos)} videos ({8 * len(videos)} frames)" in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as file:
+        assert file.get_tensor(videos[0].name).shape == (8, 1, 128)
+        assert float(file.get_tensor(videos[0].name + "#fps")) == pytest.approx(4.0)

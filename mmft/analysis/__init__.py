@@ -5,7 +5,9 @@ from .updates import (
     direction_magnitude_trend,
     layer_update,
     magnitude_direction_change,
+    select_adapted,
     weight_updates,
 )
 
-__all__ = ["WeightUpdate", "direction_magnitude_trend", "layer_update", "magnitude_direction_change", "weight_updates"]
+__all__ = ["WeightUpdate", "direction_magnitude_trend", "layer_update", "magnitude_direction_change", "select_adapted",
+           "weight_updates"]

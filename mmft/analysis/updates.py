@@ -62,9 +62,9 @@ def layer_update(name: str, layer: AdaptedLinear) -> WeightUpdate:
     return WeightUpdate(name, delta_m, delta_d)
 
 
-def weight_updates(model: nn.Module, modules: str | list[str] | None = None) -> list[WeightUpdate]:
-    """One `WeightUpdate` per adapted layer of ``model`` (unmerged), optionally only those matching ``modules``
-    (PEFT's target rules: a regex string matched in full, or names matched exactly or as a ``.name`` suffix)."""
+def select_adapted(model: nn.Module, modules: str | list[str] | None = None) -> dict[str, AdaptedLinear]:
+    """The adapted layers of ``model`` (unmerged), optionally only those matching ``modules`` (PEFT's target rules:
+    a regex string matched in full, or names matched exactly or as a ``.name`` suffix); an empty choice raises."""
     layers = find_adapted_modules(model)
     if not layers:
         raise ValueError("weight_updates: the model has no unmerged mmft adapters")
@@ -72,7 +72,12 @@ def weight_updates(model: nn.Module, modules: str | list[str] | None = None) -> 
     if not chosen:
         raise ValueError(f"weight_updates: no adapted module matches {modules!r}; adapted modules are, e.g., "
                          f"{sorted(layers)[:5]}")
-    return [layer_update(name, layer) for name, layer in chosen.items()]
+    return chosen
+
+
+def weight_updates(model: nn.Module, modules: str | list[str] | None = None) -> list[WeightUpdate]:
+    """One `WeightUpdate` per adapted layer chosen by :func:`select_adapted`."""
+    return [layer_update(name, layer) for name, layer in select_adapted(model, modules).items()]
 
 
 def direction_magnitude_trend(points: Iterable[tuple[float, float]]) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmft.analysis import direction_magnitude_trend, weight_updates
+from mmft.analysis import direction_magnitude_trend, select_adapted, weight_updates
 
 
 class WeightUpdates(Callback):
@@ -34,8 +34,13 @@ class WeightUpdates(Callback):
         self.points: list[dict[str, Any]] = []
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.points = []  # before a checkpoint's state is restored: a resumed run continues its record
+        if stage != "fit":
+            return
+        self.points = []  # before a checkpoint's state is restored: a resumed run continues its record
+        try:  # a typo in ``modules`` fails now, not after the first epoch
+            select_adapted(pl_module, self.modules)
+        except ValueError as error:
+            raise ValueError(f"WeightUpdates (trainer.callbacks) init_args.modules={self.modules!r}: {error}") from None
 
     def state_dict(self) -> dict[str, Any]:
         return {"points": self.points}
@@ -83,6 +88,8 @@ class WeightUpdates(Callback):
         return self.points[-1]["step"] if self.points else None
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:  # every rank holds the same weights; rank 0 logs and saves the record
+            return
         updates = weight_updates(pl_module, self.modules)
         step, epoch = trainer.global_step, trainer.current_epoch
         self.points += [{"step": step, "epoch": epoch, "module": u.module, "delta_magnitude": u.delta_magnitude,
