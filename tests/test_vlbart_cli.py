@@ -13,7 +13,7 @@ import yaml
 
 from cli_helpers import ROOT, make_workdir, run_mmft
 from mmft.cli import main, resolve_config
-from mmft.models.vlbart import VLBartConfigError
+from mmft.models.vlbart import VLBartConfigError, VLBartModule
 
 
 # 3 training steps, one batch per evaluation loader, files under runs/ of the work folder
@@ -51,7 +51,7 @@ def logged_columns(run: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("method", ["dora", "lora"])
-def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path):
+def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path, monkeypatch):
     workdir = make_workdir(tmp_path, sample_data, SHORT_RUN)
     config = f"configs/tiny/vlbart_image_{method}.yaml"
     mmft(workdir, "fit", config)
@@ -68,6 +68,13 @@ def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path):
     adapter = json.loads((runs / "adapter" / "adapter_config.json").read_text())
     assert adapter["use_dora"] == (method == "dora") and adapter["bias"] == "all"
     assert (runs / "adapter" / "adapter_model.safetensors").is_file()
+
+    # the checkpoint describes itself: load_from_checkpoint rebuilds the module with the trained parameters
+    monkeypatch.chdir(workdir)  # the stored config's paths are relative to where mmft ran
+    module = VLBartModule.load_from_checkpoint(runs / "ckpt" / "last.ckpt")
+    assert module.adapter_config.method == method
+    trained = module.state_dict()
+    assert all(torch.equal(trained[key], value) for key, value in state.items())
 
     if method == "dora":  # test from the trainable-only checkpoint: the frozen weights are rebuilt from the config
         output = mmft(workdir, "test", config, "--ckpt_path", "runs/ckpt/last.ckpt")
