@@ -18,6 +18,12 @@ also pads shards with repeated examples, so a metric over several processes may 
 
 Samples whose media fail to decode under ``on_error="skip"`` are reported by :meth:`on_before_batch_transfer`; a
 batch left empty becomes ``None``, which Lightning skips in training and passes to evaluation steps as is.
+
+Token budgets are checked when the data is read, not mid-epoch: when the collate has a ``check_length(example,
+training)`` method (mmft's do), every example is asked once; one that cannot fit the model's ``max_length`` raises a
+:class:`DataFormatError` naming it or, under ``on_error="skip"``, is dropped and counted in its reader's skip report,
+and the number of examples fitted by cutting context (earlier turns, subtitles) and dropped is logged per task
+(``length_reports``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, Literal
 
@@ -34,7 +41,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from data_modules.datasets import SKIPPED_KEY, ExampleDataset, SkipFilteringCollate
 from data_modules.formats.base import DataFormatError, OnError, Reader, SkipReport
-from data_modules.records import Example, Sample
+from data_modules.records import Example, LengthCheck, Sample
 
 log = logging.getLogger("data_modules")
 
@@ -42,6 +49,7 @@ Sampling = Literal["round_robin", "proportional", "concat"]
 EvalStage = Literal["val", "test", "predict"]
 _EVAL: tuple[EvalStage, ...] = ("val", "test", "predict")
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+TOO_LONG = "too long for the model"
 
 
 class DataConfigError(ValueError):
@@ -253,6 +261,7 @@ class MultitaskDataModule(LightningDataModule):
         self._examples: dict[str, list[list[Example]]] = {}
         self._resume: tuple[int, int] | None = None
         self.read_reports: list[SkipReport] = []
+        self.length_reports: dict[str, dict[str, Counter[str]]] = {}
         self.media_skips = SkipReport("media decoded by the DataLoaders")
 
     def _check_arguments(self) -> None:
@@ -316,8 +325,40 @@ class MultitaskDataModule(LightningDataModule):
                         f"data.train: {reader!r} has {len(unanswered)} examples without an answer to train on, "
                         f"e.g. {unanswered[0].source} (a test split given as training data?)"
                     )
+            examples = self._fit_lengths(split, reader, examples)
+            if not examples:
+                raise DataFormatError(f"data.{split}: none of the examples of {reader!r} fit the model's max_length")
             per_reader.append(examples)
         self._examples[split] = per_reader
+        for task, counts in self.length_reports.get(split, {}).items():
+            if counts["truncated"] or counts["dropped"]:
+                log.warning(
+                    "data.%s, task %s: %d of %d examples fit only with context cut (earlier turns, subtitles), "
+                    "%d dropped as too long for the model",
+                    split, task, counts["truncated"], counts["examples"], counts["dropped"],
+                )
+
+    def _fit_lengths(self, split: str, reader: Reader, examples: list[Example]) -> list[Example]:
+        """Ask the collate whether each example fits the model's token budget (see the module docstring)."""
+        check: Callable[[Example, bool], LengthCheck] | None = getattr(self.collate_fn, "check_length", None)
+        if check is None:
+            return examples
+        policy = reader.on_error or self.on_error
+        counts = self.length_reports.setdefault(split, {}).setdefault(reader.task, Counter())
+        kept = []
+        for example in examples:
+            verdict = check(example, split == "train")
+            counts["examples"] += 1
+            if verdict.problem is not None:
+                message = f"data.{split}: {verdict.problem}"
+                if policy == "raise":
+                    raise DataFormatError(message, TOO_LONG)
+                reader.skipped.add(TOO_LONG, message)
+                counts["dropped"] += 1
+                continue
+            counts["truncated"] += verdict.truncated
+            kept.append(example)
+        return kept
 
     @property
     def _needs_media(self) -> bool:
