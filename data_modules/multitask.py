@@ -216,8 +216,11 @@ class MultitaskDataModule(LightningDataModule):
             or ``concat`` (all training examples shuffled together; mixed batches of the one int ``batch_size``).
         num_workers: DataLoader workers (media are decoded there).
         seed: seeds the training order together with the epoch.
-        on_error: ``raise`` or ``skip`` bad records and undecodable media (counted and logged; readers with their
-            own ``on_error`` keep it). Skip reports: ``read_reports`` and ``media_skips``.
+        on_error: ``raise`` or ``skip`` bad records, undecodable media and examples too long for the model (counted
+            and logged; readers with their own ``on_error`` keep it, for all three). Skip reports: ``read_reports``
+            and ``media_skips``.
+        allow_outside_paths: accept media paths in dataset files that leave the reader's folder (``../``, absolute
+            paths); refused by default, as malformed records.
         collate_fn: the model's collate (Samples -> batch dict); the CLI links it from the model.
         num_frames: frames sampled per video.
         group_by_modality_length: LLaVA-1.5's option (its LoRA recipe turns it on): each training batch holds
@@ -240,6 +243,7 @@ class MultitaskDataModule(LightningDataModule):
         collate_fn: Callable[[list[Sample]], dict] | None = None,
         num_frames: int = 8,
         group_by_modality_length: bool = False,
+        allow_outside_paths: bool = False,
     ) -> None:
         super().__init__()
         self.readers: dict[str, list[Reader]] = {
@@ -257,6 +261,7 @@ class MultitaskDataModule(LightningDataModule):
         self.collate_fn = collate_fn
         self.num_frames = num_frames
         self.group_by_modality_length = group_by_modality_length
+        self.allow_outside_paths = allow_outside_paths
         self._check_arguments()
         self._examples: dict[str, list[list[Example]]] = {}
         self._resume: tuple[int, int] | None = None
@@ -314,7 +319,9 @@ class MultitaskDataModule(LightningDataModule):
             return
         per_reader = []
         for reader in self.readers[split]:
-            examples = reader.read(self.on_error, check_media=self._needs_media)
+            examples = reader.read(
+                self.on_error, check_media=self._needs_media, allow_outside_paths=self.allow_outside_paths
+            )
             self.read_reports.append(reader.skipped)
             if not examples:
                 raise DataFormatError(f"data.{split}: {reader!r} yielded no examples ({reader.skipped!r})")
@@ -343,7 +350,7 @@ class MultitaskDataModule(LightningDataModule):
         check: Callable[[Example, bool], LengthCheck] | None = getattr(self.collate_fn, "check_length", None)
         if check is None:
             return examples
-        policy = reader.on_error or self.on_error
+        policy = self._policy(reader)
         counts = self.length_reports.setdefault(split, {}).setdefault(reader.task, Counter())
         kept = []
         for example in examples:
@@ -359,6 +366,10 @@ class MultitaskDataModule(LightningDataModule):
             counts["truncated"] += verdict.truncated
             kept.append(example)
         return kept
+
+    def _policy(self, reader: Reader) -> OnError:
+        """The reader's own ``on_error`` if it has one, else the DataModule's: for records, lengths and media."""
+        return reader.on_error or self.on_error
 
     @property
     def _needs_media(self) -> bool:
@@ -381,13 +392,14 @@ class MultitaskDataModule(LightningDataModule):
         collate = self._collate()
         if not self.readers["train"]:
             raise DataConfigError("data.train has no readers")
-        pools: dict[str, list[Example]] = {}
+        pools: dict[str, list[tuple[Example, OnError]]] = {}
         for reader, examples in zip(self.readers["train"], self.examples("train")):
-            pools.setdefault(reader.task, []).extend(examples)
+            pools.setdefault(reader.task, []).extend((e, self._policy(reader)) for e in examples)
+        pooled = [pair for pairs in pools.values() for pair in pairs]
         dataset = ExampleDataset(
-            [e for examples in pools.values() for e in examples],
+            [e for e, _ in pooled],
             load_media=self._needs_media,
-            on_error=self.on_error,
+            on_error=[policy for _, policy in pooled],
             num_frames=self.num_frames,
         )
         if self.sampling == "concat":
@@ -434,7 +446,7 @@ class MultitaskDataModule(LightningDataModule):
         for reader, examples in zip(self.readers[split], self.examples(split)):
             batch_size = self.eval_batch_size or self._task_batch_size(reader.task)
             dataset = ExampleDataset(
-                examples, load_media=self._needs_media, on_error=self.on_error, num_frames=self.num_frames
+                examples, load_media=self._needs_media, on_error=self._policy(reader), num_frames=self.num_frames
             )
             loaders.append(
                 DataLoader(

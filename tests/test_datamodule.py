@@ -559,3 +559,21 @@ def test_over_long_examples_are_found_when_read_not_mid_epoch(tmp_path: Path, ca
     (batch,) = list(skipping.train_dataloader())
     replies = [tokenizer.decode(row[row != -100].tolist()) for row in batch["labels"]]
     assert sorted(replies) == sorted([" Hello." + tokenizer.eos_token, " Blue." + tokenizer.eos_token])
+
+
+@pytest.mark.parametrize(("datamodule_policy", "reader_policy"), [("raise", "skip"), ("skip", "raise")])
+def test_the_readers_on_error_governs_media_decoding(tmp_path: Path, datamodule_policy, reader_policy) -> None:
+    reader = broken_image_reader(tmp_path)
+    reader.on_error = reader_policy
+    datamodule = MultitaskDataModule(val=[reader], collate_fn=collate_ids, batch_size=3, on_error=datamodule_policy)
+    datamodule.setup("validate")
+    (loader,) = datamodule.val_dataloader()
+    if reader_policy == "raise":
+        with pytest.raises(MediaError, match="img0.png"):
+            next(iter(loader))
+    else:
+        batch = datamodule.on_before_batch_transfer(next(iter(loader)), 0)
+        assert batch["id"] == ["r1", "r2"] and datamodule.media_skips.total == 1
+    train = MultitaskDataModule(train=[reader], collate_fn=collate_ids, batch_size=3, on_error=datamodule_policy)
+    train.setup("fit")
+    assert train.train_dataloader().dataset.on_error == [reader_policy] * 3
