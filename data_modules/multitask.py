@@ -50,6 +50,8 @@ EvalStage = Literal["val", "test", "predict"]
 _EVAL: tuple[EvalStage, ...] = ("val", "test", "predict")
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
 TOO_LONG = "too long for the model"
+# Lightning's running stages -> the split names of evaluation loaders
+_EVAL_STAGE_NAMES = {"sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"}
 
 
 class DataConfigError(ValueError):
@@ -268,6 +270,7 @@ class MultitaskDataModule(LightningDataModule):
         self.read_reports: list[SkipReport] = []
         self.length_reports: dict[str, dict[str, Counter[str]]] = {}
         self.media_skips = SkipReport("media decoded by the DataLoaders")
+        self.eval_skips: Counter[tuple[str, int]] = Counter()
 
     def _check_arguments(self) -> None:
         if self.sampling not in ("round_robin", "proportional", "concat"):
@@ -475,6 +478,9 @@ class MultitaskDataModule(LightningDataModule):
             skipped = batch.pop(SKIPPED_KEY)
             for sample in skipped:
                 self.media_skips.add(sample.reason, sample.message)
+            stage = self.trainer.state.stage if self.trainer is not None else None
+            if stage is not None and stage.value in _EVAL_STAGE_NAMES:
+                self.eval_skips[(_EVAL_STAGE_NAMES[stage.value], dataloader_idx)] += len(skipped)
             log.warning(
                 "skipped %d sample(s) whose media could not be decoded (%d so far), e.g. %s",
                 len(skipped),
@@ -484,6 +490,14 @@ class MultitaskDataModule(LightningDataModule):
             if not batch:
                 return None
         return batch
+
+    def pop_eval_skips(self, stage: EvalStage) -> dict[int, int]:
+        """Samples of each ``stage`` dataloader skipped for bad media since the last call (the model shows them beside
+        its scores: n scored of n total)."""
+        popped = {idx: n for (s, idx), n in self.eval_skips.items() if s == stage}
+        for idx in popped:
+            del self.eval_skips[(stage, idx)]
+        return popped
 
     def teardown(self, stage: str) -> None:
         if self.media_skips.total:

@@ -130,6 +130,8 @@ class AdapterModule(LightningModule):
         # frozen weights are rebuilt from the config, not read from checkpoints: loading checks keys itself
         self.strict_loading = False
         self._eval_metrics: dict[tuple[str, int], tuple[str, Metric]] = {}
+        self._scored: dict[tuple[str, int], int] = {}
+        self.eval_counts: dict[str, dict[str, tuple[int, int]]] = {}
 
     # ----------------------------------------------------------------------------------------------------------- model
     def attach_model(self, model: nn.Module) -> AdapterReport:
@@ -296,6 +298,18 @@ class AdapterModule(LightningModule):
             if not references:
                 raise ValueError(f"{stage} example {id_!r} ({task}) has no references to score against")
         metric.update(self.generate_answers(batch), batch["references"])
+        self._scored[key] = self._scored.get(key, 0) + len(batch["ids"])
+
+    def _scored_of_total(self, stage: str, indices: list[int], labels: list[str]) -> dict[str, tuple[int, int]]:
+        """Per task label: examples scored and examples in total (scored + skipped for bad media, as counted by a
+        DataModule with ``pop_eval_skips``), summed over processes."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        skipped = datamodule.pop_eval_skips(stage) if hasattr(datamodule, "pop_eval_skips") else {}
+        counts = torch.tensor(
+            [[self._scored.pop((stage, idx), 0), skipped.get(idx, 0)] for idx in indices], device=self.device
+        )
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        return {label: (int(scored), int(scored + skips)) for label, (scored, skips) in zip(labels, counts)}
 
     def _log_metrics(self, stage: str) -> None:
         entries = sorted((idx, task, metric) for (s, idx), (task, metric) in self._eval_metrics.items() if s == stage)
@@ -303,8 +317,9 @@ class AdapterModule(LightningModule):
             return
         names = [task for _, task, _ in entries]
         values = []
-        for idx, task, metric in entries:
-            label = task if names.count(task) == 1 else f"{task}_{idx}"
+        labels = [task if names.count(task) == 1 else f"{task}_{idx}" for idx, task, _ in entries]
+        self.eval_counts[stage] = self._scored_of_total(stage, [idx for idx, _, _ in entries], labels)
+        for (idx, task, metric), label in zip(entries, labels):
             value = metric.compute()
             self.log(f"{stage}/{label}/{type(metric).__name__}", value, add_dataloader_idx=False, sync_dist=False)
             values.append(torch.as_tensor(value, dtype=torch.float32, device=self.device))
