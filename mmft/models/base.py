@@ -242,10 +242,11 @@ class AdapterModule(LightningModule):
         differences = fingerprint_differences(saved, self.base_fingerprint())
         if not differences:
             return
-        paths = f"trained on {saved.get('base', {}).get('name_or_path')!r}, this model's base is " \
-                f"{self.base_model_name_or_path!r}"
-        message = (f"the checkpoint was trained on another base model or adapter config ({paths}); differing: "
-                   f"{'; '.join(differences)}")
+        trained_on = saved.get("base", {}).get("name_or_path")
+        message = (
+            f"the checkpoint was trained on another base model or adapter config (trained on {trained_on!r}, this "
+            f"model's base is {self.base_model_name_or_path!r}); differing: {'; '.join(differences)}"
+        )
         if self.allow_base_mismatch:
             rank_zero_warn(f"{message}. Loading anyway: model.init_args.allow_base_mismatch is true")
             return
