@@ -143,7 +143,7 @@ class MMFTCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         adapter = config.model.init_args.get("adapter") if config.model.get("init_args") else None
         method = adapter.get("method") if adapter is not None else None
-        # the --config files (nested includes are listed as the strings written in the file; YAML text as None)
+        # the --config files given (an include inside a file may be listed as its string; YAML text as None)
         files = [Path(os.fspath(path)) for path in config.get("config") or []
                  if path is not None and not isinstance(path, str)]
         fill_run_paths(config.trainer, files, method)
