@@ -156,9 +156,30 @@ def test_dora_backward_keeps_the_packed_weight_not_a_dense_copy():
     quantized, _ = quantized_and_float_twins()
     apply_adapters(quantized, AdapterConfig(method="dora", r=4, alpha=8, target_modules=["second"]))
     out = quantized.second(torch.randn(5, 136, requires_grad=True))
-    saved = [t for t in out.grad_fn.saved_tensors if t is not None]
-    assert any(t is quantized.second.base_layer.weight for t in saved)
-    assert not any(t.shape == (96, 136) for t in saved)
+    assert out.grad_fn.packed_weight is quantized.second.base_layer.weight
+    assert not any(t.shape == (96, 136) for t in out.grad_fn.saved_tensors if t is not None)
+
+
+def test_backward_under_saved_tensor_hooks_and_activation_checkpointing():
+    """Hooks (offloading, checkpointing) hand back plain tensors: the 4-bit weight must not pass through them."""
+    quantized, reference = quantized_and_float_twins()
+    config = AdapterConfig(method="dora", r=4, alpha=8, detach_norm=False, target_modules=["first", "second"])
+    for model in (quantized, reference):
+        apply_adapters(model, config)
+        randomise_(model)
+    x = torch.randn(4, 192, generator=torch.Generator().manual_seed(4))
+    _, _, expected = run(reference, x, train=True)
+    for wrap in ("hooks", "checkpoint"):
+        quantized.zero_grad(set_to_none=True)
+        if wrap == "hooks":
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: t.detach().clone(), lambda t: t):
+                out = quantized(x)
+        else:
+            out = torch.utils.checkpoint.checkpoint(quantized, x, use_reentrant=False)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        for name, grad in expected.items():
+            torch.testing.assert_close(dict(quantized.named_parameters())[name].grad, grad, atol=1e-5, rtol=1e-5,
+                                       msg=f"{wrap}: {name}")
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "dvora"])

@@ -119,16 +119,15 @@ class _TimesQuantizedWeightT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lhs: Tensor, weight: Tensor) -> Tensor:
         dtype = weight_dtype(weight)
-        ctx.save_for_backward(weight)
+        ctx.weight = weight  # not saved_tensors: saved-tensor hooks would hand back a plain tensor
         ctx.lhs_dtype = lhs.dtype
         cast = lhs.to(dtype)
         return torch.cat([cast @ chunk.T for _, chunk in row_chunks(weight, dtype)], dim=-1)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (weight,) = ctx.saved_tensors
         grad_lhs = None
-        for start, chunk in row_chunks(weight, grad.dtype):
+        for start, chunk in row_chunks(ctx.weight, grad.dtype):
             part = grad[..., start : start + chunk.shape[0]] @ chunk
             grad_lhs = part if grad_lhs is None else grad_lhs.add_(part)
         return grad_lhs.to(ctx.lhs_dtype), None

@@ -130,15 +130,18 @@ class DoRAScaledLinear(torch.autograd.Function):
                            lora_A.dtype, lora_B.dtype)
         ctx.saved_output = x_base is None and bias is None and not recompute
         keep_h = not ctx.saved_output and not recompute
-        # a 4-bit W is kept packed and dequantized again in backward, as bitsandbytes' matmul_4bit does
-        ctx.save_for_backward(x2, xb2, weight if is_4bit(weight) else w, a, b, g, magnitude, norm, xa, h if keep_h else None,
+        # a 4-bit W is kept packed and dequantized again in backward, as bitsandbytes' matmul_4bit does; it is held
+        # on ctx, out of reach of saved-tensor hooks, which would hand back a plain tensor without its quant state
+        ctx.packed_weight = weight if is_4bit(weight) else None
+        ctx.save_for_backward(x2, xb2, None if is_4bit(weight) else w, a, b, g, magnitude, norm, xa, h if keep_h else None,
                               out if ctx.saved_output else None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x2, xb2, w, a, b, g, magnitude, norm, xa, h, out = ctx.saved_tensors
-        w = dense_weight(w, x2.dtype)
+        if ctx.packed_weight is not None:
+            w = dense_weight(ctx.packed_weight, x2.dtype)
         s = ctx.scaling
         x_dtype, x_base_dtype, bias_dtype, a_dtype, b_dtype = ctx.grad_dtypes
         need_x, need_x_base, _, need_bias, need_a, need_b, need_m, need_norm = ctx.needs_input_grad[:8]
