@@ -134,10 +134,11 @@ def test_resume_from_the_middle_of_an_epoch_replays_the_uninterrupted_run(workdi
 
 def test_test_prints_the_metrics_table(workdir, fitted):
     out = mmft(workdir, "test", "--ckpt_path", "runs/ckpt/last.ckpt")
-    table = out[out.index("task"):].splitlines()[:4]
-    assert table[0].split() == ["task", "metric", "value"]
+    table = out[out.index("task  "):].splitlines()[:4]
+    assert table[0].split() == ["task", "metric", "value", "scored"]
     assert [row.split()[:2] for row in table[1:3]] == [["vqav2", "VQAAccuracy"], ["gqa", "ExactMatchAccuracy"]]
-    scores = [float(row.split()[-1]) for row in table[1:]]
+    assert [row.split()[3] for row in table[1:3]] == ["32/32", "32/32"]  # one test batch each, nothing skipped
+    scores = [float(row.split()[2]) for row in table[1:3]] + [float(table[3].split()[1])]
     assert table[3].split()[0] == "average" and scores[2] == pytest.approx((scores[0] + scores[1]) / 2, abs=1e-4)
 
 

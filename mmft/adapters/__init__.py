@@ -6,6 +6,7 @@ PyTorch, no Lightning or transformers import.
 """
 
 from .config import AdapterConfig, AdapterConfigError
+from .fingerprint import frozen_weights_hash
 from .inject import AdapterError, AdapterReport, adapter_config_of, apply_adapters, find_adapted_modules
 from .layers import AdaptedLinear, dora_weight_norm
 from .merge import merge_adapters, unmerge_adapters
@@ -24,6 +25,7 @@ __all__ = [
     "apply_adapters",
     "dora_weight_norm",
     "find_adapted_modules",
+    "frozen_weights_hash",
     "load_adapters",
     "merge_adapters",
     "quantize_linear_layers",

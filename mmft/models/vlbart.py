@@ -234,6 +234,7 @@ class VLBartModule(AdapterModule):
         num_beams / max_new_tokens: beam search at evaluation.
         max_images: most images per example (2: NLVR2).
         seed: seed of the random weights (BART from a config, the visual embedding).
+        allow_base_mismatch: load checkpoints trained on another base or adapter config (see AdapterModule).
     """
 
     def __init__(
@@ -253,9 +254,10 @@ class VLBartModule(AdapterModule):
         scheduler: SchedulerCallable | None = None,
         param_groups: list[ParamGroup] | None = None,
         metrics: dict[str, Metric] | None = None,
+        allow_base_mismatch: bool = False,
     ) -> None:
         super().__init__(adapter, optimizer, scheduler, param_groups,
-                         default_vlbart_metrics() if metrics is None else metrics)
+                         default_vlbart_metrics() if metrics is None else metrics, allow_base_mismatch)
         visual = VisualConfig() if visual is None else visual
         if isinstance(bart, str):
             bart_folder(bart)  # first: the setting a user of the recipe must set
