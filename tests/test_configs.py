@@ -23,6 +23,8 @@ DEPARTURES = {
     "vlbart_image_lora": {("model", "init_args", "adapter", "alpha"): 32.0},
     "vlbart_video_lora": {("model", "init_args", "adapter", "alpha"): 32.0},
 }
+# overlays compose after a recipe (tiny/overlays/ after the tiny DoRA recipe)
+OVERLAYS = sorted((ROOT / "configs").rglob("overlays/*.yaml"))
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +137,29 @@ def test_print_config_shows_the_composed_config_without_the_linked_collate(capsy
     assert printed["model"]["class_path"] == "mmft.models.LlavaModule"
     assert printed["model"]["init_args"]["adapter"]["method"] == "dora"
     assert printed["data"]["init_args"].get("collate_fn", None) is None  # linked from the model at run time
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
+def test_overlay_composes_on_the_tiny_recipe(overlay, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        mmft(monkeypatch, "fit", "--config", str(ROOT / "configs" / "tiny" / "llava_dora.yaml"), "--config",
+             str(overlay), "--print_config")
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert_overrides(printed, yaml.safe_load(overlay.read_text()), "")
+
+
+def assert_overrides(printed, overlay, key: str) -> None:
+    """Every value the overlay sets is in the composed config (lists: the same entries, by class_path)."""
+    if isinstance(overlay, dict):
+        for name, value in overlay.items():
+            assert name in printed, f"{key}.{name} missing from the composed config"
+            assert_overrides(printed[name], value, f"{key}.{name}")
+    elif isinstance(overlay, list):
+        assert [getattr(e, "get", lambda _: e)("class_path") for e in printed] == \
+            [getattr(e, "get", lambda _: e)("class_path") for e in overlay], key
+    else:
+        assert printed == overlay, f"{key}: {printed!r} != {overlay!r}"
 
 
 @pytest.mark.parametrize("name", ["llava_dora.yaml", "llava_lora.yaml"])

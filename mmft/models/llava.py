@@ -18,7 +18,7 @@ from torchmetrics import Metric
 from mmft.adapters import AdapterConfig
 
 from .base import AdapterModule, default_optimizer
-from .llava_backbones import BackboneConfigError, LlavaBackbone
+from .llava_backbones import BackboneConfigError, LlavaBackbone, find_language_model
 from .llava_collate import IGNORE_INDEX, LlavaCollate
 from .optim import ParamGroup, SchedulerCallable
 from .templates import TemplateName
@@ -90,7 +90,7 @@ class LlavaModule(AdapterModule):
     @property
     def language_model(self) -> nn.Module:
         """The language model inside ``self.model`` (``model.language_model`` for HF Llava, ``language_model``)."""
-        return next(m for n, m in self.model.named_modules() if n.rsplit(".", 1)[-1] == "language_model")
+        return find_language_model(self.model)
 
     def _check_trainable(self) -> None:
         report = self.adapter_report
