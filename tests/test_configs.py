@@ -42,7 +42,8 @@ def resolved(*configs: str) -> dict:
 def differences(a, b, path=()) -> dict[tuple, tuple]:
     """Every leaf where two nested configs differ, by key path."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return {k: v for key in a.keys() | b.keys() for k, v in differences(a.get(key), b.get(key), (*path, key)).items()}
+        return {k: v for key in a.keys() | b.keys()
+                for k, v in differences(a.get(key), b.get(key), (*path, key)).items()}
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return {k: v for i, (x, y) in enumerate(zip(a, b)) for k, v in differences(x, y, (*path, i)).items()}
     return {} if a == b else {path: (a, b)}

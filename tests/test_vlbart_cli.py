@@ -152,7 +152,8 @@ def test_recipe_asks_for_the_bart_folder(name, monkeypatch):
 
 
 # the recipes (the named configs equal recipe + overlay: tests/test_configs.py)
-VLBART_CONFIGS = sorted(p for name in ("vlbart_image.yaml", "vlbart_video.yaml") for p in (ROOT / "configs").rglob(name))
+VLBART_CONFIGS = sorted(p for name in ("vlbart_image.yaml", "vlbart_video.yaml")
+                        for p in (ROOT / "configs").rglob(name))
 
 
 @pytest.mark.parametrize("config", VLBART_CONFIGS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())

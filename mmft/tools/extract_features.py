@@ -12,9 +12,9 @@ span) by the rule that picks decoded frames; with ``--video-fps 0`` (every frame
 ones exactly.
 
 The encoder settings come from the config's ``model.init_args.visual``, read by the ``mmft`` CLI's own parser
-(``--config`` files compose as they do for ``mmft fit``), so the features equal those the model computes end to end from the same images. Train on
-them by listing the files under ``model.init_args.visual.features``. The file records the settings it was made
-with; a model configured differently refuses it.
+(``--config`` files compose as they do for ``mmft fit``), so the features equal those the model computes end to end
+from the same images. Train on them by listing the files under ``model.init_args.visual.features``. The file records
+the settings it was made with; a model configured differently refuses it.
 
 Memory: the features are held until the file is written (36 x 2048 values per image: 295 KB in float32, 147 KB in
 float16), so write one file per image folder (COCO, GQA, NLVR2) rather than one for everything.
