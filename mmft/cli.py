@@ -2,6 +2,7 @@
 
     mmft fit --config configs/tiny/llava_dora.yaml
     mmft test --config configs/tiny/llava_dora.yaml --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt
+    mmft test --config configs/tiny/llava_dora.yaml --config configs/eval/llava15_benchmarks.yaml --ckpt_path ...
     mmft fit --config configs/llava_dora.yaml --config my_paths.yaml --print_config
 
 Models and DataModules are chosen by ``class_path`` in the config (subclass mode). The model's collate is handed
@@ -22,6 +23,7 @@ from urllib.parse import urlparse
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from mmft.files import write_json_atomic
 from mmft.models.base import AdapterModule
 
 
@@ -36,8 +38,13 @@ def wandb_configured() -> bool:
         return False
 
 
+RESULTS_FILE = "test_metrics.json"
+
+
 def results_table(metrics: Mapping[str, Any], stage: str) -> str:
-    """The per-task metrics ``<stage>/<task>/<Metric>`` and ``<stage>/average`` as a plain text table."""
+    """The per-task metrics ``<stage>/<task>/<Metric>`` (in the order of the dataloaders) and ``<stage>/average`` as a
+    plain text table; the details of metrics that report several numbers (``<stage>/<task>/<Metric>/<key>``) are
+    left to the JSON file."""
     rows = []
     for key, value in metrics.items():
         parts = key.split("/")
@@ -48,6 +55,12 @@ def results_table(metrics: Mapping[str, Any], stage: str) -> str:
     rows = [("task", "metric", "value"), *rows]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join(f"{t:<{widths[0]}}  {m:<{widths[1]}}  {v:>{widths[2]}}" for t, m, v in rows)
+
+
+def write_results(metrics: Mapping[str, Any], stage: str, path: Path, checkpoint: str | None) -> Path:
+    """Every ``<stage>/...`` number, in logging order, with the checkpoint it scored, as JSON (written atomically)."""
+    numbers = {key: float(value) for key, value in metrics.items() if key.startswith(f"{stage}/")}
+    return write_json_atomic(path, {"checkpoint": checkpoint, "metrics": numbers})
 
 
 class LoggingSaveConfigCallback(SaveConfigCallback):
@@ -98,6 +111,10 @@ class MMFTCLI(LightningCLI):
 
     def after_test(self) -> None:
         self._print_results("test")
+        if self.trainer.is_global_zero:
+            path = Path(self.trainer.default_root_dir) / RESULTS_FILE
+            write_results(self.trainer.callback_metrics, "test", path, self.trainer.ckpt_path)
+            print(f"every test number written to {path}", flush=True)
 
     def _print_results(self, stage: str) -> None:
         if self.trainer.is_global_zero:

@@ -9,12 +9,18 @@
 
 A family subclass builds its network and collate, calls :meth:`attach_model`, and implements
 :meth:`training_loss` and :meth:`generate_answers`. Its collate returns dicts that carry, besides its tensors,
-``ids``, ``tasks`` and ``references`` (one entry per example); evaluation batches hold one task each.
+``ids``, ``tasks``, ``references`` and ``categories`` (one entry per example); evaluation batches hold one task each.
+
+A metric's ``update(preds, references)`` also receives ``ids`` and ``categories`` when its signature names them
+(MMBench's circular groups come from the ids, POPE's splits from the categories). A metric whose ``compute`` returns
+a dict (several numbers, e.g. per split) names its headline number in ``headline``: that one is logged as
+``<stage>/<task>/<MetricClass>`` and averaged, every entry as ``<stage>/<task>/<MetricClass>/<key>``.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from dataclasses import asdict
 from typing import Any
@@ -38,7 +44,14 @@ def batch_metadata(examples: list[Example]) -> dict[str, list]:
         "ids": [e.id for e in examples],
         "tasks": [e.task for e in examples],
         "references": [list(e.references) for e in examples],
+        "categories": [e.category for e in examples],
     }
+
+
+def metric_context(metric: Metric, batch: dict[str, Any]) -> dict[str, list]:
+    """The per-example lists among ``ids`` and ``categories`` that ``metric.update`` takes by name."""
+    parameters = inspect.signature(metric.update).parameters
+    return {name: batch[name] for name in ("ids", "categories") if name in parameters}
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -203,7 +216,7 @@ class AdapterModule(LightningModule):
         for id_, references in zip(batch["ids"], batch["references"]):
             if not references:
                 raise ValueError(f"{stage} example {id_!r} ({task}) has no references to score against")
-        metric.update(self.generate_answers(batch), batch["references"])
+        metric.update(self.generate_answers(batch), batch["references"], **metric_context(metric, batch))
 
     def _log_metrics(self, stage: str) -> None:
         entries = sorted((idx, task, metric) for (s, idx), (task, metric) in self._eval_metrics.items() if s == stage)
@@ -214,7 +227,12 @@ class AdapterModule(LightningModule):
         for idx, task, metric in entries:
             label = task if names.count(task) == 1 else f"{task}_{idx}"
             value = metric.compute()
-            self.log(f"{stage}/{label}/{type(metric).__name__}", value, add_dataloader_idx=False, sync_dist=False)
+            name = f"{stage}/{label}/{type(metric).__name__}"
+            if isinstance(value, dict):
+                for key, number in value.items():
+                    self.log(f"{name}/{key}", number, add_dataloader_idx=False, sync_dist=False)
+                value = value[metric.headline]
+            self.log(name, value, add_dataloader_idx=False, sync_dist=False)
             values.append(torch.as_tensor(value, dtype=torch.float32, device=self.device))
             metric.reset()
         self.log(f"{stage}/average", torch.stack(values).mean(), add_dataloader_idx=False, prog_bar=True)
