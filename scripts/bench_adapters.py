@@ -80,6 +80,8 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     "mmft_dora": ("mmft", "mmft DoRA", {"method": "dora"}),
     "mmft_dora_lean": ("mmft", "mmft DoRA, dora_recompute", {"method": "dora", "dora_recompute": True}),
     "mmft_dora_nodetach": ("mmft", "mmft DoRA, detach_norm=False", {"method": "dora", "detach_norm": False}),
+    # the same layers with mmft.adapters.kernels off: the fused kernels' share (on a CPU both run PyTorch ops)
+    "mmft_dora_unfused": ("mmft", "mmft DoRA, fused kernels off", {"method": "dora", "fused": False}),
     "peft_lora": ("peft", "PEFT LoRA", {"use_dora": False}),
     "peft_dora": ("peft", "PEFT DoRA", {"use_dora": True}),
 }
@@ -97,6 +99,9 @@ PRESETS: dict[str, dict] = {
     # in when its kernels are shorter than their launches. A CPU stand-in for that part of a GPU step; use --threads 1
     "overhead": {"hidden": 64, "layers": 16, "heads": 4, "kv_heads": None, "intermediate": None, "seq": 16,
                  "batch": 1, "vocab": 128, "rank": 8},
+    # four layers of Llama-2-7B's shape (hidden 4096, 32 heads, MLP 11008): 7B-sized GEMMs in a step that fits quickly
+    "7b-stack": {"hidden": 4096, "layers": 4, "heads": 32, "kv_heads": None, "intermediate": 11008, "seq": 1024,
+                 "batch": 4, "vocab": 1000, "rank": 16},
     # seconds on a laptop: for smoke tests of the script itself
     "tiny": {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "intermediate": None, "seq": 16, "batch": 2,
              "vocab": 128, "rank": 4},
@@ -122,7 +127,14 @@ RATIOS: list[tuple[str, str, str, str, float | None, str]] = [
     ("detach/no-detach step peak", "mmft_dora", "mmft_dora_nodetach", "peak_step_bytes", None, "detach trick"),
     ("detach/no-detach train peak", "mmft_dora", "mmft_dora_nodetach", "train_peak_bytes", None, "detach trick"),
     ("detach/no-detach step time", "mmft_dora", "mmft_dora_nodetach", "step_time_s", None, "detach trick"),
+    ("mmft_dora/unfused step time", "mmft_dora", "mmft_dora_unfused", "step_time_s", None, "fused kernels' gain"),
+    ("unfused/mmft_lora step time", "mmft_dora_unfused", "mmft_lora", "step_time_s", None, "DoRA without the kernels"),
+    ("mmft_dora/mmft_lora GPU busy", "mmft_dora", "mmft_lora", "device_busy_s", None, "kernel time alone"),
+    ("peft_dora/peft_lora GPU busy", "peft_dora", "peft_lora", "device_busy_s", None, "kernel time alone"),
 ]
+COMPILE_MODES = ["default", "reduce-overhead", "max-autotune-no-cudagraphs"]
+# dense bf16 matrix rate of the H100 / H200 SXM by the vendor's datasheet: the usual denominator of MFU
+DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}
 
 
 class BenchError(RuntimeError):
@@ -154,9 +166,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-warmup", type=int, help="untimed eval forwards per model (default: 1 CPU, 3 CUDA)")
     p.add_argument("--eval-rounds", type=int, help="timed eval rounds (default: 3 CPU, 10 CUDA)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: %(default)s)")
-    p.add_argument("--compile", action="store_true",
-                   help="time torch.compile'd models (inductor; compiled during warm-up, so keep --warmup and\n"
-                        "--eval-warmup >= 1); memory is still measured on the eager models")
+    p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
+                   help="time torch.compile'd models: inductor in MODE (default: %(const)s; reduce-overhead adds CUDA\n"
+                        "graphs), compiled during warm-up, so keep --warmup and --eval-warmup >= 1; memory is\n"
+                        "still measured eagerly")
+    p.add_argument("--compile-scope", choices=["layers", "model"], default="layers",
+                   help="compile each decoder layer (regional: one compilation serves every layer) or the whole\n"
+                        "model (default: %(default)s)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="the variants to run (default: all)")
+    p.add_argument("--no-eval", action="store_true", help="time training only (no eval or merged-eval forwards)")
+    p.add_argument("--profile", action="store_true",
+                   help="CUDA: also profile one step per variant and report the GPU's kernel time (busy)")
+    p.add_argument("--peak-tflops", type=float,
+                   help="the device's peak TFLOP/s in --dtype, for MFU (default on H100 / H200 in bf16: 989.4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the base model, adapters and tokens")
     p.add_argument("--json", metavar="PATH", help="also write every number (and the setup) to this JSON file")
     p.add_argument("--quiet", action="store_true", help="print only the final tables")
@@ -190,6 +213,10 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.variants = list(dict.fromkeys(args.variants))
+    if args.peak_tflops is None and on_cuda and args.dtype == "bfloat16":
+        name = torch.cuda.get_device_name(args.device)
+        args.peak_tflops = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in name), None)
     if args.compile and (args.warmup < 1 or args.eval_warmup < 1):
         raise BenchError("--compile: --warmup and --eval-warmup must be at least 1 (compilation happens there)")
     if args.hidden % args.heads or args.heads % args.kv_heads:
@@ -239,6 +266,7 @@ def build_base(args: argparse.Namespace) -> nn.Module:
 def make_variant(base: nn.Module, name: str, args: argparse.Namespace) -> nn.Module:
     """A copy of ``base`` with variant ``name``'s adapters (rank, alpha, targets and dropout 0 shared by all)."""
     library, _, options = VARIANTS[name]
+    options = {k: v for k, v in options.items() if k != "fused"}
     model = copy.deepcopy(base)
     if library == "mmft":
         from mmft.adapters import AdapterConfig, apply_adapters
@@ -318,6 +346,8 @@ class Variant:
     saved_bytes: int | None = None
     peak_step_bytes: int | None = None
     static_bytes: int = 0
+    fused: bool = True  # mmft.adapters.kernels on (where they can run)
+    device_busy_s: float | None = None
 
 
 # -- measurement -----------------------------------------------------------------------------------------------------
@@ -424,15 +454,36 @@ def loss_of(model: nn.Module, ids: Tensor, args: argparse.Namespace) -> Tensor:
 def train_step(variant: Variant, ids: Tensor, args: argparse.Namespace, meter: SavedTensorMeter | None = None) -> None:
     """Forward, LM cross-entropy, backward, AdamW step, zero_grad. With ``meter``: record the saved bytes too (on the
     eager model: saved-tensor hooks do not reach into compiled graphs)."""
-    if meter is None:
-        loss = loss_of(variant.model if variant.runner is None else variant.runner, ids, args)
-    else:
-        with meter:
-            loss = loss_of(variant.model, ids, args)
-        variant.saved_bytes = meter.live_bytes()
-    loss.backward()
+    from mmft.adapters.kernels import fused_kernels
+
+    with fused_kernels(variant.fused):
+        if meter is None:
+            if args.compile == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
+            loss = loss_of(variant.model if variant.runner is None else variant.runner, ids, args)
+        else:
+            with meter, eager():
+                loss = loss_of(variant.model, ids, args)
+            variant.saved_bytes = meter.live_bytes()
+        loss.backward()
     variant.optimizer.step()
     variant.optimizer.zero_grad(set_to_none=True)
+
+
+def eager() -> AbstractContextManager:
+    """Run compiled modules eagerly inside the block: saved-tensor hooks and the CPU profiler need eager ops."""
+    return torch.compiler.set_stance("force_eager")
+
+
+def device_busy_seconds(fn: Callable[[], object]) -> float:
+    """Seconds the GPU spent in kernels and copies while ``fn`` ran (torch.profiler's self device time, summed):
+    against the step's wall time it says how far the step is bound by the host launching work."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(event.self_device_time_total for event in prof.key_averages()) / 1e6
 
 
 def eval_forward(model: nn.Module, ids: Tensor, args: argparse.Namespace) -> Tensor:
@@ -472,7 +523,8 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
 
     started = time.perf_counter()
     base = build_base(args)
-    variants = {name: Variant(name, make_variant(base, name, args)) for name in VARIANTS}
+    variants = {name: Variant(name, make_variant(base, name, args), fused=VARIANTS[name][2].get("fused", True))
+                for name in args.variants}
     log(f"built base + {len(variants)} variants in {time.perf_counter() - started:.1f}s")
 
     checks: dict[str, dict[str, float]] = {"init_vs_base": {}, "randomized": {}, "merged_vs_unmerged": {}}
@@ -483,9 +535,10 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     randomize_adapters({n: v.model for n, v in variants.items()}, base, args.seed + 2)
     logits = {name: eval_forward(v.model, check_ids, args) for name, v in variants.items()}
     for a, b in [("mmft_dora", "peft_dora"), ("mmft_lora", "peft_lora"), ("mmft_dora_lean", "mmft_dora"),
-                 ("mmft_dora_nodetach", "mmft_dora")]:
-        checks["randomized"][f"{a} vs {b}"] = max_abs_diff(logits[a], logits[b])
-    update_size = max_abs_diff(logits["mmft_dora"], base_logits)
+                 ("mmft_dora_nodetach", "mmft_dora"), ("mmft_dora_unfused", "mmft_dora")]:
+        if a in logits and b in logits:
+            checks["randomized"][f"{a} vs {b}"] = max_abs_diff(logits[a], logits[b])
+    update_size = max(max_abs_diff(value, base_logits) for value in logits.values())
     # a wrong formula moves the logits by about as much as the update does; rounding moves them far less (in bf16,
     # through many layers, a good part of a logit: PEFT's DoRA is not even exactly the base model at init there)
     relative = 1e-4 if compute_dtype(args) == torch.float32 else 5e-2
@@ -500,7 +553,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
     if bad or not update_size > tolerance:
         raise BenchError(f"variants disagree beyond {tolerance:.3g} (max |logit difference|): {bad}, or the random "
                          f"adapters hardly change the model ({update_size:.3g})")
-    checks["update_vs_base"] = {"mmft_dora": update_size}
+    checks["update_vs_base"] = {"largest": update_size}
     checks["tolerance"] = {"max_abs_logit_diff": tolerance}
 
     for v in variants.values():
@@ -523,6 +576,9 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         else:
             v.peak_step_bytes = cpu_peak_bytes(lambda v=v, meter=meter: train_step(v, ids, args, meter))
         v.static_bytes = static_bytes(v.model, v.optimizer)
+    if args.profile and on_cuda:
+        for v in variants.values():
+            v.device_busy_s = device_busy_seconds(lambda v=v: train_step(v, ids, args))
 
     def timed_step(name: str) -> None:
         v = variants[name]
@@ -540,9 +596,12 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
             v.peak_step_bytes = int(statistics.median(v.step_peaks))
     log(f"training: {args.warmup} warmup + 1 memory + {args.rounds} timed steps per variant in "
         f"{time.perf_counter() - started:.1f}s")
+    eval_names = [] if args.no_eval else [name for name in EVAL_VARIANTS if name in variants]
+    if not eval_names:
+        return collect_results(args, variants, base, checks, [], [])
 
     started = time.perf_counter()
-    eval_models = {name: compiled(variants[name].model, args) for name in EVAL_VARIANTS} | {BASE: compiled(base, args)}
+    eval_models = {name: compiled(variants[name].model, args) for name in eval_names} | {BASE: compiled(base, args)}
     eval_times: dict[str, list[float]] = {name: [] for name in eval_models}
     for model in eval_models.values():
         model.eval()
@@ -553,7 +612,7 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
                 lambda name: eval_times[name].append(timed(lambda: eval_forward(eval_models[name], ids, args), args)))
 
     merged_models = {BASE: compiled(base, args)}
-    for name in EVAL_VARIANTS:
+    for name in eval_names:
         before = eval_forward(variants[name].model, check_ids, args)
         merged = merge_variant(variants[name].model)
         checks["merged_vs_unmerged"][name] = max_abs_diff(eval_forward(merged, check_ids, args), before)
@@ -568,15 +627,28 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
                                                              args)))
     log(f"eval: unmerged and merged, {args.eval_warmup} warmup + {args.eval_rounds} timed forwards per model in "
         f"{time.perf_counter() - started:.1f}s")
-    for name in EVAL_VARIANTS:
+    for name in eval_names:
         variants[name].eval_times = eval_times[name]
         variants[name].merged_eval_times = merged_times[name]
     return collect_results(args, variants, base, checks, eval_times[BASE], merged_times[BASE])
 
 
 def compiled(model: nn.Module, args: argparse.Namespace) -> nn.Module:
-    """``torch.compile(model)`` with ``--compile`` (a fresh wrapper: each use compiles its own graphs), else the model."""
-    return torch.compile(model) if args.compile else model
+    """With ``--compile``: ``torch.compile`` in the chosen mode, of each decoder layer in place (``--compile-scope
+    layers``: all layers share one compilation, so compiling takes seconds, not minutes) or of the whole model (a fresh
+    wrapper). Without it: the model."""
+    if not args.compile:
+        return model
+    # every variant, in train and eval mode, recompiles the shared decoder-layer code: keep them all cached
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    if args.compile_scope == "model":
+        return torch.compile(model, mode=args.compile)
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    if not layers:
+        raise BenchError(f"--compile-scope layers: {type(model).__name__} has no decoder layers")
+    for layer in layers:
+        layer.compile(mode=args.compile)
+    return model
 
 
 def merge_variant(model: nn.Module) -> nn.Module:
@@ -587,6 +659,25 @@ def merge_variant(model: nn.Module) -> nn.Module:
         merge_adapters(model)
         return model
     return model.merge_and_unload()
+
+
+def step_flops(args: argparse.Namespace) -> float:
+    """The useful floating-point operations of one LoRA training step, the numerator of MFU (the same for every
+    variant, so MFU ranks variants as their step times do).
+
+    Frozen linear layers (q, k, v, o, gate, up, down, lm_head) cost ``2 N T`` forward and ``2 N T`` backward (input
+    gradients only: no weight gradients) for ``N`` weights and ``T`` tokens; causal attention ``2 T S d`` forward and
+    twice that backward per layer (S the sequence, d the hidden size); each rank-r adapter ``2 r (in + out) T`` forward
+    and three times that in all. DoRA's norm and scaling, embeddings, norms and the optimizer are not counted.
+    """
+    tokens, hidden, layers = args.batch * args.seq, args.hidden, args.layers
+    kv = hidden * args.kv_heads // args.heads
+    shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden),
+              (hidden, args.intermediate), (hidden, args.intermediate), (args.intermediate, hidden)]
+    frozen = layers * sum(i * o for i, o in shapes) + hidden * args.vocab
+    adapters = layers * sum(args.rank * (i + o) for i, o in shapes)
+    attention = layers * 6 * tokens * args.seq * hidden
+    return 4.0 * frozen * tokens + attention + 6.0 * adapters * tokens
 
 
 def device_name(args: argparse.Namespace) -> str:
@@ -609,12 +700,16 @@ def collect_results(args: argparse.Namespace, variants: dict[str, Variant], base
     import transformers
 
     median = statistics.median
+    flops = step_flops(args)
     rows: dict[str, dict] = {}
     for name, v in variants.items():
+        step_time = median(v.step_times)
         rows[name] = {
             "label": VARIANTS[name][1],
             "trainable_params": v.trainable_params,
-            "step_time_s": median(v.step_times),
+            "step_time_s": step_time,
+            "device_busy_s": v.device_busy_s,
+            "mfu": flops / step_time / (args.peak_tflops * 1e12) if args.peak_tflops else None,
             "step_time_min_s": min(v.step_times),
             "step_times_s": v.step_times,
             "saved_bytes": v.saved_bytes,
@@ -626,14 +721,20 @@ def collect_results(args: argparse.Namespace, variants: dict[str, Variant], base
             "merged_eval_time_s": median(v.merged_eval_times) if v.merged_eval_times else None,
             "merged_eval_times_s": v.merged_eval_times,
         }
-    rows[BASE] = {"label": "base model (no adapters)", "eval_time_s": median(base_eval), "eval_times_s": base_eval,
-                  "merged_eval_time_s": median(base_merged_eval), "merged_eval_times_s": base_merged_eval}
+    if base_eval:
+        rows[BASE] = {"label": "base model (no adapters)", "eval_time_s": median(base_eval),
+                      "eval_times_s": base_eval, "merged_eval_time_s": median(base_merged_eval),
+                      "merged_eval_times_s": base_merged_eval}
     ratios = {}
     for key, num, den, quantity, target, note in RATIOS:
+        if rows.get(num, {}).get(quantity) is None or rows.get(den, {}).get(quantity) is None:
+            continue  # a variant or a figure this run did not measure
         value = rows[num][quantity] / rows[den][quantity]
         ratios[key] = {"value": value, "target": target, "meets_target": None if target is None else value <= target,
                        "note": note}
     for name in EVAL_VARIANTS:
+        if rows.get(name, {}).get("merged_eval_time_s") is None:
+            continue
         value = rows[name]["merged_eval_time_s"] / rows[BASE]["merged_eval_time_s"]
         ratios[f"{name} merged/base eval"] = {"value": value, "target": None, "meets_target": None,
                                               "note": "merged inference"}
@@ -646,6 +747,8 @@ def collect_results(args: argparse.Namespace, variants: dict[str, Variant], base
             "precision": "float32" if args.dtype == "float32" else
                          f"base weights {args.dtype}, fp32 adapters, torch.autocast({args.dtype})",
             "threads": args.threads, "seed": args.seed, "lr": args.lr, "compile": args.compile,
+            "compile_scope": args.compile_scope if args.compile else None, "variants": args.variants,
+            "step_flops": flops, "peak_tflops": args.peak_tflops,
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
             "python": platform.python_version(), "sizes": sizes, "targets": TARGETS,
             "base_params": sum(p.numel() for p in base.parameters()),
@@ -673,12 +776,15 @@ def markdown_tables(results: dict) -> str:
     """The per-variant table and the ratio table, as markdown."""
     rows = results["variants"]
     lines = [
-        "| variant | trainable | step ms | saved MiB | step peak MiB | train peak MiB | eval ms | merged eval ms |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | trainable | step ms | GPU busy ms | MFU | saved MiB | step peak MiB | train peak MiB | eval ms "
+        "| merged eval ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in rows.items():
         trainable = f"{row['trainable_params']:,}" if "trainable_params" in row else "-"
+        mfu = "-" if row.get("mfu") is None else f"{100 * row['mfu']:.1f}%"
         lines.append(f"| {row['label']} | {trainable} | {_ms(row.get('step_time_s'))} | "
+                     f"{_ms(row.get('device_busy_s'))} | {mfu} | "
                      f"{_mb(row.get('saved_bytes'))} | {_mb(row.get('peak_step_bytes'))} | "
                      f"{_mb(row.get('train_peak_bytes'))} | {_ms(row.get('eval_time_s'))} | "
                      f"{_ms(row.get('merged_eval_time_s'))} |")
@@ -699,7 +805,8 @@ def setup_line(results: dict) -> str:
             f"layers, {z['heads']}/{z['kv_heads']} heads, MLP {z['intermediate']}, vocab {z['vocab']}; batch "
             f"{z['batch']} x {z['seq']} tokens; rank {z['rank']}, alpha {z['alpha']:g} on {', '.join(s['targets'])}; "
             f"median of {s['timing']['rounds']} interleaved rounds; memory: {s['memory_method']}"
-            + ("; timed models torch.compile'd" if s.get("compile") else ""))
+            + (f"; timed models torch.compile'd (mode {s['compile']}, {s['compile_scope']})" if s.get("compile")
+               else ""))
 
 
 def main(argv: list[str] | None = None) -> dict:

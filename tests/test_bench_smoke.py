@@ -72,6 +72,9 @@ def test_report_structure(bench, results):
     assert results["variants"]["mmft_lora"]["trainable_params"] == results["variants"]["peft_lora"]["trainable_params"]
     assert results["variants"]["mmft_dora"]["trainable_params"] == results["variants"]["peft_dora"]["trainable_params"]
     for key, num, den, quantity, target, _ in bench.RATIOS:
+        if quantity == "device_busy_s":  # profiled on CUDA only
+            assert key not in results["ratios"] and results["variants"][num][quantity] is None
+            continue
         ratio = results["ratios"][key]
         expected = results["variants"][num][quantity] / results["variants"][den][quantity]
         assert math.isclose(ratio["value"], expected)
@@ -135,3 +138,36 @@ def test_bad_sizes_are_named(bench):
         bench.parse_args(["--preset", "tiny", "--hidden", "65"])
     with pytest.raises(bench.BenchError, match="--rounds"):
         bench.parse_args(["--preset", "tiny", "--rounds", "0"])
+
+
+def test_variant_subset_without_eval(bench, tmp_path):
+    """``--variants`` builds only those; ``--no-eval`` times training only; ratios appear only where both sides ran."""
+    path = tmp_path / "subset.json"
+    bench.main(TINY + ["--variants", "mmft_lora", "mmft_dora", "--no-eval", "--json", str(path)])
+    results = json.loads(path.read_text())
+    assert set(results["variants"]) == {"mmft_lora", "mmft_dora"}
+    assert results["setup"]["variants"] == ["mmft_lora", "mmft_dora"]
+    assert all(row["eval_time_s"] is None for row in results["variants"].values())
+    assert set(results["ratios"]) == {"mmft_dora/mmft_lora step time", "mmft_dora/mmft_lora saved bytes"}
+
+
+def test_step_flops_by_hand(bench):
+    """One layer, hidden 4, 2 heads (kv 1), MLP 8, vocab 10, batch 1 x 3 tokens, rank 1: counted by hand."""
+    args = bench.parse_args(["--preset", "tiny", "--hidden", "4", "--heads", "2", "--kv-heads", "1", "--layers",
+                             "1", "--intermediate", "8", "--vocab", "10", "--batch", "1", "--seq", "3", "--rank",
+                             "1", "--device", "cpu"])
+    frozen = 4 * 4 + 4 * 2 + 4 * 2 + 4 * 4 + 3 * 4 * 8 + 4 * 10  # q k v o, gate up down, lm_head
+    adapters = (4 + 4) + (4 + 2) * 2 + (4 + 4) + (4 + 8) * 3  # r (in + out) per adapted layer
+    expected = 4 * frozen * 3 + 6 * 3 * 3 * 4 + 6 * adapters * 3
+    assert bench.step_flops(args) == expected
+
+
+def test_unfused_variant_equals_fused_on_cpu(bench):
+    """Without a GPU both DoRA variants run the same PyTorch ops: identical logits."""
+    args = bench.parse_args(TINY)
+    base = bench.build_base(args)
+    models = {name: bench.make_variant(base, name, args).eval() for name in ("mmft_dora", "mmft_dora_unfused")}
+    bench.randomize_adapters(models, base, seed=3)
+    ids = torch.randint(0, args.vocab, (2, args.seq), generator=torch.Generator().manual_seed(0))
+    logits = [bench.eval_forward(model, ids, args) for model in models.values()]
+    torch.testing.assert_close(logits[0], logits[1], atol=0, rtol=0)

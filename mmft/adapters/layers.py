@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .kernels import fused_dora_backward_tail, fused_dora_norm, kernels_usable
+
 # Rows whose norm falls below this are treated as having norm NORM_EPS: all-zero weight rows exist in real models
 # (Llama-3.1-8B o_proj has 511) and would otherwise give inf/NaN.
 NORM_EPS = 1e-6
@@ -64,13 +66,20 @@ def dora_weight_norm(
     and accumulated into fp32 from there.
     """
     acc = accumulation_dtype(weight.dtype)
-    a, b = _cast(lora_A, acc), _cast(lora_B, acc)
-    a_wt = _cast(_cast(lora_A, weight.dtype) @ weight.T, acc)  # [r, out]
-    # the bracket of ||W_i||^2 + s B_i . (2 A W_i^T + s (A A^T) B_i^T) for every row i: one small GEMM
-    bracket = torch.addmm(a_wt, a @ a.T, b.T, beta=2.0, alpha=scaling)  # [r, out]
-    # the per-row dot products and the sum with ||W_i||^2 as one batched GEMM: [out, 1, r] @ [out, r, 1]
-    squared = torch.baddbmm(weight_sq_norm.view(-1, 1, 1), b.unsqueeze(1), bracket.T.unsqueeze(2), alpha=scaling)
-    return squared.view(-1).clamp_min(NORM_EPS * NORM_EPS).sqrt()
+    _, no_autocast = _autocast_off(weight)  # autocast would run the small GEMMs below in half precision
+    with no_autocast:
+        a = _cast(lora_A, acc)
+        a_wt = _cast(lora_A, weight.dtype) @ weight.T  # [r, out]
+        if kernels_usable(weight) and not (torch.is_grad_enabled() and (lora_A.requires_grad or lora_B.requires_grad)):
+            norm = fused_dora_norm(a_wt, a @ a.T, lora_B, scaling, weight_sq_norm, NORM_EPS)
+            if norm is not None:
+                return norm
+        b = _cast(lora_B, acc)
+        # the bracket of ||W_i||^2 + s B_i . (2 A W_i^T + s (A A^T) B_i^T) for every row i: one small GEMM
+        bracket = torch.addmm(_cast(a_wt, acc), a @ a.T, b.T, beta=2.0, alpha=scaling)  # [r, out]
+        # the per-row dot products and the sum with ||W_i||^2 as one batched GEMM: [out, 1, r] @ [out, r, 1]
+        squared = torch.baddbmm(weight_sq_norm.view(-1, 1, 1), b.unsqueeze(1), bracket.T.unsqueeze(2), alpha=scaling)
+        return squared.view(-1).clamp_min(NORM_EPS * NORM_EPS).sqrt()
 
 
 def dora_linear_inference(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
@@ -142,29 +151,38 @@ class DoRAScaledLinear(torch.autograd.Function):
         with no_autocast:
             gy = _cast(grad_out.reshape(-1, grad_out.shape[-1]), x2.dtype)
             acc = accumulation_dtype(gy.dtype)
+            gh = None
             if need_m or need_norm:
+                if ctx.saved_output:
+                    y = out.view_as(gy)
+                elif h is None:
+                    y = (x2 @ w.T).addmm_(xa, b.T, alpha=s)
+                else:
+                    y = h
+                # sum_n gy * y, and gy * g (needed below) in the same pass where the fused kernel can run
+                if kernels_usable(gy):
+                    gh, dot = fused_dora_backward_tail(gy, y, g)
+                else:
+                    dot = torch.sum(gy * y, dim=0, dtype=acc)
                 if ctx.saved_output:
                     # d/dm = sum_n gy h / norm = (sum_n gy out) / m and d/dnorm = -(sum_n gy out) / norm. A row with
                     # m = 0 (an all-zero weight row at initialisation) outputs 0 and gives B no gradient, so its h
                     # stays 0: its gradient is 0.
-                    dot = torch.sum(gy * out.view_as(gy), dim=0, dtype=acc)
                     if need_m:
                         grad_m = torch.where(magnitude == 0, 0.0, dot / magnitude)
                     if need_norm:
                         grad_norm = (dot / norm).neg_()
                 else:
-                    if h is None:
-                        h = (x2 @ w.T).addmm_(xa, b.T, alpha=s)
-                    grad_g = torch.sum(gy * h, dim=0, dtype=acc)
                     if need_m:
-                        grad_m = grad_g / norm
+                        grad_m = dot / norm
                     if need_norm:
-                        grad_norm = (grad_g * magnitude).div_(norm.square()).neg_()
+                        grad_norm = (dot * magnitude).div_(norm.square()).neg_()
             if need_bias:
                 grad_bias = _cast(torch.sum(gy, dim=0, dtype=acc), bias_dtype)
             if need_x_base:
                 grad_x_base = _cast(gy @ w, x_base_dtype).reshape(*grad_out.shape[:-1], x2.shape[-1])
-            gh = gy * g
+            if gh is None:
+                gh = gy * g
             # beta=0 ignores the (uninitialised) input: the GEMM applies the scaling, no separate pass
             unused = gh.new_empty(())
             if need_b:
