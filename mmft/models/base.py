@@ -67,7 +67,9 @@ class AdapterModule(LightningModule):
     """Base LightningModule of the mmft model families (see the module docstring).
 
     Args:
-        adapter: which adapter, where (``model.adapter`` in YAML).
+        adapter: which adapter, where (``model.adapter`` in YAML). ``None`` (``adapter: null``) builds the network
+            without adapters and trains nothing: the way to evaluate a model whose adapters are merged (an export's
+            ``mmft_merged.yaml`` sets it).
         optimizer: called with the trainable parameter groups.
         scheduler: called as ``scheduler(optimizer, total_steps)``; stepped every optimizer step.
         param_groups: parameters with their own lr / weight decay; the rest use the optimizer's.
@@ -77,7 +79,7 @@ class AdapterModule(LightningModule):
 
     def __init__(
         self,
-        adapter: AdapterConfig,
+        adapter: AdapterConfig | None,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: SchedulerCallable | None = None,
         param_groups: list[ParamGroup] | None = None,
@@ -95,9 +97,14 @@ class AdapterModule(LightningModule):
         self._eval_metrics: dict[tuple[str, int], tuple[str, Metric]] = {}
 
     # ----------------------------------------------------------------------------------------------------------- model
-    def attach_model(self, model: nn.Module) -> AdapterReport:
-        """Adopt ``model`` as ``self.model``, apply the adapters (freezing the rest) and log the report."""
+    def attach_model(self, model: nn.Module) -> AdapterReport | None:
+        """Adopt ``model`` as ``self.model``, apply the adapters (freezing the rest) and log the report; without an
+        adapter config, freeze everything (a merged model, for evaluation)."""
         self.model = model
+        if self.adapter_config is None:
+            model.requires_grad_(False)
+            rank_zero_info("no adapters (adapter: null): every parameter is frozen, for evaluation only")
+            return None
         self.adapter_report = apply_adapters(model, self.adapter_config)
         # adapters train in fp32 even over a half-precision base (master weights, as PEFT's autocast_adapter_dtype)
         for param in model.parameters():
@@ -120,6 +127,11 @@ class AdapterModule(LightningModule):
 
     # -------------------------------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
+        if self.adapter_config is None:
+            raise RuntimeError(
+                "model.init_args.adapter is null (a merged model): there is nothing to train; evaluate it with "
+                "mmft test / validate / predict, or set an adapter to fine-tune it further"
+            )
         report = self.adapter_report
         if report is None:
             raise RuntimeError(f"{type(self).__name__} never called attach_model()")

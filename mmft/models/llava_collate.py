@@ -67,7 +67,7 @@ class HFImageTransform:
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
-        self.fill = tuple(int(round(255 * m)) for m in processor.image_mean)
+        self.fill = tuple(int(255 * m) for m in processor.image_mean)  # LLaVA-1.5 expand2square colour
 
     def __call__(self, images: list) -> Tensor:
         return self.processor(images=images, return_tensors="pt")["pixel_values"]
@@ -78,7 +78,7 @@ class TimmImageTransform:
 
     def __init__(self, transform: Any, mean: Sequence[float]) -> None:
         self.transform = transform
-        self.fill = tuple(int(round(255 * m)) for m in mean)
+        self.fill = tuple(int(255 * m) for m in mean)
 
     def __call__(self, images: list) -> Tensor:
         return torch.stack([self.transform(image) for image in images])
