@@ -35,20 +35,23 @@ class ExampleDataset(Dataset):
 
     ``load_media=False`` yields Samples without pixels (for text-only models or inspecting data).
     ``num_frames`` frames are sampled uniformly from an Example's video, or from its ``video_span`` when set.
+    ``on_error`` is one policy for every example or one per example (the DataModule pools several readers, each with
+    its own policy).
     """
 
     def __init__(
         self,
         examples: Sequence[Example],
         load_media: bool = True,
-        on_error: OnError = "raise",
+        on_error: OnError | Sequence[OnError] = "raise",
         num_frames: int = 8,
     ) -> None:
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.examples = list(examples)
+        policies = [on_error] * len(self.examples) if isinstance(on_error, str) else list(on_error)
+        if len(policies) != len(self.examples) or any(p not in ("raise", "skip") for p in policies):
+            raise ValueError(f"on_error must be 'raise' or 'skip', or one of those per example, got {on_error!r:.80}")
         self.load_media = load_media
-        self.on_error = on_error
+        self.on_error = policies
         self.num_frames = num_frames
 
     def __len__(self) -> int:
@@ -64,7 +67,7 @@ class ExampleDataset(Dataset):
             if example.video is not None:
                 frames = load_video_frames(example.video, self.num_frames, example.source, span=example.video_span)
         except MediaError as error:
-            if self.on_error == "raise":
+            if self.on_error[index] == "raise":
                 raise
             return SkippedSample(example.source, error.reason, str(error))
         return Sample(example, images, frames)

@@ -18,6 +18,12 @@ also pads shards with repeated examples, so a metric over several processes may 
 
 Samples whose media fail to decode under ``on_error="skip"`` are reported by :meth:`on_before_batch_transfer`; a
 batch left empty becomes ``None``, which Lightning skips in training and passes to evaluation steps as is.
+
+Token budgets are checked when the data is read, not mid-epoch: when the collate has a ``check_length(example,
+training)`` method (mmft's do), every example is asked once; one that cannot fit the model's ``max_length`` raises a
+:class:`DataFormatError` naming it or, under ``on_error="skip"``, is dropped and counted in its reader's skip report,
+and the number of examples fitted by cutting context (earlier turns, subtitles) and dropped is logged per task
+(``length_reports``).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, Literal
 
@@ -34,7 +41,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from data_modules.datasets import SKIPPED_KEY, ExampleDataset, SkipFilteringCollate
 from data_modules.formats.base import DataFormatError, OnError, Reader, SkipReport
-from data_modules.records import Example, Sample
+from data_modules.records import Example, LengthCheck, Sample
 
 log = logging.getLogger("data_modules")
 
@@ -42,6 +49,9 @@ Sampling = Literal["round_robin", "proportional", "concat"]
 EvalStage = Literal["val", "test", "predict"]
 _EVAL: tuple[EvalStage, ...] = ("val", "test", "predict")
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+TOO_LONG = "too long for the model"
+# Lightning's running stages -> the split names of evaluation loaders
+_EVAL_STAGE_NAMES = {"sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"}
 
 
 class DataConfigError(ValueError):
@@ -208,8 +218,11 @@ class MultitaskDataModule(LightningDataModule):
             or ``concat`` (all training examples shuffled together; mixed batches of the one int ``batch_size``).
         num_workers: DataLoader workers (media are decoded there).
         seed: seeds the training order together with the epoch.
-        on_error: ``raise`` or ``skip`` bad records and undecodable media (counted and logged; readers with their
-            own ``on_error`` keep it). Skip reports: ``read_reports`` and ``media_skips``.
+        on_error: ``raise`` or ``skip`` bad records, undecodable media and examples too long for the model (counted
+            and logged; readers with their own ``on_error`` keep it, for all three). Skip reports: ``read_reports``
+            and ``media_skips``.
+        allow_outside_paths: accept media paths in dataset files that leave the reader's folder (``../``, absolute
+            paths); refused by default, as malformed records.
         collate_fn: the model's collate (Samples -> batch dict); the CLI links it from the model.
         num_frames: frames sampled per video.
         group_by_modality_length: LLaVA-1.5's option (its LoRA recipe turns it on): each training batch holds
@@ -232,6 +245,7 @@ class MultitaskDataModule(LightningDataModule):
         collate_fn: Callable[[list[Sample]], dict] | None = None,
         num_frames: int = 8,
         group_by_modality_length: bool = False,
+        allow_outside_paths: bool = False,
     ) -> None:
         super().__init__()
         self.readers: dict[str, list[Reader]] = {
@@ -249,11 +263,14 @@ class MultitaskDataModule(LightningDataModule):
         self.collate_fn = collate_fn
         self.num_frames = num_frames
         self.group_by_modality_length = group_by_modality_length
+        self.allow_outside_paths = allow_outside_paths
         self._check_arguments()
         self._examples: dict[str, list[list[Example]]] = {}
         self._resume: tuple[int, int] | None = None
         self.read_reports: list[SkipReport] = []
+        self.length_reports: dict[str, dict[str, Counter[str]]] = {}
         self.media_skips = SkipReport("media decoded by the DataLoaders")
+        self.eval_skips: Counter[tuple[str, int]] = Counter()
 
     def _check_arguments(self) -> None:
         if self.sampling not in ("round_robin", "proportional", "concat"):
@@ -305,7 +322,9 @@ class MultitaskDataModule(LightningDataModule):
             return
         per_reader = []
         for reader in self.readers[split]:
-            examples = reader.read(self.on_error, check_media=self._needs_media)
+            examples = reader.read(
+                self.on_error, check_media=self._needs_media, allow_outside_paths=self.allow_outside_paths
+            )
             self.read_reports.append(reader.skipped)
             if not examples:
                 raise DataFormatError(f"data.{split}: {reader!r} yielded no examples ({reader.skipped!r})")
@@ -316,8 +335,44 @@ class MultitaskDataModule(LightningDataModule):
                         f"data.train: {reader!r} has {len(unanswered)} examples without an answer to train on, "
                         f"e.g. {unanswered[0].source} (a test split given as training data?)"
                     )
+            examples = self._fit_lengths(split, reader, examples)
+            if not examples:
+                raise DataFormatError(f"data.{split}: none of the examples of {reader!r} fit the model's max_length")
             per_reader.append(examples)
         self._examples[split] = per_reader
+        for task, counts in self.length_reports.get(split, {}).items():
+            if counts["truncated"] or counts["dropped"]:
+                log.warning(
+                    "data.%s, task %s: %d of %d examples fit only with context cut (earlier turns, subtitles), "
+                    "%d dropped as too long for the model",
+                    split, task, counts["truncated"], counts["examples"], counts["dropped"],
+                )
+
+    def _fit_lengths(self, split: str, reader: Reader, examples: list[Example]) -> list[Example]:
+        """Ask the collate whether each example fits the model's token budget (see the module docstring)."""
+        check: Callable[[Example, bool], LengthCheck] | None = getattr(self.collate_fn, "check_length", None)
+        if check is None:
+            return examples
+        policy = self._policy(reader)
+        counts = self.length_reports.setdefault(split, {}).setdefault(reader.task, Counter())
+        kept = []
+        for example in examples:
+            verdict = check(example, split == "train")
+            counts["examples"] += 1
+            if verdict.problem is not None:
+                message = f"data.{split}: {verdict.problem}"
+                if policy == "raise":
+                    raise DataFormatError(message, TOO_LONG)
+                reader.skipped.add(TOO_LONG, message)
+                counts["dropped"] += 1
+                continue
+            counts["truncated"] += verdict.truncated
+            kept.append(example)
+        return kept
+
+    def _policy(self, reader: Reader) -> OnError:
+        """The reader's own ``on_error`` if it has one, else the DataModule's: for records, lengths and media."""
+        return reader.on_error or self.on_error
 
     @property
     def _needs_media(self) -> bool:
@@ -340,13 +395,14 @@ class MultitaskDataModule(LightningDataModule):
         collate = self._collate()
         if not self.readers["train"]:
             raise DataConfigError("data.train has no readers")
-        pools: dict[str, list[Example]] = {}
+        pools: dict[str, list[tuple[Example, OnError]]] = {}
         for reader, examples in zip(self.readers["train"], self.examples("train")):
-            pools.setdefault(reader.task, []).extend(examples)
+            pools.setdefault(reader.task, []).extend((e, self._policy(reader)) for e in examples)
+        pooled = [pair for pairs in pools.values() for pair in pairs]
         dataset = ExampleDataset(
-            [e for examples in pools.values() for e in examples],
+            [e for e, _ in pooled],
             load_media=self._needs_media,
-            on_error=self.on_error,
+            on_error=[policy for _, policy in pooled],
             num_frames=self.num_frames,
         )
         if self.sampling == "concat":
@@ -393,7 +449,7 @@ class MultitaskDataModule(LightningDataModule):
         for reader, examples in zip(self.readers[split], self.examples(split)):
             batch_size = self.eval_batch_size or self._task_batch_size(reader.task)
             dataset = ExampleDataset(
-                examples, load_media=self._needs_media, on_error=self.on_error, num_frames=self.num_frames
+                examples, load_media=self._needs_media, on_error=self._policy(reader), num_frames=self.num_frames
             )
             loaders.append(
                 DataLoader(
@@ -422,6 +478,9 @@ class MultitaskDataModule(LightningDataModule):
             skipped = batch.pop(SKIPPED_KEY)
             for sample in skipped:
                 self.media_skips.add(sample.reason, sample.message)
+            stage = self.trainer.state.stage if self.trainer is not None else None
+            if stage is not None and stage.value in _EVAL_STAGE_NAMES:
+                self.eval_skips[(_EVAL_STAGE_NAMES[stage.value], dataloader_idx)] += len(skipped)
             log.warning(
                 "skipped %d sample(s) whose media could not be decoded (%d so far), e.g. %s",
                 len(skipped),
@@ -431,6 +490,14 @@ class MultitaskDataModule(LightningDataModule):
             if not batch:
                 return None
         return batch
+
+    def pop_eval_skips(self, stage: EvalStage) -> dict[int, int]:
+        """Samples of each ``stage`` dataloader skipped for bad media since the last call (the model shows them beside
+        its scores: n scored of n total)."""
+        popped = {idx: n for (s, idx), n in self.eval_skips.items() if s == stage}
+        for idx in popped:
+            del self.eval_skips[(stage, idx)]
+        return popped
 
     def teardown(self, stage: str) -> None:
         if self.media_skips.total:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Role = Literal["user", "assistant"]
 
@@ -62,3 +62,15 @@ class Sample:
     example: Example
     images: list = field(default_factory=list)  # PIL.Image.Image in RGB, in example.images order
     frames: object | None = None  # video frames, uint8 tensor [T, H, W, C], when example.video is set
+
+
+class LengthCheck(NamedTuple):
+    """A model collate's verdict on one Example against its token budget (``collate.check_length``), asked once per
+    example when the DataModule reads its data, so that nothing fails or is silently cut mid-epoch.
+
+    ``truncated``: the example fits only with some context cut (earlier turns, subtitles); the question, choices
+    and supervised answer are kept. ``problem``: why it cannot fit at all (None when it fits).
+    """
+
+    truncated: bool = False
+    problem: str | None = None

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
 
 from mmft.files import write_json_atomic
 from mmft.models.base import AdapterModule
@@ -41,20 +42,27 @@ def wandb_configured() -> bool:
 RESULTS_FILE = "test_metrics.json"
 
 
-def results_table(metrics: Mapping[str, Any], stage: str) -> str:
+def results_table(
+    metrics: Mapping[str, Any], stage: str, counts: Mapping[str, tuple[int, int]] | None = None
+) -> str:
     """The per-task metrics ``<stage>/<task>/<Metric>`` (in the order of the dataloaders) and ``<stage>/average`` as a
-    plain text table; the details of metrics that report several numbers (``<stage>/<task>/<Metric>/<key>``) are
-    left to the JSON file."""
+    plain text table; with ``counts`` (task -> examples scored, examples in total), a column that shows samples
+    skipped for bad media. The details of metrics that report several numbers (``<stage>/<task>/<Metric>/<key>``)
+    are left to the JSON file."""
+    counts = counts or {}
     rows = []
     for key, value in metrics.items():
         parts = key.split("/")
         if len(parts) == 3 and parts[0] == stage:
-            rows.append((parts[1], parts[2], f"{float(value):.4f}"))
+            scored = "{}/{}".format(*counts[parts[1]]) if parts[1] in counts else ""
+            rows.append((parts[1], parts[2], f"{float(value):.4f}", scored))
     if f"{stage}/average" in metrics:
-        rows.append(("average", "", f"{float(metrics[f'{stage}/average']):.4f}"))
-    rows = [("task", "metric", "value"), *rows]
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(f"{t:<{widths[0]}}  {m:<{widths[1]}}  {v:>{widths[2]}}" for t, m, v in rows)
+        rows.append(("average", "", f"{float(metrics[f'{stage}/average']):.4f}", ""))
+    rows = [("task", "metric", "value", "scored" if counts else ""), *rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        f"{t:<{widths[0]}}  {m:<{widths[1]}}  {v:>{widths[2]}}  {n:>{widths[3]}}".rstrip() for t, m, v, n in rows
+    )
 
 
 def write_results(metrics: Mapping[str, Any], stage: str, path: Path, checkpoint: str | None) -> Path:
@@ -102,12 +110,14 @@ class MMFTCLI(LightningCLI):
     # every dataloader's column
     def before_validate(self) -> None:
         self.config_init["validate"]["verbose"] = False
+        self._warn_if_untrained()
 
     def after_validate(self) -> None:
         self._print_results("val")
 
     def before_test(self) -> None:
         self.config_init["test"]["verbose"] = False
+        self._warn_if_untrained()
 
     def after_test(self) -> None:
         self._print_results("test")
@@ -116,9 +126,21 @@ class MMFTCLI(LightningCLI):
             write_results(self.trainer.callback_metrics, "test", path, self.trainer.ckpt_path)
             print(f"every test number written to {path}", flush=True)
 
+    def before_predict(self) -> None:
+        self._warn_if_untrained()
+
+    def _warn_if_untrained(self) -> None:
+        merged = getattr(self.model, "adapter_config", True) is None  # adapter: null, a merged export
+        if self.config_init[self.subcommand].get("ckpt_path") is None and not merged:
+            rank_zero_warn(
+                f"mmft {self.subcommand} without --ckpt_path uses the model as the config builds it, with untrained "
+                "adapters: pass --ckpt_path <run>/checkpoints/last.ckpt to evaluate a trained one"
+            )
+
     def _print_results(self, stage: str) -> None:
         if self.trainer.is_global_zero:
-            print(results_table(self.trainer.callback_metrics, stage), flush=True)
+            counts = getattr(self.model, "eval_counts", {}).get(stage)
+            print(results_table(self.trainer.callback_metrics, stage, counts), flush=True)
 
     def instantiate_classes(self) -> None:
         """As LightningCLI's, but an error raised inside a model's or DataModule's ``__init__`` (such as a missing

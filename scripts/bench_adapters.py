@@ -448,7 +448,7 @@ def model_tensors(model: nn.Module) -> list[Tensor]:
 
 def loss_of(model: nn.Module, ids: Tensor, args: argparse.Namespace) -> Tensor:
     with autocast_context(args):
-        return model(input_ids=ids, labels=ids).loss
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
 
 
 def train_step(variant: Variant, ids: Tensor, args: argparse.Namespace, meter: SavedTensorMeter | None = None) -> None:
@@ -483,12 +483,14 @@ def device_busy_seconds(fn: Callable[[], object]) -> float:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return sum(event.self_device_time_total for event in prof.key_averages()) / 1e6
+    # device-side events only (kernels, copies, memsets): the host ops that launched them carry the same time again
+    device = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(e.time_range.elapsed_us() for e in device) / 1e6
 
 
 def eval_forward(model: nn.Module, ids: Tensor, args: argparse.Namespace) -> Tensor:
     with torch.no_grad(), autocast_context(args):
-        return model(input_ids=ids).logits
+        return model(input_ids=ids, use_cache=False).logits
 
 
 def timed(fn: Callable[[], object], args: argparse.Namespace) -> float:
@@ -580,18 +582,21 @@ def run_benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) 
         for v in variants.values():
             v.device_busy_s = device_busy_seconds(lambda v=v: train_step(v, ids, args))
 
+    # CUDA graphs keep their memory in pools allocated while recording: a step allocates nothing measurable
+    track_peaks = on_cuda and args.compile != "reduce-overhead"
+
     def timed_step(name: str) -> None:
         v = variants[name]
-        if on_cuda:
+        if track_peaks:
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
         v.step_times.append(timed(lambda: train_step(v, ids, args), args))
-        if on_cuda:
+        if track_peaks:
             v.step_peaks.append(torch.cuda.max_memory_allocated(device) - before)
 
     gc.collect()  # drop the profiler's event objects now rather than inside a timed step
     round_robin(names, args.rounds, timed_step)
-    if on_cuda:
+    if track_peaks:
         for v in variants.values():
             v.peak_step_bytes = int(statistics.median(v.step_peaks))
     log(f"training: {args.warmup} warmup + 1 memory + {args.rounds} timed steps per variant in "
@@ -714,7 +719,7 @@ def collect_results(args: argparse.Namespace, variants: dict[str, Variant], base
             "step_times_s": v.step_times,
             "saved_bytes": v.saved_bytes,
             "peak_step_bytes": v.peak_step_bytes,
-            "train_peak_bytes": v.static_bytes + v.peak_step_bytes,
+            "train_peak_bytes": None if v.peak_step_bytes is None else v.static_bytes + v.peak_step_bytes,
             "static_bytes": v.static_bytes,
             "eval_time_s": median(v.eval_times) if v.eval_times else None,
             "eval_times_s": v.eval_times,

@@ -16,7 +16,7 @@
 #   1b_compiled       torch.compile default mode (inductor fusion, no CUDA graphs), mmft LoRA / DoRA
 set -u
 OUT_DIR=${1:-${OUT:-bench_gpu}}
-BUDGET_S=${BUDGET_S:-450}
+BUDGET_S=${BUDGET_S:-420}
 mkdir -p "$OUT_DIR"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
@@ -59,14 +59,14 @@ PYEOF
 cat "$OUT_DIR/env.log"
 part kernels 120 $PY -m pytest -q -p no:cacheprovider tests/test_dora_kernels.py -k "not interpreter"
 tail -n 3 "$OUT_DIR/kernels.log"
-part 1b_eager 150 $BENCH 1b --rounds 10 --profile --variants $FOUR mmft_dora_unfused --json "$OUT_DIR/1b_eager.json"
-part 1b_cudagraphs 180 $BENCH 1b --rounds 10 --warmup 3 --profile --no-eval --compile reduce-overhead \
+part 1b_eager 120 $BENCH 1b --rounds 10 --profile --variants $FOUR mmft_dora_unfused --json "$OUT_DIR/1b_eager.json"
+part 1b_cudagraphs 150 $BENCH 1b --rounds 10 --warmup 3 --profile --no-eval --compile reduce-overhead \
   --variants $FOUR --json "$OUT_DIR/1b_cudagraphs.json"
-part 7b_eager 100 $BENCH 7b-stack --rounds 10 --profile --no-eval --variants $FOUR mmft_dora_unfused \
+part 7b_eager 80 $BENCH 7b-stack --rounds 10 --profile --no-eval --variants $FOUR mmft_dora_unfused \
   --json "$OUT_DIR/7b_eager.json"
-part 7b_cudagraphs 150 $BENCH 7b-stack --rounds 10 --warmup 3 --no-eval --compile reduce-overhead \
+part 7b_cudagraphs 120 $BENCH 7b-stack --rounds 10 --warmup 3 --no-eval --compile reduce-overhead \
   --variants $FOUR --json "$OUT_DIR/7b_cudagraphs.json"
-part 1b_compiled 150 $BENCH 1b --rounds 10 --warmup 2 --no-eval --compile --variants mmft_lora mmft_dora \
+part 1b_compiled 120 $BENCH 1b --rounds 10 --warmup 2 --no-eval --compile --variants mmft_lora mmft_dora \
   --json "$OUT_DIR/1b_compiled.json"
 
 echo; echo "== tables (total ${SECONDS}s)"

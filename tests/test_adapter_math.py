@@ -364,3 +364,19 @@ def test_torch_compile_traces_one_graph_with_the_same_outputs_and_gradients(opti
     twin.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x))
+
+
+def test_dora_norm_stays_fp32_under_autocast():
+    """Under bf16 autocast the factored norm's small GEMMs must not drop to bf16: the terms nearly cancel at times, so
+    the norm is computed in fp32 whatever the surrounding autocast says (against float64)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48)).to(torch.bfloat16)
+    apply_adapters(model, AdapterConfig(method="dora", r=4, alpha=8, target_modules=["0"]))
+    layer = model[0]
+    nn.init.normal_(layer.lora_B.weight)
+    expected = (layer.base_layer.weight.double() + layer.scaling * layer.lora_B.weight.double()
+                @ layer.lora_A.weight.to(torch.bfloat16).double()).norm(dim=1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        norm = layer.weight_norm()
+    assert norm.dtype == torch.float32
+    torch.testing.assert_close(norm.double(), expected, rtol=2e-3, atol=0)

@@ -279,3 +279,18 @@ def test_textvqa_reference_ocr_tokens(tmp_path: Path) -> None:
         TextVQA(questions, tmp_path, reference_ocr=True, ocr_json=other).read()
     with pytest.raises(ValueError, match="set reference_ocr: true"):
         TextVQA(questions, tmp_path, ocr_json=ocr)
+
+
+def test_media_paths_must_stay_in_their_folder(tmp_path: Path) -> None:
+    make_image(tmp_path / "secret.jpg")
+    records = [{"image": "../secret.jpg", "question": "Q?"}]
+    with pytest.raises(DataFormatError, match=r"media path '\.\./secret\.jpg' leaves the folder"):
+        VizWiz(write_json(tmp_path / "val" / "val.json", records), tmp_path / "val").read()
+    line = {"question_id": 1, "image": "/etc/passwd", "text": "Is there a dog?", "label": "no"}
+    (tmp_path / "coco_pope_random.json").write_text(json.dumps(line) + "\n")
+    with pytest.raises(DataFormatError, match="leaves the folder"):
+        POPE(tmp_path, tmp_path / "coco", splits=["random"]).read()
+    problem = {"question": "Q?", "choices": ["a", "b"], "answer": 0, "hint": "", "image": "../../secret.jpg"}
+    paths = scienceqa_files(tmp_path, {"7": problem}, {"test": ["7"]})
+    with pytest.raises(DataFormatError, match="leaves the folder"):
+        ScienceQA(*paths, tmp_path / "images").read()

@@ -135,10 +135,11 @@ def test_resume_from_the_middle_of_an_epoch_replays_the_uninterrupted_run(workdi
 
 def test_test_prints_the_metrics_table(workdir, fitted):
     out = mmft(workdir, "test", "--ckpt_path", "runs/ckpt/last.ckpt")
-    table = out[out.index("task"):].splitlines()[:4]
-    assert table[0].split() == ["task", "metric", "value"]
+    table = out[out.index("task  "):].splitlines()[:4]
+    assert table[0].split() == ["task", "metric", "value", "scored"]
     assert [row.split()[:2] for row in table[1:3]] == [["vqav2", "VQAAccuracy"], ["gqa", "ExactMatchAccuracy"]]
-    scores = [float(row.split()[-1]) for row in table[1:]]
+    assert [row.split()[3] for row in table[1:3]] == ["32/32", "32/32"]  # one test batch each, nothing skipped
+    scores = [float(row.split()[2]) for row in table[1:3]] + [float(table[3].split()[1])]
     assert table[3].split()[0] == "average" and scores[2] == pytest.approx((scores[0] + scores[1]) / 2, abs=1e-4)
 
 
@@ -150,10 +151,13 @@ def test_llava15_benchmarks_table_and_json(workdir, fitted):
         workdir, "test", "configs/tiny/llava_dora.yaml", "--config", "configs/eval/llava15_benchmarks.yaml",
         "--trainer.limit_test_batches", "1.0", "--ckpt_path", "runs/ckpt/last.ckpt",
     )
-    table = out[out.index("task"):].splitlines()[1:9]
+    table = out[out.index("task  "):].splitlines()[1:9]
     assert [row.split()[0] for row in table] == [*PAPER_ORDER, "average"]
-    scores = [float(row.split()[-1]) for row in table]
+    scores = [float(row.split()[2]) for row in table[:-1]] + [float(table[-1].split()[1])]
     assert scores[-1] == pytest.approx(sum(scores[:-1]) / 7, abs=1e-4)
+    # every example scored (sample sizes: VQAv2 161, GQA 80, VizWiz 40, SQA-IMG 19, TextVQA 30, POPE 3 x 20,
+    # MMBench 16 questions in 42 rotations)
+    assert [row.split()[3] for row in table[:-1]] == ["161/161", "80/80", "40/40", "19/19", "30/30", "60/60", "42/42"]
 
     saved = json.loads((workdir / "runs" / "tiny_llava_dora" / "test_metrics.json").read_text())
     assert saved["checkpoint"] == "runs/ckpt/last.ckpt"

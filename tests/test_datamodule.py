@@ -517,3 +517,63 @@ def test_feature_collates_need_no_image_files(tmp_path: Path) -> None:
     features.setup("validate")
     batch = next(iter(features.val_dataloader()[0]))
     assert batch["id"] == ["r0", "r1", "r2"] and batch["images"] == [0, 0, 0]
+
+
+def long_and_short_conversations(tmp_path: Path) -> Path:
+    """Text-only LLaVA records: one short, one long only by its first exchange, one whose last answer is long."""
+    words = " ".join(["blue"] * 60)
+    records = [
+        {"id": "short", "conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
+        {"id": "long_context", "conversations": [
+            {"from": "human", "value": f"Describe: {words}"}, {"from": "gpt", "value": words},
+            {"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "Blue."}]},
+        {"id": "long_answer", "conversations": [
+            {"from": "human", "value": "Say blue many times."}, {"from": "gpt", "value": words}]},
+    ]
+    path = tmp_path / "conversations.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_over_long_examples_are_found_when_read_not_mid_epoch(tmp_path: Path, caplog) -> None:
+    from transformers import AutoTokenizer
+
+    from mmft.models.llava_collate import LlavaCollate
+
+    tokenizer = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "tokenizer")
+    collate = LlavaCollate(tokenizer, image_transform=None, num_image_tokens=4, max_length=64)
+    path = long_and_short_conversations(tmp_path)
+    raising = MultitaskDataModule(train=[LlavaInstruct(path, task="chat")], collate_fn=collate, batch_size=3)
+    with pytest.raises(DataFormatError, match=r"data.train: .*conversations.json#2 \(id long_answer\): .*max_length=64"):
+        raising.setup("fit")
+
+    skipping = MultitaskDataModule(train=[LlavaInstruct(path, task="chat", on_error="skip")], collate_fn=collate,
+                                   batch_size=3)
+    with caplog.at_level(logging.WARNING, logger="data_modules"):
+        skipping.setup("fit")
+    (kept,) = skipping.examples("train")
+    assert [e.id for e in kept] == ["short", "long_context"]
+    assert skipping.read_reports[0].counts == {"too long for the model": 1}
+    assert skipping.length_reports["train"]["chat"] == {"examples": 3, "truncated": 1, "dropped": 1}
+    assert "task chat: 1 of 3 examples fit only with context cut" in caplog.text and "1 dropped" in caplog.text
+    (batch,) = list(skipping.train_dataloader())
+    replies = [tokenizer.decode(row[row != -100].tolist()) for row in batch["labels"]]
+    assert sorted(replies) == sorted([" Hello." + tokenizer.eos_token, " Blue." + tokenizer.eos_token])
+
+
+@pytest.mark.parametrize(("datamodule_policy", "reader_policy"), [("raise", "skip"), ("skip", "raise")])
+def test_the_readers_on_error_governs_media_decoding(tmp_path: Path, datamodule_policy, reader_policy) -> None:
+    reader = broken_image_reader(tmp_path)
+    reader.on_error = reader_policy
+    datamodule = MultitaskDataModule(val=[reader], collate_fn=collate_ids, batch_size=3, on_error=datamodule_policy)
+    datamodule.setup("validate")
+    (loader,) = datamodule.val_dataloader()
+    if reader_policy == "raise":
+        with pytest.raises(MediaError, match="img0.png"):
+            next(iter(loader))
+    else:
+        batch = datamodule.on_before_batch_transfer(next(iter(loader)), 0)
+        assert batch["id"] == ["r1", "r2"] and datamodule.media_skips.total == 1
+    train = MultitaskDataModule(train=[reader], collate_fn=collate_ids, batch_size=3, on_error=datamodule_policy)
+    train.setup("fit")
+    assert train.train_dataloader().dataset.on_error == [reader_policy] * 3

@@ -388,3 +388,63 @@ def test_msrvtt_qa_errors(tmp_path: Path) -> None:
     path = write_json(tmp_path / "val_qa.json", [{"id": 1, "video_id": 7, "question": "what?", "answer": "x"}])
     with pytest.raises(MediaError, match=r"val_qa\.json#0 \(id 1\): .*video7\.mp4: file not found"):
         MSRVTTQA(path, tmp_path).read()
+
+
+# ------------------------------------------------------------------------------------------------ faults in files
+
+
+def test_a_non_utf8_line_is_a_named_skippable_record_error(tmp_path: Path) -> None:
+    make_image(tmp_path / "images" / "a-b-0-img0.png")
+    make_image(tmp_path / "images" / "a-b-0-img1.png")
+    good = {"identifier": "a-b-0-0", "sentence": "Two dogs.", "label": "True"}
+    path = tmp_path / "dev.json"
+    path.write_bytes(json.dumps(good).encode() + b"\n" + b'{"identifier": "caf\xe9-b-0-1"}\n')
+    with pytest.raises(DataFormatError, match=r"dev\.json:2: not UTF-8 text"):
+        NLVR2(path, tmp_path / "images").read()
+    reader = NLVR2(path, tmp_path / "images", on_error="skip")
+    assert [e.id for e in reader.read()] == ["a-b-0-0"]
+    assert reader.skipped.counts == {"not UTF-8": 1}
+
+
+@pytest.mark.parametrize("image", ["../secret.png", "sub/../../secret.png", "/etc/secret.png"])
+def test_media_paths_leaving_the_folder_are_refused_unless_allowed(tmp_path: Path, image: str) -> None:
+    folder = tmp_path / "images"
+    make_image(folder / "sub" / "ok.png")
+    make_image(tmp_path / "secret.png")
+    turns = [{"from": "human", "value": "<image>\nQ?"}, {"from": "gpt", "value": "A."}]
+    path = write_json(tmp_path / "l.json", [{"id": "ok", "image": "sub/ok.png", "conversations": turns},
+                                            {"id": "bad", "image": image, "conversations": turns}])
+    with pytest.raises(DataFormatError, match=rf"l\.json#1 \(id bad\): media path '{image}' leaves the folder"):
+        LlavaInstruct(path, folder).read(check_media=False)
+    skipping = LlavaInstruct(path, folder, on_error="skip")
+    assert [e.id for e in skipping.read(check_media=False)] == ["ok"]
+    assert skipping.skipped.counts == {"path outside its folder": 1}
+    allowed = LlavaInstruct(path, folder).read(check_media=False, allow_outside_paths=True)
+    assert allowed[1].images == (folder / image,)
+
+
+def test_video_names_leaving_the_folder_are_refused(tmp_path: Path) -> None:
+    from data_modules.formats.value import TVQA
+
+    record = {"vid_name": "../../etc/x", "q": "Q?", "qid": 1, "answer_idx": 0,
+              **{f"a{k}": f"choice {k}" for k in range(5)}}
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps(record) + "\n")
+    subtitles = tmp_path / "subs.jsonl"
+    subtitles.write_text("")
+    with pytest.raises(DataFormatError, match=r"qa\.jsonl:1 \(qid 1\): media path '\.\./\.\./etc/x\.mp4' leaves"):
+        TVQA(qa, subtitles, tmp_path / "videos").read(check_media=False)
+
+
+def test_a_duplicate_annotation_is_an_error_or_a_counted_skip(tmp_path: Path) -> None:
+    questions = write_json(tmp_path / "q.json", {"questions": [{"question_id": 5, "image_id": 1, "question": "Q?"},
+                                                               {"question_id": 6, "image_id": 1, "question": "R?"}]})
+    annotation = {"question_id": 5, "image_id": 1, "multiple_choice_answer": "red", "answers": ANSWERS}
+    other = {**annotation, "multiple_choice_answer": "blue"}
+    sixth = {**annotation, "question_id": 6}
+    annotations = write_json(tmp_path / "a.json", {"annotations": [annotation, sixth, other]})
+    with pytest.raises(DataFormatError, match=r"q\.json#0 \(question_id 5\): 2 annotations .*records #0, #2"):
+        VQAv2(questions, tmp_path, "val2014", annotations=annotations).read(check_media=False)
+    reader = VQAv2(questions, tmp_path, "val2014", annotations=annotations, on_error="skip")
+    assert [e.id for e in reader.read(check_media=False)] == ["6"]
+    assert reader.skipped.counts == {"duplicate id": 1}

@@ -141,13 +141,44 @@ def test_unanswered_examples_give_only_the_generation_view(tokenizer):
     assert batch["prompt_input_ids"].shape[0] == 1
 
 
-def test_truncation_keeps_image_tokens_and_errors_when_it_cannot(tokenizer):
+def supervised_text(tokenizer, batch, row=0) -> str:
+    labels = batch["labels"][row]
+    return tokenizer.decode(labels[labels != IGNORE_INDEX].tolist())
+
+
+def test_an_over_long_conversation_loses_its_earliest_exchanges_never_the_answer(tokenizer):
+    conversation = [("user", "Describe the picture in detail please."), ("assistant", "A red circle on a grey field."),
+                    ("user", "And the shape's colour?"), ("assistant", "It is red.")]
+    full = make_collate(tokenizer)([sample(conversation)])
+    last_only = make_collate(tokenizer)([sample(conversation[2:])])
+    length, needed = full["input_ids"].shape[1], last_only["input_ids"].shape[1]
+    collate = make_collate(tokenizer, max_length=length - 1)
+    batch = collate([sample(conversation)])
+    # exactly the last exchange, with the image before it, and the reply's end-of-turn token still supervised
+    assert torch.equal(batch["input_ids"], last_only["input_ids"]) and batch["input_ids"].shape[1] == needed
+    assert supervised_text(tokenizer, batch) == " It is red." + tokenizer.eos_token
+    assert batch["labels"][0, needed - 1] == tokenizer.eos_token_id
+    assert (batch["input_ids"][0] == collate.image_token_id).sum() == IMAGE_TOKENS
+    assert collate.check_length(sample(conversation).example, training=True) == (True, None)
+    assert make_collate(tokenizer).check_length(sample(conversation).example, training=True) == (False, None)
+
+
+def test_an_answer_that_would_be_cut_makes_the_example_unusable_not_silently_empty(tokenizer):
     conversation = [("user", "What color is the circle?"), ("assistant", "The answer is red.")]
-    full = make_collate(tokenizer)([sample(conversation)])["input_ids"].shape[1]
-    batch = make_collate(tokenizer, max_length=full - 3)([sample(conversation)])
-    assert batch["input_ids"].shape[1] == full - 3
-    with pytest.raises(CollateError, match="max_length=20 would cut through the image tokens"):
-        make_collate(tokenizer, max_length=20)([sample(conversation)])
+    full = make_collate(tokenizer)([sample(conversation)])
+    prompt_length = full["prompt_input_ids"].shape[1]
+    collate = make_collate(tokenizer, max_length=full["input_ids"].shape[1] - 1)  # would cut the reply's EOS
+    example = sample(conversation).example
+    verdict = collate.check_length(example, training=True)
+    assert not verdict.truncated and "test.json#q1: " in verdict.problem and "max_length=" in verdict.problem
+    with pytest.raises(CollateError, match=r"test.json#q1: \d+ tokens with only its last question and answer"):
+        collate.encode(example, 1)
+    # as an evaluation example its prompt still fits: the batch holds the generation view only
+    assert collate.check_length(example, training=False) == (False, None)
+    batch = collate([sample(conversation)])
+    assert "labels" not in batch and batch["prompt_input_ids"].shape[1] == prompt_length
+    tight = make_collate(tokenizer, max_length=prompt_length - 1)
+    assert "its last question (images" in tight.check_length(example, training=False).problem
 
 
 def test_bad_conversations_name_the_record(tokenizer):

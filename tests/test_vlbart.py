@@ -17,7 +17,7 @@ from data_modules import NLVR2, CocoKarpathy, ExampleDataset, VQAv2
 from mmft.adapters import AdapterConfig
 from mmft.models import WarmupLinear
 from mmft.models.vlbart import VisualEmbedding, VLBartConfigError, VLBartModule
-from mmft.models.vlbart_collate import IGNORE_INDEX, VLBartCollateError
+from mmft.models.vlbart_collate import IGNORE_INDEX, VLBART_PREFIXES, VLBartCollate, VLBartCollateError
 from mmft.models.visual_features import FeatureStore, VisualConfig, VisualEncoder, VisualFeatureError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,6 +150,42 @@ def test_collate_errors_name_the_record(module: VLBartModule, samples: list) -> 
     three = Sample(replace(samples[0].example, images=samples[0].example.images * 2), samples[0].images * 2)
     with pytest.raises(VLBartCollateError, match=r"dev\.json.*4 images; VL-BART takes 1 to 2"):
         module.collate([three])
+
+
+def test_long_subtitles_are_cut_never_the_question_or_choices(module: VLBartModule) -> None:
+    from data_modules.records import Example, Sample, Turn
+
+    tokenizer = module.tokenizer
+    subtitles = " ".join(["the red circle moves left and then right"] * 5)
+    question = "[Q] what moves? [Choices] a0: circle a1: square a2: cross a3: star a4: ring"
+    example = Example("tvqa", "7", (Turn("user", f"[Subs] {subtitles} {question}"), Turn("assistant", "a0")),
+                      video=Path("clip.mp4"), source="tvqa_train.jsonl:7")
+    full = len(tokenizer(f"tvqa: [Subs] {subtitles} {question}")["input_ids"])
+    collate = VLBartCollate(tokenizer, VLBART_PREFIXES, max_length=full - 10, image_transform=lambda images: images,
+                            max_images=8)
+    (ids,) = collate([Sample(example, frames=torch.zeros(1, 8, 8, 3, dtype=torch.uint8))])["input_ids"].tolist()
+    text = tokenizer.decode(ids)
+    assert len(ids) == full - 10 and ids[-1] == tokenizer.eos_token_id
+    assert text.startswith("<s>tvqa: [Subs] the red circle") and text.endswith(f" {question}</s>")
+    assert collate.check_length(example, training=True) == (True, None)
+    # a question and choices that do not fit even without subtitles: refused, naming the record
+    tight = VLBartCollate(tokenizer, VLBART_PREFIXES, max_length=20, image_transform=lambda images: images)
+    problem = tight.check_length(example, training=True).problem
+    assert problem.startswith("tvqa_train.jsonl:7: the encoder text is longer than max_length=20")
+    with pytest.raises(VLBartCollateError, match="even without subtitles"):
+        tight([Sample(example, frames=torch.zeros(1, 8, 8, 3, dtype=torch.uint8))])
+
+
+def test_a_long_caption_target_is_cut_before_its_eos_and_counted(module: VLBartModule) -> None:
+    from data_modules.records import Example, Turn
+
+    caption = " ".join(["a red circle moves to the left"] * 6)
+    example = Example("coco_caption", "3", (Turn("user", ""), Turn("assistant", caption)))
+    collate = module.collate
+    assert collate.check_length(example, training=True) == (True, None)
+    assert collate.check_length(example, training=False) == (False, None)
+    (labels,) = collate._encode([caption], collate.max_target_length)
+    assert len(labels) == collate.max_target_length and labels[-1] == module.tokenizer.eos_token_id
 
 
 # -------------------------------------------------------------------------------------------------- the network

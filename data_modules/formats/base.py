@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ log = logging.getLogger("data_modules")
 OnError = Literal["raise", "skip"]
 MALFORMED = "malformed record"
 DUPLICATE = "duplicate id"
+OUTSIDE_FOLDER = "path outside its folder"
+NOT_UTF8 = "not UTF-8"
 T = TypeVar("T")
 
 
@@ -84,6 +87,7 @@ class Reader:
         self.task = task
         self.on_error = on_error
         self.skipped = SkipReport(repr(self))
+        self.allow_outside_paths = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(task={self.task!r}, {self.path})"
@@ -99,12 +103,16 @@ class Reader:
         """Turn one raw record into Examples, or raise DataFormatError naming the location and the record's id."""
         raise NotImplementedError
 
-    def read(self, on_error: OnError = "raise", check_media: bool = True) -> list[Example]:
+    def read(
+        self, on_error: OnError = "raise", check_media: bool = True, allow_outside_paths: bool = False
+    ) -> list[Example]:
         """Read every record; with the policy "skip", drop bad records and report them (see ``self.skipped``).
 
         ``check_media=False`` skips the check that referenced media files exist, for models that read pre-extracted
-        features instead of pixels."""
+        features instead of pixels. ``allow_outside_paths=True`` accepts records whose media paths leave the
+        reader's folder (``../``, absolute paths), which are otherwise malformed records (see :meth:`media_path`)."""
         policy = self.on_error or on_error
+        self.allow_outside_paths = allow_outside_paths
         report = SkipReport(repr(self))
         examples: list[Example] = []
         first_seen: dict[str, str] = {}
@@ -135,6 +143,23 @@ class Reader:
         if report.total:
             log.warning("%s", report.summary())
         return examples
+
+
+    def media_path(self, folder: Path, relative: str, source: str) -> Path:
+        """``folder / relative`` for a path taken from a record, refused (a DataFormatError naming the record) when
+        it leaves ``folder`` through ``..`` or is absolute, unless the reader was read with ``allow_outside_paths``:
+        a dataset file must not make the run read arbitrary files."""
+        path = folder / relative
+        inside = os.path.normpath(path) == os.path.normpath(folder) or os.path.normpath(path).startswith(
+            os.path.join(os.path.normpath(folder), "")
+        )
+        if not (inside and not Path(relative).is_absolute()) and not self.allow_outside_paths:
+            raise DataFormatError(
+                f"{source}: media path {relative!r} leaves the folder {str(folder)!r}; set "
+                "data.init_args.allow_outside_paths: true if the dataset really points there",
+                OUTSIDE_FOLDER,
+            )
+        return path
 
 
 def _check_media(example: Example, exists: dict[Path, bool]) -> None:
@@ -182,11 +207,16 @@ def iter_json_lines(path: Path, argument: str) -> Iterator[tuple[str, Any]]:
     """
     if not path.is_file():
         raise DataFormatError(f"{path}: file not found (given as `{argument}`)")
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            location = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                yield location, DataFormatError(f"{location}: not UTF-8 text ({error})", NOT_UTF8)
+                continue
             if not line.strip():
                 continue
-            location = f"{path}:{number}"
             try:
                 yield location, json.loads(line)
             except json.JSONDecodeError as error:

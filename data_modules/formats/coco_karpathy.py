@@ -54,7 +54,8 @@ class CocoKarpathy(Reader):
         source = with_id(location, record, "cocoid")
         cocoid = require(record, "cocoid", int, source)
         require(record, "split", str, source)
-        image = self.image_folder / require_text(record, "filepath", source) / require_text(record, "filename", source)
+        relative = Path(require_text(record, "filepath", source)) / require_text(record, "filename", source)
+        image = self.media_path(self.image_folder, str(relative), source)
         sentences = require(record, "sentences", list, source)
         if not sentences:
             raise DataFormatError(f"{source}: no captions in 'sentences'")

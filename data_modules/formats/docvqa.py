@@ -45,7 +45,7 @@ class DocVQA(Reader):
                 task=self.task,
                 id=str(question_id),
                 turns=tuple(turns),
-                images=(self.image_folder / require_text(record, "image", source),),
+                images=(self.media_path(self.image_folder, require_text(record, "image", source), source),),
                 references=references,
                 source=source,
             )

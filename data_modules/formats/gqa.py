@@ -45,7 +45,7 @@ class GQA(Reader):
                 task=self.task,
                 id=question_id,
                 turns=tuple(turns),
-                images=(self.image_folder / f"{image_id}.jpg",),
+                images=(self.media_path(self.image_folder, f"{image_id}.jpg", location),),
                 references=references,
                 source=location,
             )

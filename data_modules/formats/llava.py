@@ -85,7 +85,7 @@ class LlavaInstruct(Reader):
                 task=self.task,
                 id=str(record_id),
                 turns=tuple(turns),
-                images=(self.image_folder / image,) if image else (),
+                images=(self.media_path(self.image_folder, image, source),) if image else (),
                 references=(turns[-1].text,),
                 source=source,
             )

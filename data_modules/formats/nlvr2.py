@@ -34,9 +34,9 @@ class NLVR2(Reader):
         parts = identifier.rsplit("-", 1)
         if len(parts) != 2 or not parts[1].isdigit() or parts[0].count("-") < 2:
             raise DataFormatError(f"{source}: identifier {identifier!r} is not <split>-<set>-<pair>-<sentence>")
-        folder = self.image_folder
-        if "directory" in record:
-            folder = folder / str(require(record, "directory", (int, str), source))
+        directory = str(require(record, "directory", (int, str), source)) if "directory" in record else ""
+        folder = self.media_path(self.image_folder, directory, source)
+        self.media_path(folder, f"{parts[0]}-img0.png", source)
         turns = [Turn("user", require_text(record, "sentence", source))]
         references: tuple[str, ...] = ()
         if "label" in record:

@@ -64,7 +64,7 @@ class POPE(Reader):
                 task=self.task,
                 id=f"{split}/{question_id}",
                 turns=tuple(turns),
-                images=(self.image_folder / require_text(record, "image", source),),
+                images=(self.media_path(self.image_folder, require_text(record, "image", source), source),),
                 references=references,
                 source=source,
                 category=split,

@@ -85,7 +85,7 @@ class ScienceQA(Reader):
                 task=self.task,
                 id=pid,
                 turns=(Turn("user", f"{context}{question}\n{choices_text(choices)}"), Turn("assistant", letter)),
-                images=(self.image_folder / pid / image,) if image else (),
+                images=(self.media_path(self.image_folder, f"{pid}/{image}", location),) if image else (),
                 references=(letter,),
                 source=location,
             )

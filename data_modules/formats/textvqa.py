@@ -84,7 +84,7 @@ class TextVQA(Reader):
                 task=self.task,
                 id=str(question_id),
                 turns=tuple(turns),
-                images=(self.image_folder / f"{image_id}.jpg",),
+                images=(self.media_path(self.image_folder, f"{image_id}.jpg", source),),
                 references=references,
                 source=source,
             )

@@ -96,7 +96,7 @@ class TVQA(Reader):
             answer = f"a{_answer_index(record, source)}"
             turns.append(Turn("assistant", answer))
             references = (answer,)
-        video = self.video_folder / f"{vid_name}{self.video_extension}"
+        video = self.media_path(self.video_folder, f"{vid_name}{self.video_extension}", source)
         return [Example(self.task, str(qid), tuple(turns), (), video, references, source)]
 
 
@@ -153,7 +153,7 @@ class VideoCaptions(Reader):
             raise DataFormatError(f"{source}: no captions in 'descs'")
         captions = tuple(require_text(d, "desc", f"{source} desc {k}") for k, d in enumerate(descs))
         user = Turn("user", self._prompt(vid_name, span))
-        video = self.video_folder / f"{vid_name}{self.video_extension}"
+        video = self.media_path(self.video_folder, f"{vid_name}{self.video_extension}", source)
         if self.per_caption:
             return [
                 Example(self.task, f"{clip_id}_{k}", (user, Turn("assistant", c)), (), video, captions, source, span)

@@ -61,7 +61,7 @@ class VizWiz(Reader):
                 task=self.task,
                 id=Path(image).stem,
                 turns=tuple(turns),
-                images=(self.image_folder / image,),
+                images=(self.media_path(self.image_folder, image, source),),
                 references=references,
                 source=source,
                 category=category,

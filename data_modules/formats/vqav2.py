@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_modules.formats.base import DataFormatError, OnError, Reader, load_json, require, require_text, with_id
+from data_modules.formats.base import (
+    DUPLICATE,
+    DataFormatError,
+    OnError,
+    Reader,
+    load_json,
+    require,
+    require_text,
+    with_id,
+)
 from data_modules.records import Example, Turn
 
 
@@ -33,11 +42,13 @@ class VQAv2(Reader):
         self.image_folder = Path(image_folder)
         self.split = split
         self._by_question: dict[int, Any] | None = None
+        self._annotation_index: dict[int, list[int]] = {}
 
     def _records(self):
         questions = _top_level_list(self.path, "questions", "questions")
         if self.annotations is not None:
             self._by_question = {}
+            self._annotation_index = {}
             for index, annotation in enumerate(_top_level_list(self.annotations, "annotations", "annotations")):
                 question_id = annotation.get("question_id") if isinstance(annotation, dict) else None
                 if not isinstance(question_id, int):
@@ -45,7 +56,8 @@ class VQAv2(Reader):
                         f"{self.annotations}#{index}: annotation without an integer 'question_id' "
                         "(is this really a VQA annotations file?)"
                     )
-                self._by_question[question_id] = annotation
+                self._by_question.setdefault(question_id, annotation)
+                self._annotation_index.setdefault(question_id, []).append(index)
         for index, question in enumerate(questions):
             yield f"{self.path}#{index}", question
 
@@ -60,6 +72,13 @@ class VQAv2(Reader):
             if annotation is None:
                 raise DataFormatError(f"{source}: no annotation with this question_id in {self.annotations}")
             where = f"{self.annotations} (question_id {question_id})"
+            indices = self._annotation_index[question_id]
+            if len(indices) > 1:
+                raise DataFormatError(
+                    f"{source}: {len(indices)} annotations for this question_id in {self.annotations} (records "
+                    f"{', '.join(f'#{i}' for i in indices[:5])}): which answers count is ambiguous",
+                    DUPLICATE,
+                )
             if annotation.get("image_id") != image_id:
                 raise DataFormatError(
                     f"{where}: image_id {annotation.get('image_id')!r} differs from the question's ({image_id})"

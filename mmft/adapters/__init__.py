@@ -5,6 +5,7 @@
 """
 
 from .config import AdapterConfig, AdapterConfigError
+from .fingerprint import frozen_weights_hash
 from .inject import AdapterError, AdapterReport, adapter_config_of, apply_adapters, find_adapted_modules
 from .layers import AdaptedLinear, dora_weight_norm
 from .merge import merge_adapters, unmerge_adapters
@@ -21,6 +22,7 @@ __all__ = [
     "apply_adapters",
     "dora_weight_norm",
     "find_adapted_modules",
+    "frozen_weights_hash",
     "load_adapters",
     "merge_adapters",
     "read_adapter_config",

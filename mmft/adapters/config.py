@@ -68,6 +68,14 @@ class AdapterConfig:
             raise AdapterConfigError(f"AdapterConfig.method={self.method!r}: choose one of {', '.join(METHODS)}")
         if self.r < 1:
             raise AdapterConfigError(f"AdapterConfig.r={self.r}: the rank must be a positive integer")
+        if not self.alpha > 0:
+            raise AdapterConfigError(
+                f"AdapterConfig.alpha={self.alpha}: must be positive (the update is scaled by alpha / r; a negative "
+                "alpha flips it, zero switches it off)"
+            )
+        for key, alpha in self.alpha_pattern.items():
+            if not alpha > 0:
+                raise AdapterConfigError(f"AdapterConfig.alpha_pattern[{key!r}]={alpha}: alphas must be positive")
         if not 0.0 <= self.dropout < 1.0:
             raise AdapterConfigError(f"AdapterConfig.dropout={self.dropout}: must be in [0, 1)")
         if self.bias not in ("none", "all", "lora_only"):

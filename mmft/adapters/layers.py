@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import fused_dora_backward_tail, fused_dora_norm, kernels_usable
+from .kernels import FUSED_TAIL_MIN_ELEMENTS, fused_dora_backward_tail, fused_dora_norm, kernels_usable
 
 # Rows whose norm falls below this are treated as having norm NORM_EPS: all-zero weight rows exist in real models
 # (Llama-3.1-8B o_proj has 511) and would otherwise give inf/NaN.
@@ -160,7 +160,7 @@ class DoRAScaledLinear(torch.autograd.Function):
                 else:
                     y = h
                 # sum_n gy * y, and gy * g (needed below) in the same pass where the fused kernel can run
-                if kernels_usable(gy):
+                if gy.numel() >= FUSED_TAIL_MIN_ELEMENTS and kernels_usable(gy):
                     gh, dot = fused_dora_backward_tail(gy, y, g)
                 else:
                     dot = torch.sum(gy * y, dim=0, dtype=acc)

@@ -2,7 +2,9 @@
 
 - adapters from an `AdapterConfig` applied to the family's network (``self.model``), everything else frozen;
 - optimizer and schedule over the trainable parameters only, in named groups (e.g. the projector's own lr);
-- checkpoints that hold the trainable parameters only, loaded strictly against them;
+- checkpoints that hold the trainable parameters only, loaded strictly against them, plus a fingerprint of the frozen
+  base and the adapter config they were trained with (loading under another base is an error that names what
+  differs; ``allow_base_mismatch=True`` overrides it), written atomically (:mod:`mmft.checkpoint_io`);
 - dropout randomness derived from (seed, rank, step), so ``fit --ckpt_path`` replays an uninterrupted run exactly;
 - a generate-and-score evaluation: one metric per validation/test dataloader, chosen by the batch's task, logged as
   ``<stage>/<task>/<MetricClass>`` plus ``<stage>/average``.
@@ -20,7 +22,9 @@ a dict (several numbers, e.g. per split) names its headline number in ``headline
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import json
 import os
 from dataclasses import asdict
 from typing import Any
@@ -28,12 +32,13 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from data_modules.records import Example
-from mmft.adapters import AdapterConfig, AdapterReport, apply_adapters
+from mmft.adapters import AdapterConfig, AdapterReport, apply_adapters, frozen_weights_hash
+from mmft.checkpoint_io import install_atomic_checkpoint_io
 
 from .optim import ParamGroup, SchedulerCallable, build_param_groups
 
@@ -59,8 +64,47 @@ def default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=2e-4, weight_decay=0.0)
 
 
+FINGERPRINT_KEY = "mmft"
+# adapter settings that change how training runs, not what the trained tensors mean: they may differ on load
+TRAINING_ONLY_FIELDS = ("dropout", "detach_norm", "dora_recompute")
+# config entries that say how or where a model was loaded, not what it is
+VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures", "use_cache"}
+
+
 class CheckpointMismatchError(RuntimeError):
-    """A checkpoint's parameters are not exactly the trainable parameters of the configured model."""
+    """A checkpoint's parameters, base model or adapter config are not those of the configured model."""
+
+
+def _stable(config: Any) -> Any:
+    """A config dict without the entries in VOLATILE_CONFIG_KEYS, recursively (sub-configs are dicts too)."""
+    if isinstance(config, dict):
+        return {k: _stable(v) for k, v in config.items() if k not in VOLATILE_CONFIG_KEYS}
+    return config
+
+
+def config_hash(model: nn.Module) -> str | None:
+    """SHA-256 of a transformers-style ``model.config`` (its ``to_dict()``); None for a model without one."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "to_dict"):
+        return None
+    text = json.dumps(_stable(config.to_dict()), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"field (checkpoint X, this model Y)"`` for each base or adapter field that differs; the base's
+    ``name_or_path`` is informative only (a moved folder holds the same model)."""
+    differences = []
+    for field in ("model_class", "config_sha256", "weights_sha256"):
+        old, new = saved.get("base", {}).get(field), current["base"][field]
+        if old != new:
+            differences.append(f"base.{field} (checkpoint {old}, this model {new})")
+    old_adapter, new_adapter = saved.get("adapter", {}), current["adapter"]
+    for field in sorted(set(old_adapter) | set(new_adapter)):
+        if field not in TRAINING_ONLY_FIELDS and old_adapter.get(field) != new_adapter.get(field):
+            differences.append(f"adapter.{field} (checkpoint {old_adapter.get(field)!r}, this model "
+                               f"{new_adapter.get(field)!r})")
+    return differences
 
 
 class AdapterModule(LightningModule):
@@ -75,6 +119,8 @@ class AdapterModule(LightningModule):
         param_groups: parameters with their own lr / weight decay; the rest use the optimizer's.
         metrics: task -> torchmetrics Metric scoring generated answers (``update(answers, references)``), e.g.
             ``{vqav2: {class_path: mmft.metrics.VQAAccuracy}}``; each eval dataloader gets its own copy.
+        allow_base_mismatch: load checkpoints whose base model or adapter config differ from this model's (a
+            warning instead of an error), for users who mean it, e.g. adapters moved onto a re-quantised base.
     """
 
     def __init__(
@@ -84,9 +130,13 @@ class AdapterModule(LightningModule):
         scheduler: SchedulerCallable | None = None,
         param_groups: list[ParamGroup] | None = None,
         metrics: dict[str, Metric] | None = None,
+        allow_base_mismatch: bool = False,
     ) -> None:
         super().__init__()
         self.adapter_config = adapter
+        self.allow_base_mismatch = allow_base_mismatch
+        self.base_model_name_or_path: str | None = None
+        self.fingerprint: dict[str, Any] | None = None
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.param_groups = list(param_groups or [])
@@ -95,6 +145,8 @@ class AdapterModule(LightningModule):
         # frozen weights are rebuilt from the config, not read from checkpoints: loading checks keys itself
         self.strict_loading = False
         self._eval_metrics: dict[tuple[str, int], tuple[str, Metric]] = {}
+        self._scored: dict[tuple[str, int], int] = {}
+        self.eval_counts: dict[str, dict[str, tuple[int, int]]] = {}
 
     # ----------------------------------------------------------------------------------------------------------- model
     def attach_model(self, model: nn.Module) -> AdapterReport | None:
@@ -111,7 +163,24 @@ class AdapterModule(LightningModule):
             if param.requires_grad and param.is_floating_point() and param.dtype != torch.float32:
                 param.data = param.data.float()
         rank_zero_info(str(self.adapter_report))
+        self.fingerprint = None
         return self.adapter_report
+
+    def base_fingerprint(self) -> dict[str, Any]:
+        """What checkpoints record about what they were trained on: the base model (class, path, config hash, a
+        hash of sampled frozen weights) and the adapter config. Computed once: the base is frozen."""
+        if self.fingerprint is None:
+            model = self.model
+            self.fingerprint = {
+                "base": {
+                    "model_class": type(model).__qualname__,
+                    "name_or_path": self.base_model_name_or_path,
+                    "config_sha256": config_hash(model),
+                    "weights_sha256": frozen_weights_hash(model),
+                },
+                "adapter": asdict(self.adapter_config) if self.adapter_config is not None else None,
+            }
+        return self.fingerprint
 
     def trainable_state_keys(self) -> list[str]:
         """State-dict keys of the trainable parameters: exactly what a checkpoint holds."""
@@ -124,6 +193,9 @@ class AdapterModule(LightningModule):
     def generate_answers(self, batch: dict[str, Any]) -> list[str]:
         """One generated answer per example of ``batch``."""
         raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        install_atomic_checkpoint_io(self.trainer.strategy)
 
     # -------------------------------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
@@ -173,8 +245,10 @@ class AdapterModule(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = set(self.trainable_state_keys())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint[FINGERPRINT_KEY] = self.base_fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._check_fingerprint(checkpoint.get(FINGERPRINT_KEY))
         expected = set(self.trainable_state_keys())
         found = set(checkpoint.get("state_dict", {}))
         if found != expected:
@@ -184,6 +258,27 @@ class AdapterModule(LightningModule):
                 f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]}). "
                 "Load it with the config (adapter settings, model) it was trained with."
             )
+
+    def _check_fingerprint(self, saved: dict[str, Any] | None) -> None:
+        if saved is None:
+            rank_zero_warn("the checkpoint has no base-model fingerprint (written before mmft recorded one): it "
+                           "cannot be checked against this model's base and adapter config")
+            return
+        differences = fingerprint_differences(saved, self.base_fingerprint())
+        if not differences:
+            return
+        trained_on = saved.get("base", {}).get("name_or_path")
+        message = (
+            f"the checkpoint was trained on another base model or adapter config (trained on {trained_on!r}, this "
+            f"model's base is {self.base_model_name_or_path!r}); differing: {'; '.join(differences)}"
+        )
+        if self.allow_base_mismatch:
+            rank_zero_warn(f"{message}. Loading anyway: model.init_args.allow_base_mismatch is true")
+            return
+        raise CheckpointMismatchError(
+            f"{message}. Load it with the config it was trained with, or set "
+            "model.init_args.allow_base_mismatch: true if you mean to apply it to this base"
+        )
 
     # ------------------------------------------------------------------------------------------------------ evaluation
     def validation_step(self, batch: dict[str, Any] | None, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -229,6 +324,18 @@ class AdapterModule(LightningModule):
             if not references:
                 raise ValueError(f"{stage} example {id_!r} ({task}) has no references to score against")
         metric.update(self.generate_answers(batch), batch["references"], **metric_context(metric, batch))
+        self._scored[key] = self._scored.get(key, 0) + len(batch["ids"])
+
+    def _scored_of_total(self, stage: str, indices: list[int], labels: list[str]) -> dict[str, tuple[int, int]]:
+        """Per task label: examples scored and examples in total (scored + skipped for bad media, as counted by a
+        DataModule with ``pop_eval_skips``), summed over processes."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        skipped = datamodule.pop_eval_skips(stage) if hasattr(datamodule, "pop_eval_skips") else {}
+        counts = torch.tensor(
+            [[self._scored.pop((stage, idx), 0), skipped.get(idx, 0)] for idx in indices], device=self.device
+        )
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        return {label: (int(scored), int(scored + skips)) for label, (scored, skips) in zip(labels, counts)}
 
     def _log_metrics(self, stage: str) -> None:
         entries = sorted((idx, task, metric) for (s, idx), (task, metric) in self._eval_metrics.items() if s == stage)
@@ -236,8 +343,9 @@ class AdapterModule(LightningModule):
             return
         names = [task for _, task, _ in entries]
         values = []
-        for idx, task, metric in entries:
-            label = task if names.count(task) == 1 else f"{task}_{idx}"
+        labels = [task if names.count(task) == 1 else f"{task}_{idx}" for idx, task, _ in entries]
+        self.eval_counts[stage] = self._scored_of_total(stage, [idx for idx, _, _ in entries], labels)
+        for (idx, task, metric), label in zip(entries, labels):
             value = metric.compute()
             name = f"{stage}/{label}/{type(metric).__name__}"
             if isinstance(value, dict):

@@ -44,8 +44,9 @@ class ExportError(ValueError):
 def export_merged(module: AdapterModule, folder: str | Path) -> Path:
     """Write ``module``'s network with its adapters merged to ``folder`` (see the module docstring); returns it.
 
-    Load the trained weights into ``module`` first (``mmft`` checkpoints hold the trainable parameters only:
-    ``type(module).load_from_checkpoint`` or ``module.load_state_dict(ckpt["state_dict"], strict=False)``).
+    Load the trained weights into ``module`` first: mmft checkpoints hold the trainable parameters only, so
+    ``module.on_load_checkpoint(ckpt)`` (the checks of ``--ckpt_path``) then
+    ``module.load_state_dict(ckpt["state_dict"], strict=False)``.
     """
     if module.adapter_config is None:
         raise ExportError("the module has no adapters (adapter: null): it is merged already")

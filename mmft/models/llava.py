@@ -415,6 +415,7 @@ class LlavaModule(AdapterModule):
         pad_images_to_square: pad images with the mean colour before preprocessing (LLaVA-1.5).
         gradient_checkpointing: recompute the language model's activations in backward (less memory).
         max_new_tokens: generation length at evaluation.
+        allow_base_mismatch: load checkpoints trained on another base or adapter config (see AdapterModule).
     """
 
     def __init__(
@@ -431,8 +432,9 @@ class LlavaModule(AdapterModule):
         scheduler: SchedulerCallable | None = None,
         param_groups: list[ParamGroup] | None = None,
         metrics: dict[str, Metric] | None = None,
+        allow_base_mismatch: bool = False,
     ) -> None:
-        super().__init__(adapter, optimizer, scheduler, param_groups, metrics)
+        super().__init__(adapter, optimizer, scheduler, param_groups, metrics, allow_base_mismatch)
         built = backbone.build()
         self.attach_model(built.model)
         self._check_trainable()

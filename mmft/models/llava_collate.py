@@ -4,7 +4,7 @@ Each batch carries two views of the same examples:
 
 - the training view (``input_ids``, ``attention_mask``, ``labels``; right padding): the whole conversation, labels
   -100 everywhere except the assistant replies and their end-of-turn token. Present when every example ends with an
-  assistant turn.
+  assistant turn and fits ``max_length``.
 - the generation view (``prompt_input_ids``, ``prompt_attention_mask``; left padding): the conversation up to the
   last assistant reply, ending with the generation prompt. Present always, with ``ids``, ``tasks`` and
   ``references`` for scoring.
@@ -14,6 +14,11 @@ LLaVA-1.5 trains and evaluates VQA-style tasks with "Answer the question using a
 
 A DataModule has one collate for every stage, so the collate cannot know whether it serves training or evaluation;
 building both views is cheap next to the model's forward pass.
+
+Over-long conversations: the last question and its answer (with its end-of-turn token) are never cut. When a view
+exceeds ``max_length``, whole earlier exchanges (question and reply) are dropped, oldest first, until it fits; one
+whose last exchange alone does not fit cannot be used. :meth:`LlavaCollate.check_length` says which case an example
+is in, so the DataModule drops or refuses such examples when it reads them, never mid-epoch.
 
 Images are padded to square with the processor's mean colour (LLaVA-1.5 ``image_aspect_ratio: pad``), then
 preprocessed by the model's image transform. The ``<image>`` placeholder goes at the start of the first user turn
@@ -30,7 +35,7 @@ import torch
 from torch import Tensor
 
 from data_modules.media import pad_to_square
-from data_modules.records import Example, Sample, Turn
+from data_modules.records import Example, LengthCheck, Sample, Turn
 
 from .base import batch_metadata
 from .templates import IMAGE_PLACEHOLDER, TemplateName, render
@@ -110,7 +115,7 @@ class LlavaCollate:
         image_transform: the model's image preprocessing.
         num_image_tokens: visual tokens per image (576 for CLIP ViT-L/14-336).
         template: ``vicuna_v1`` (LLaVA-1.5) or ``chat_template`` (the tokenizer's own).
-        max_length: longest sequence, image tokens included; longer ones are cut at the end.
+        max_length: longest sequence, image tokens included; longer conversations lose their earliest exchanges.
         instructions: task -> text appended (after a newline) to every question of that task's examples, in
             both views; ``None`` means LLaVA-1.5's short-answer instruction for the VQA-style tasks.
         pad_images_to_square: pad with the mean colour before preprocessing, as LLaVA-1.5 does.
@@ -151,10 +156,12 @@ class LlavaCollate:
         images = [image for s in samples for image in self._images(s)]
         if images:
             batch["pixel_values"] = self.image_transform(images)
+        encoded = None
         if all(e.turns and e.turns[-1].role == "assistant" for e in examples):
-            encoded = [self.encode(s.example, len(s.images)) for s in samples]
-            ids, mask = self._pad([ids for ids, _ in encoded], left=False)
-            labels, _ = self._pad([labels for _, labels in encoded], left=False, value=IGNORE_INDEX)
+            encoded = [self._fit(s.example, len(s.images), prompt=False) for s in samples]
+        if encoded is not None and all(e is not None for e in encoded):  # eval examples may fit as prompts only
+            ids, mask = self._pad([ids for ids, _, _ in encoded], left=False)
+            labels, _ = self._pad([labels for _, labels, _ in encoded], left=False, value=IGNORE_INDEX)
             batch.update(input_ids=ids, attention_mask=mask, labels=labels)
         prompts = [self.encode_prompt(s.example, len(s.images)) for s in samples]
         batch["prompt_input_ids"], batch["prompt_attention_mask"] = self._pad(prompts, left=True)
@@ -177,39 +184,72 @@ class LlavaCollate:
         return example.source or f"{example.task} example {example.id}"
 
     def encode(self, example: Example, num_images: int) -> tuple[list[int], list[int]]:
-        """Token ids and labels of the whole conversation (training view)."""
-        turns = with_instruction(example.turns, self.instructions.get(example.task))
-        turns = with_image_placeholders(turns, num_images)
-        rendered = render(self.template, turns, self.tokenizer.eos_token, self.tokenizer, source=self._name(example))
-        ids, labels = self._tokenize(rendered.text, rendered.supervised, num_images, example)
-        if len(ids) > self.max_length:
-            last_image = max((i for i, t in enumerate(ids) if t == self.image_token_id), default=-1)
-            if last_image >= self.max_length:
-                raise CollateError(
-                    f"{self._name(example)}: max_length={self.max_length} would cut through the image tokens "
-                    f"(they end at position {last_image + 1}): raise the collate's max_length"
-                )
-            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        """Token ids and labels of the whole conversation (training view), earliest exchanges dropped to fit."""
+        ids, labels, _ = self._fit_or_raise(example, num_images, prompt=False)
         return ids, labels
 
     def encode_prompt(self, example: Example, num_images: int) -> list[int]:
-        """Token ids of the generation prompt: every turn but a final assistant reply."""
+        """Token ids of the generation prompt: every turn but a final assistant reply, earliest exchanges dropped to
+        fit."""
+        ids, _, _ = self._fit_or_raise(example, num_images, prompt=True)
+        return ids
+
+    def check_length(self, example: Example, training: bool) -> LengthCheck:
+        """Whether ``example`` fits ``max_length`` (text tokenised, images counted, nothing decoded): as a training
+        example (both views) or, with ``training=False``, as an evaluation prompt."""
+        num_images = len(example.images)
+        views = [self._fit(example, num_images, prompt=True)]
+        if training:
+            views.append(self._fit(example, num_images, prompt=False))
+        if any(view is None for view in views):
+            return LengthCheck(problem=self._too_long(example, num_images, prompt=not training))
+        return LengthCheck(truncated=any(truncated for _, _, truncated in views))
+
+    def _fit_or_raise(self, example: Example, num_images: int, prompt: bool) -> tuple[list[int], list[int], bool]:
+        fitted = self._fit(example, num_images, prompt)
+        if fitted is None:
+            raise CollateError(self._too_long(example, num_images, prompt))
+        return fitted
+
+    def _too_long(self, example: Example, num_images: int, prompt: bool) -> str:
+        turns = self._view_turns(example, prompt)[-(1 if prompt else 2):]
+        length = len(self._encode_turns(example, turns, num_images, prompt)[0])
+        what = "its last question" if prompt else "its last question and answer"
+        return (f"{self._name(example)}: {length} tokens with only {what} (images included), more than "
+                f"max_length={self.max_length}: raise model.init_args.max_length, or drop such examples with "
+                "data.on_error: skip")
+
+    @staticmethod
+    def _view_turns(example: Example, prompt: bool) -> list[Turn]:
         turns = list(example.turns)
-        if turns and turns[-1].role == "assistant":
+        if prompt and turns and turns[-1].role == "assistant":
             turns = turns[:-1]
+        return turns
+
+    def _fit(self, example: Example, num_images: int, prompt: bool) -> tuple[list[int], list[int], bool] | None:
+        """``(ids, labels, truncated)`` of a view within ``max_length``, dropping whole earlier exchanges; None when
+        even the last exchange is too long."""
+        turns = self._view_turns(example, prompt)
+        keep = 1 if prompt else 2
+        dropped = 0
+        while True:
+            ids, labels = self._encode_turns(example, turns[2 * dropped :], num_images, prompt)
+            if len(ids) <= self.max_length:
+                return ids, labels, dropped > 0
+            if len(turns) - 2 * dropped <= keep:
+                return None
+            dropped += 1
+
+    def _encode_turns(
+        self, example: Example, turns: Sequence[Turn], num_images: int, prompt: bool
+    ) -> tuple[list[int], list[int]]:
         turns = with_instruction(turns, self.instructions.get(example.task))
         turns = with_image_placeholders(turns, num_images)
         rendered = render(
-            self.template, turns, self.tokenizer.eos_token, self.tokenizer, add_generation_prompt=True,
+            self.template, turns, self.tokenizer.eos_token, self.tokenizer, add_generation_prompt=prompt,
             source=self._name(example),
         )
-        ids, _ = self._tokenize(rendered.text, (), num_images, example)
-        if len(ids) > self.max_length:
-            raise CollateError(
-                f"{self._name(example)}: the generation prompt has {len(ids)} tokens, more than "
-                f"max_length={self.max_length}: raise the collate's max_length"
-            )
-        return ids
+        return self._tokenize(rendered.text, () if prompt else rendered.supervised, num_images, example)
 
     def _tokenize(
         self, text: str, supervised: Sequence[tuple[int, int]], num_images: int, example: Example

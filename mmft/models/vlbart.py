@@ -252,6 +252,7 @@ class VLBartModule(AdapterModule):
         seed: seed of the random weights (BART from a config, the visual embedding).
         visual_embedding: a safetensors file holding the visual embedding's weights (a merged export's
             ``visual_embedding.safetensors``), loaded over the random ones.
+        allow_base_mismatch: load checkpoints trained on another base or adapter config (see AdapterModule).
     """
 
     def __init__(
@@ -272,9 +273,10 @@ class VLBartModule(AdapterModule):
         scheduler: SchedulerCallable | None = None,
         param_groups: list[ParamGroup] | None = None,
         metrics: dict[str, Metric] | None = None,
+        allow_base_mismatch: bool = False,
     ) -> None:
         super().__init__(adapter, optimizer, scheduler, param_groups,
-                         default_vlbart_metrics() if metrics is None else metrics)
+                         default_vlbart_metrics() if metrics is None else metrics, allow_base_mismatch)
         visual = VisualConfig() if visual is None else visual
         if isinstance(bart, str):
             bart_folder(bart)  # first: the setting a user of the recipe must set

@@ -6,6 +6,12 @@ example brings its images in order (one, or two for NLVR2) as ``pixel_values`` (
 (read from a :class:`FeatureStore`), flattened over the batch, with ``image_counts`` saying how many are whose. A
 video example (TVQA, How2QA, TVC, YC2C) brings its sampled frames the same way, one "image" per frame, so the visual
 embedding's image order becomes the frame order (VL-Adapter's video setting: one token per frame with ``grid: 1``).
+
+Over-long encoder text: the question, the choices and the task prefix are never cut. The VALUE readers' prompts
+(TVQA, How2QA, TVC, YC2C) start with ``[Subs] `` and the subtitles run to `` [Q] `` (or to the end): when the text
+exceeds ``max_length``, the subtitles' last tokens are cut to make room. A text that is too long without any
+subtitles cannot be used; :meth:`VLBartCollate.check_length` finds such examples when the DataModule reads them.
+A target longer than ``max_target_length`` is cut before its ``</s>``, which is always kept (long captions).
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from data_modules.records import Example, Sample
+from data_modules.records import Example, LengthCheck, Sample
 
 from .base import batch_metadata
 from .visual_features import FeatureStore, ImageTransform
 
 IGNORE_INDEX = -100
+# the cuttable context of the VALUE prompts (data_modules.formats.value): "[Subs] <subtitles> [Q] ..."
+CONTEXT_START, CONTEXT_END = "[Subs] ", " [Q] "
 # VL-Adapter's task prefixes (REFERENCE.md section 3), by the task names of the mmft readers
 VLBART_PREFIXES = {
     "vqav2": "vqa: ",
@@ -46,8 +54,10 @@ class VLBartCollate:
     Args:
         tokenizer: a Hugging Face tokenizer with bos, eos and pad tokens (BART's, or the tiny one).
         prefixes: task -> text put before the prompt; every task of the data needs one.
-        max_length: longest encoder text in tokens, ``<s>`` and ``</s>`` included (longer prompts are cut).
-        max_target_length: longest label sequence, ``<s>`` and ``</s>`` included (longer targets are cut).
+        max_length: longest encoder text in tokens, ``<s>`` and ``</s>`` included (subtitles are cut to fit; see the
+            module docstring).
+        max_target_length: longest label sequence, ``<s>`` and ``</s>`` included (longer targets are cut, ``</s>``
+            kept).
         image_transform: images -> pixel tensor, for features computed end to end.
         features: pre-extracted features; when given, images are looked up by file name instead.
         max_images: most images per example (2: NLVR2's pair; for video tasks, the number of frames, which is also
@@ -92,7 +102,7 @@ class VLBartCollate:
             raise VLBartCollateError("empty batch")
         examples = [s.example for s in samples]
         batch: dict[str, Any] = batch_metadata(examples)
-        source = self._encode([self._source_text(e) for e in examples], self.max_length)
+        source = [self._encode_source(e) for e in examples]
         batch["input_ids"], batch["attention_mask"] = self._pad(source, self.tokenizer.pad_token_id)
         targets = [e.target for e in examples]
         if all(t is not None for t in targets):
@@ -104,6 +114,51 @@ class VLBartCollate:
         else:
             batch["pixel_values"] = self.image_transform([image for s in samples for image in self._pictures(s)])
         return batch
+
+    def check_length(self, example: Example, training: bool) -> LengthCheck:
+        """Whether ``example``'s encoder text fits ``max_length`` (subtitles cut if needed) and, for training, whether
+        its target had to be cut to ``max_target_length``. Text is tokenised, no media is touched."""
+        fitted = self._fit_source(example)
+        if fitted is None:
+            return LengthCheck(problem=self._too_long(example))
+        truncated = fitted[1]
+        if training and example.target is not None:
+            target = self.tokenizer(example.target, add_special_tokens=False)["input_ids"]
+            truncated = truncated or len(target) > self.max_target_length - 2
+        return LengthCheck(truncated=truncated)
+
+    def _encode_source(self, example: Example) -> list[int]:
+        fitted = self._fit_source(example)
+        if fitted is None:
+            raise VLBartCollateError(self._too_long(example))
+        return fitted[0]
+
+    def _fit_source(self, example: Example) -> tuple[list[int], bool] | None:
+        """``(<s> text </s> ids, subtitles cut)`` within ``max_length``; None when it cannot fit."""
+        text = self._source_text(example)
+        budget = self.max_length - 2
+        (ids,) = self._encode([text], max_length=None)
+        if len(ids) - 2 <= budget:
+            return ids, False
+        prefix, marker, rest = text.partition(CONTEXT_START)
+        if not marker:
+            return None
+        context, end, tail = rest.partition(CONTEXT_END)
+        # split at spaces, so each piece tokenises as it does inside the whole text
+        head_ids, context_ids, tail_ids = self._tokens([prefix + marker.rstrip(), " " + context, end + tail])
+        room = budget - len(head_ids) - len(tail_ids)
+        if room < 0:
+            return None
+        bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        return [bos, *head_ids, *context_ids[:room], *tail_ids, eos], True
+
+    def _too_long(self, example: Example) -> str:
+        return (f"{self._name(example)}: the encoder text is longer than max_length={self.max_length} tokens even "
+                "without subtitles (the question, choices and prefix are never cut): raise "
+                "model.init_args.max_length, or drop such examples with data.on_error: skip")
+
+    def _tokens(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
     def _stored_features(self, example: Example) -> Tensor:
         """``[images or frames, tokens, channels]`` of one example from the feature files; a video example takes
@@ -166,11 +221,11 @@ class VLBartCollate:
             )
         return count
 
-    def _encode(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
-        """``<s> text </s>`` per text, the text cut to fit ``max_length``."""
-        tokenized = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    def _encode(self, texts: Sequence[str], max_length: int | None) -> list[list[int]]:
+        """``<s> text </s>`` per text, the text cut to fit ``max_length`` (``</s>`` always kept)."""
         bos, eos = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
-        return [[bos, *ids[: max_length - 2], eos] for ids in tokenized]
+        keep = None if max_length is None else max_length - 2
+        return [[bos, *ids[:keep], eos] for ids in self._tokens(texts)]
 
     @staticmethod
     def _pad(rows: list[list[int]], value: int) -> tuple[Tensor, Tensor]:
