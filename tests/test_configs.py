@@ -12,8 +12,12 @@ from mmft.cli import main
 from mmft.models.llava import BackboneConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-# recipes; configs/eval/ holds evaluation configs, composed after a recipe
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.parent.name != "eval")
+# recipes; overlays compose after a recipe (tiny/overlays/ after the tiny DoRA recipe), and so do the evaluation
+# configs (configs/eval/)
+CONFIGS = sorted(
+    p for p in (ROOT / "configs").rglob("*.yaml") if "overlays" not in p.parts and p.parent.name != "eval"
+)
+OVERLAYS = sorted((ROOT / "configs").rglob("overlays/*.yaml"))
 EVAL_CONFIGS = sorted((ROOT / "configs" / "eval").glob("*.yaml"))
 
 
@@ -58,6 +62,29 @@ def test_eval_config_composes_after_a_recipe(config, capsys, monkeypatch):
     metrics = printed["model"]["init_args"]["metrics"]
     assert {"vqav2", "gqa", "vizwiz", "scienceqa", "textvqa", "pope", "mmbench"} <= set(metrics)
     assert printed["model"]["init_args"]["adapter"]["method"] == "dora"  # the recipe's settings stay
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
+def test_overlay_composes_on_the_tiny_recipe(overlay, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        mmft(monkeypatch, "fit", "--config", str(ROOT / "configs" / "tiny" / "llava_dora.yaml"), "--config",
+             str(overlay), "--print_config")
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert_overrides(printed, yaml.safe_load(overlay.read_text()), "")
+
+
+def assert_overrides(printed, overlay, key: str) -> None:
+    """Every value the overlay sets is in the composed config (lists: the same entries, by class_path)."""
+    if isinstance(overlay, dict):
+        for name, value in overlay.items():
+            assert name in printed, f"{key}.{name} missing from the composed config"
+            assert_overrides(printed[name], value, f"{key}.{name}")
+    elif isinstance(overlay, list):
+        assert [getattr(e, "get", lambda _: e)("class_path") for e in printed] == \
+            [getattr(e, "get", lambda _: e)("class_path") for e in overlay], key
+    else:
+        assert printed == overlay, f"{key}: {printed!r} != {overlay!r}"
 
 
 @pytest.mark.parametrize("name", ["llava_dora.yaml", "llava_lora.yaml"])

@@ -1,4 +1,5 @@
-"""LoRA, DoRA, VeRA and DVoRA adapters for any PyTorch model: pure PyTorch, no Lightning or transformers import.
+"""LoRA, DoRA, VeRA and DVoRA adapters for any PyTorch model, on a plain or a 4-bit (bitsandbytes) base: pure
+PyTorch, no Lightning or transformers import.
 
     from mmft.adapters import AdapterConfig, apply_adapters
     report = apply_adapters(model, AdapterConfig(method="dora", r=8, alpha=16, target_modules=["q_proj", "v_proj"]))
@@ -10,6 +11,7 @@ from .inject import AdapterError, AdapterReport, adapter_config_of, apply_adapte
 from .layers import AdaptedLinear, dora_weight_norm
 from .merge import merge_adapters, unmerge_adapters
 from .peft_format import adapter_state_dict, load_adapters, read_adapter_config, save_adapters
+from .quantize import QuantizationConfig, quantize_linear_layers
 
 __all__ = [
     "AdaptedLinear",
@@ -17,6 +19,7 @@ __all__ = [
     "AdapterConfigError",
     "AdapterError",
     "AdapterReport",
+    "QuantizationConfig",
     "adapter_config_of",
     "adapter_state_dict",
     "apply_adapters",
@@ -25,6 +28,7 @@ __all__ = [
     "frozen_weights_hash",
     "load_adapters",
     "merge_adapters",
+    "quantize_linear_layers",
     "read_adapter_config",
     "save_adapters",
     "unmerge_adapters",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from .base_weight import is_4bit, parameter_count
 from .config import AdapterConfig, TargetSpec
 from .layers import AdaptedLinear, VeraProjections
 
@@ -168,6 +169,8 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
 
     for name in chosen + magnitude_only:
         base = model.get_submodule(name)
+        if is_4bit(base.weight):  # keep bitsandbytes' standard layout, the one mmft reads (see quantize_linear)
+            base.support_avx512bf16_for_cpu = False
         rank = pattern_value(name, config.rank_pattern, config.r)
         alpha = pattern_value(name, config.alpha_pattern, config.alpha)
         layer = AdaptedLinear(
@@ -201,7 +204,7 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
         magnitude_only=magnitude_only,
         modules_to_save=saved,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in model.parameters()),
+        total_params=sum(parameter_count(p) for p in model.parameters()),
     )
 
 

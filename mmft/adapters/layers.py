@@ -1,6 +1,7 @@
 """The adapted Linear layer and its math (REFERENCE.md section 1).
 
-One class, `AdaptedLinear`, wraps a frozen ``nn.Linear`` (kept as ``base_layer``, as PEFT does) and adds:
+One class, `AdaptedLinear`, wraps a frozen ``nn.Linear`` or bitsandbytes 4-bit ``Linear4bit`` (kept as
+``base_layer``, as PEFT does; see `base_weight` for how a 4-bit ``W`` is read) and adds:
 
 - a low-rank direction update ``s * B A``: trainable ``lora_A`` / ``lora_B`` (LoRA, DoRA), or the shared frozen VeRA
   projections scaled by trainable ``vera_lambda_d`` / ``vera_lambda_b`` (VeRA, DVoRA);
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .base_weight import dense_weight, is_4bit, linear_no_bias, row_sq_norms, times_weight_t, weight_dtype
 from .kernels import FUSED_TAIL_MIN_ELEMENTS, fused_dora_backward_tail, fused_dora_norm, kernels_usable
 
 # Rows whose norm falls below this are treated as having norm NORM_EPS: all-zero weight rows exist in real models
@@ -63,13 +65,13 @@ def dora_weight_norm(
 
     ``||W_i + s (BA)_i||^2 = ||W_i||^2 + 2 s B_i . (A W_i^T) + s^2 B_i (A A^T) B_i^T``. ``weight_sq_norm`` is the
     cached ``||W_i||^2`` (fp32). ``A W^T`` is taken in the weight's dtype (a half-precision weight is not copied to fp32)
-    and accumulated into fp32 from there.
+    and accumulated into fp32 from there; a 4-bit weight is read in dequantized row chunks.
     """
-    acc = accumulation_dtype(weight.dtype)
+    acc = accumulation_dtype(weight_dtype(weight))
     _, no_autocast = _autocast_off(weight)  # autocast would run the small GEMMs below in half precision
     with no_autocast:
         a = _cast(lora_A, acc)
-        a_wt = _cast(lora_A, weight.dtype) @ weight.T  # [r, out]
+        a_wt = times_weight_t(lora_A, weight)  # [r, out]
         if kernels_usable(weight) and not (torch.is_grad_enabled() and (lora_A.requires_grad or lora_B.requires_grad)):
             norm = fused_dora_norm(a_wt, a @ a.T, lora_B, scaling, weight_sq_norm, NORM_EPS)
             if norm is not None:
@@ -89,7 +91,7 @@ def dora_linear_inference(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A
     dtype, no_autocast = _autocast_off(x)
     with no_autocast:
         x2 = _cast(x.reshape(-1, x.shape[-1]), dtype)
-        out = x2 @ _cast(weight, dtype).T
+        out = x2 @ dense_weight(weight, dtype).T
         out.addmm_(x2 @ _cast(lora_A, dtype).T, _cast(lora_B, dtype).T, alpha=scaling)
         out.mul_(_cast(scale, dtype))
         if bias is not None:
@@ -117,7 +119,7 @@ class DoRAScaledLinear(torch.autograd.Function):
         dtype, no_autocast = _autocast_off(x)
         with no_autocast:
             x2 = _cast(x.reshape(-1, x.shape[-1]), dtype)
-            w, a, b = _cast(weight, dtype), _cast(lora_A, dtype), _cast(lora_B, dtype)
+            w, a, b = dense_weight(weight, dtype), _cast(lora_A, dtype), _cast(lora_B, dtype)
             g = _cast(magnitude / norm, dtype)
             xa = x2 @ a.T
             xw = x2 @ w.T
@@ -136,13 +138,18 @@ class DoRAScaledLinear(torch.autograd.Function):
                            lora_A.dtype, lora_B.dtype)
         ctx.saved_output = x_base is None and bias is None and not recompute
         keep_h = not ctx.saved_output and not recompute
-        ctx.save_for_backward(x2, xb2, w, a, b, g, magnitude, norm, xa, h if keep_h else None,
-                              out if ctx.saved_output else None)
+        # a 4-bit W is kept packed and dequantized again in backward, as bitsandbytes' matmul_4bit does; it is held
+        # on ctx, out of reach of saved-tensor hooks, which would hand back a plain tensor without its quant state
+        ctx.packed_weight = weight if is_4bit(weight) else None
+        ctx.save_for_backward(x2, xb2, None if is_4bit(weight) else w, a, b, g, magnitude, norm, xa,
+                              h if keep_h else None, out if ctx.saved_output else None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         x2, xb2, w, a, b, g, magnitude, norm, xa, h, out = ctx.saved_tensors
+        if ctx.packed_weight is not None:
+            w = dense_weight(ctx.packed_weight, x2.dtype)
         s = ctx.scaling
         x_dtype, x_base_dtype, bias_dtype, a_dtype, b_dtype = ctx.grad_dtypes
         need_x, need_x_base, _, need_bias, need_a, need_b, need_m, need_norm = ctx.needs_input_grad[:8]
@@ -248,7 +255,7 @@ class AdaptedLinear(nn.Module):
         self.has_dropout = dropout > 0
         self.dropout = nn.Dropout(dropout) if self.has_dropout else nn.Identity()
         weight = base_layer.weight
-        factory = {"device": weight.device, "dtype": accumulation_dtype(weight.dtype)}
+        factory = {"device": weight.device, "dtype": accumulation_dtype(weight_dtype(weight))}
         if magnitude_only:
             pass
         elif self.use_vera:
@@ -287,12 +294,10 @@ class AdaptedLinear(nn.Module):
         """
         weight = self.base_layer.weight
         if torch.compiler.is_compiling():
-            return torch.linalg.vector_norm(weight.detach(), dim=1, dtype=accumulation_dtype(weight.dtype)).square()
+            return row_sq_norms(weight, accumulation_dtype(weight.dtype))
         key = _versions(weight)
         if self._weight_sq_cache is None or self._weight_sq_cache[0] != key:
-            with torch.no_grad():
-                sq = torch.linalg.vector_norm(weight, dim=1, dtype=accumulation_dtype(weight.dtype)).square()
-            self._weight_sq_cache = (key, sq)
+            self._weight_sq_cache = (key, row_sq_norms(weight, accumulation_dtype(weight_dtype(weight))))
         return self._weight_sq_cache[1]
 
     def weight_norm(self, factors: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -331,10 +336,11 @@ class AdaptedLinear(nn.Module):
 
     def delta_weight(self) -> Tensor:
         """The dense direction update ``s * B @ A`` in fp32 (merging and tests only; training never builds it)."""
-        acc = accumulation_dtype(self.base_layer.weight.dtype)
+        weight = self.base_layer.weight
+        acc = accumulation_dtype(weight_dtype(weight))
         factors = self.factors()
         if factors is None:
-            return torch.zeros_like(self.base_layer.weight, dtype=acc)
+            return weight.new_zeros(self.out_features, self.in_features, dtype=acc)
         a, b = factors
         return self.scaling * (b.to(acc) @ a.to(acc))
 
@@ -347,7 +353,7 @@ class AdaptedLinear(nn.Module):
             return self.base_layer(x) + update * self.scaling
         factors = self.factors()
         if factors is None:
-            out = F.linear(x, weight) * _cast(self.magnitude_scale(), x.dtype)
+            out = linear_no_bias(x, weight) * _cast(self.magnitude_scale(), x.dtype)
             return out if bias is None else out + bias
         dropped = self.training and self.has_dropout
         if not dropped and not torch.is_grad_enabled():

@@ -2,6 +2,8 @@
 
 Merging puts each layer's plain ``nn.Linear`` (weights merged) back in the model, so the forward path holds no adapter
 code and the model saves as an ordinary checkpoint. The adapter is kept beside the Linear to allow `unmerge_adapters`.
+A 4-bit base is merged into a dequantized copy (a new ``nn.Linear`` in the weight's original dtype), and unmerging
+puts the untouched 4-bit layer back.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .base_weight import dense_weight, is_4bit, weight_dtype
 from .inject import AdapterError, find_adapted_modules, set_submodule
 from .layers import AdaptedLinear
 
@@ -19,11 +22,22 @@ def merged_weight(layer: AdaptedLinear) -> tuple[torch.Tensor, torch.Tensor | No
     """The merged weight in fp32 (fp64 for fp64 weights), and the DoRA scale ``g`` it used (None for LoRA / VeRA)."""
     with torch.no_grad():
         delta = layer.delta_weight()
-        combined = layer.base_layer.weight.to(delta.dtype) + delta
+        combined = dense_weight(layer.base_layer.weight, delta.dtype) + delta
         if not layer.use_dora:
             return combined, None
         scale = (layer.lora_magnitude_vector / layer.weight_norm()).to(delta.dtype)
         return scale[:, None] * combined, scale
+
+
+def _dense_copy(base: nn.Module, merged: torch.Tensor) -> nn.Linear:
+    """A plain ``nn.Linear`` with ``merged`` as its weight, in the dtype of the 4-bit ``base``'s original weight."""
+    dense = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=merged.device,
+                      dtype=weight_dtype(base.weight))
+    with torch.no_grad():
+        dense.weight.copy_(merged)
+        if base.bias is not None:
+            dense.bias.copy_(base.bias)
+    return dense.requires_grad_(False)
 
 
 def merge_adapters(model: nn.Module) -> int:
@@ -34,12 +48,15 @@ def merge_adapters(model: nn.Module) -> int:
     for name, layer in layers.items():
         base = layer.base_layer
         merged, scale = merged_weight(layer)
-        with torch.no_grad():
-            if scale is not None:
-                # unmerge divides by the scale; rows with scale 0 lose W, so keep those rows
-                zero_rows = (scale == 0).nonzero().flatten()
-                layer._merge_state = (scale, zero_rows, base.weight[zero_rows].clone())
-            base.weight.copy_(merged.to(base.weight.dtype))
+        if is_4bit(base.weight):  # the 4-bit layer stays inside the adapter, untouched, for unmerge
+            base = _dense_copy(base, merged)
+        else:
+            with torch.no_grad():
+                if scale is not None:
+                    # unmerge divides by the scale; rows with scale 0 lose W, so keep those rows
+                    zero_rows = (scale == 0).nonzero().flatten()
+                    layer._merge_state = (scale, zero_rows, base.weight[zero_rows].clone())
+                base.weight.copy_(merged.to(base.weight.dtype))
         base.__dict__[MERGED_ATTRIBUTE] = layer
         set_submodule(model, name, base)
     return len(layers)
@@ -53,6 +70,9 @@ def unmerge_adapters(model: nn.Module) -> int:
     for name, base in merged.items():
         layer: AdaptedLinear = base.__dict__.pop(MERGED_ATTRIBUTE)
         layer.to(base.weight.device)
+        if is_4bit(layer.base_layer.weight):
+            set_submodule(model, name, layer)
+            continue
         with torch.no_grad():
             weight = base.weight.to(layer.delta_weight().dtype)
             if layer.use_dora:

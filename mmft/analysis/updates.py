@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from mmft.adapters import AdaptedLinear, find_adapted_modules
+from mmft.adapters.base_weight import dense_weight
 from mmft.adapters.inject import module_matches
 
 
@@ -55,7 +56,7 @@ def magnitude_direction_change(pretrained: Tensor, direction: Tensor, magnitude:
 def layer_update(name: str, layer: AdaptedLinear) -> WeightUpdate:
     """The update of one adapted layer: the effective weight ``W0 + s B A`` (with DoRA's magnitude) against ``W0``."""
     with torch.no_grad():
-        pretrained = layer.base_layer.weight.double()
+        pretrained = dense_weight(layer.base_layer.weight, torch.float64)
         direction = pretrained + layer.delta_weight().double()
         magnitude = layer.lora_magnitude_vector if layer.use_dora else None
         delta_m, delta_d = magnitude_direction_change(pretrained, direction, magnitude)

@@ -26,7 +26,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from mmft.adapters import AdapterConfig
+from mmft.adapters import AdapterConfig, QuantizationConfig, quantize_linear_layers
+from mmft.adapters.quantize import quantization_device
 
 from .base import AdapterModule, default_optimizer
 from .llava_collate import HFImageTransform, IGNORE_INDEX, ImageTransform, LlavaCollate, TimmImageTransform
@@ -83,6 +84,20 @@ def _image_token_id(tokenizer: Any, source: str) -> int:
     return token_id
 
 
+def find_language_model(model: nn.Module) -> nn.Module:
+    """The language model inside a LLaVA network (``model.language_model`` for HF Llava, ``language_model``)."""
+    return next(m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == "language_model")
+
+
+def quantize_language_model(model: nn.Module, quantization: QuantizationConfig | None) -> None:
+    """QLoRA's base: every linear layer of the language model in 4 bits (quantized on the GPU when there is one);
+    the vision tower, the projector and the output head stay as they are."""
+    if quantization is not None:
+        language_model = find_language_model(model)
+        quantize_linear_layers(language_model, quantization, skip=["lm_head"],
+                               device=quantization_device(language_model))
+
+
 def _clip_tokens_per_image(vision_config: Any, select_strategy: str) -> int:
     grid = vision_config.image_size // vision_config.patch_size
     return grid * grid + (1 if select_strategy == "full" else 0)
@@ -95,11 +110,14 @@ class HFLlava(LlavaBackbone):
         path: the checkpoint folder, e.g. a download of ``llava-hf/llava-1.5-7b-hf``.
         dtype: load the frozen weights in this dtype (``bfloat16`` halves memory; train with precision
             ``bf16-mixed``: adapters and the projector are kept in fp32).
+        quantization: a 4-bit language model (QLoRA / QDoRA), quantized from the loaded weights.
     """
 
-    def __init__(self, path: str | None = None, dtype: str | None = None) -> None:
+    def __init__(self, path: str | None = None, dtype: str | None = None,
+                 quantization: QuantizationConfig | None = None) -> None:
         self.path = path
         self.dtype = dtype
+        self.quantization = quantization
 
     def build(self) -> BuiltLlava:
         from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
@@ -119,6 +137,7 @@ class HFLlava(LlavaBackbone):
                 f"image_token_id {model.config.image_token_id}"
             )
         tokens = _clip_tokens_per_image(model.config.vision_config, model.config.vision_feature_select_strategy)
+        quantize_language_model(model, self.quantization)
         return BuiltLlava(model, tokenizer, HFImageTransform(processor), tokens, str(self.path))
 
 
@@ -132,6 +151,7 @@ class LlavaFromConfig(LlavaBackbone):
         vision_config: ``CLIPVisionConfig`` fields (or another vision ``model_type``).
         text_config: ``LlamaConfig`` fields (or another text ``model_type``).
         seed: the seed of the random weights.
+        quantization: a 4-bit language model (QLoRA / QDoRA), quantized from the random weights.
     """
 
     def __init__(
@@ -143,6 +163,7 @@ class LlavaFromConfig(LlavaBackbone):
         vision_feature_layer: int = -2,
         vision_feature_select_strategy: str = "default",
         seed: int = 0,
+        quantization: QuantizationConfig | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.vision_config = dict(vision_config)
@@ -151,6 +172,7 @@ class LlavaFromConfig(LlavaBackbone):
         self.vision_feature_layer = vision_feature_layer
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.seed = seed
+        self.quantization = quantization
 
     def build(self) -> BuiltLlava:
         from transformers import AutoTokenizer, CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration
@@ -185,6 +207,7 @@ class LlavaFromConfig(LlavaBackbone):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = LlavaForConditionalGeneration(config)
+        quantize_language_model(model, self.quantization)
         size = config.vision_config.image_size
         processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
         return BuiltLlava(model, tokenizer, HFImageTransform(processor), tokens, None)
@@ -314,6 +337,7 @@ class TimmLlava(LlavaBackbone):
         feature_layer: which block's output feeds the projector (-2: the second-to-last, as LLaVA).
         dtype: dtype of the frozen weights.
         seed: seed of every randomly initialised weight (projector included).
+        quantization: a 4-bit language model (QLoRA / QDoRA), quantized from the loaded weights.
     """
 
     def __init__(
@@ -327,6 +351,7 @@ class TimmLlava(LlavaBackbone):
         feature_layer: int = -2,
         dtype: str | None = None,
         seed: int = 0,
+        quantization: QuantizationConfig | None = None,
     ) -> None:
         self.vision_tower = vision_tower
         self.language_model = language_model
@@ -337,6 +362,7 @@ class TimmLlava(LlavaBackbone):
         self.feature_layer = feature_layer
         self.dtype = dtype
         self.seed = seed
+        self.quantization = quantization
 
     def build(self) -> BuiltLlava:
         import timm
@@ -383,6 +409,7 @@ class TimmLlava(LlavaBackbone):
         if dtype is not None:
             model.vision_tower.to(dtype)
             model.language_model.to(dtype)
+        quantize_language_model(model, self.quantization)
         data_config = timm_data_config(tower)
         transform = timm.data.create_transform(**data_config, is_training=False)
         image_transform = TimmImageTransform(transform, data_config["mean"])
@@ -456,7 +483,7 @@ class LlavaModule(AdapterModule):
     @property
     def language_model(self) -> nn.Module:
         """The language model inside ``self.model`` (``model.language_model`` for HF Llava, ``language_model``)."""
-        return next(m for n, m in self.model.named_modules() if n.rsplit(".", 1)[-1] == "language_model")
+        return find_language_model(self.model)
 
     def _check_trainable(self) -> None:
         report = self.adapter_report
