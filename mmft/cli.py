@@ -2,6 +2,7 @@
 
     mmft fit --config configs/tiny/llava_dora.yaml
     mmft test --config configs/tiny/llava_dora.yaml --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt
+    mmft test --config configs/tiny/llava_dora.yaml --config configs/eval/llava15_benchmarks.yaml --ckpt_path ...
     mmft fit --config configs/llava_dora.yaml --config my_paths.yaml --print_config
 
 Models and DataModules are chosen by ``class_path`` in the config (subclass mode). The model's collate is handed
@@ -23,6 +24,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mmft.files import write_json_atomic
 from mmft.models.base import AdapterModule
 
 
@@ -37,11 +39,16 @@ def wandb_configured() -> bool:
         return False
 
 
+RESULTS_FILE = "test_metrics.json"
+
+
 def results_table(
     metrics: Mapping[str, Any], stage: str, counts: Mapping[str, tuple[int, int]] | None = None
 ) -> str:
-    """The per-task metrics ``<stage>/<task>/<Metric>`` and ``<stage>/average`` as a plain text table; with
-    ``counts`` (task -> examples scored, examples in total), a column that shows samples skipped for bad media."""
+    """The per-task metrics ``<stage>/<task>/<Metric>`` (in the order of the dataloaders) and ``<stage>/average`` as a
+    plain text table; with ``counts`` (task -> examples scored, examples in total), a column that shows samples
+    skipped for bad media. The details of metrics that report several numbers (``<stage>/<task>/<Metric>/<key>``)
+    are left to the JSON file."""
     counts = counts or {}
     rows = []
     for key, value in metrics.items():
@@ -56,6 +63,12 @@ def results_table(
     return "\n".join(
         f"{t:<{widths[0]}}  {m:<{widths[1]}}  {v:>{widths[2]}}  {n:>{widths[3]}}".rstrip() for t, m, v, n in rows
     )
+
+
+def write_results(metrics: Mapping[str, Any], stage: str, path: Path, checkpoint: str | None) -> Path:
+    """Every ``<stage>/...`` number, in logging order, with the checkpoint it scored, as JSON (written atomically)."""
+    numbers = {key: float(value) for key, value in metrics.items() if key.startswith(f"{stage}/")}
+    return write_json_atomic(path, {"checkpoint": checkpoint, "metrics": numbers})
 
 
 class LoggingSaveConfigCallback(SaveConfigCallback):
@@ -108,12 +121,17 @@ class MMFTCLI(LightningCLI):
 
     def after_test(self) -> None:
         self._print_results("test")
+        if self.trainer.is_global_zero:
+            path = Path(self.trainer.default_root_dir) / RESULTS_FILE
+            write_results(self.trainer.callback_metrics, "test", path, self.trainer.ckpt_path)
+            print(f"every test number written to {path}", flush=True)
 
     def before_predict(self) -> None:
         self._warn_if_untrained()
 
     def _warn_if_untrained(self) -> None:
-        if self.config_init[self.subcommand].get("ckpt_path") is None:
+        merged = getattr(self.model, "adapter_config", True) is None  # adapter: null, a merged export
+        if self.config_init[self.subcommand].get("ckpt_path") is None and not merged:
             rank_zero_warn(
                 f"mmft {self.subcommand} without --ckpt_path uses the model as the config builds it, with untrained "
                 "adapters: pass --ckpt_path <run>/checkpoints/last.ckpt to evaluate a trained one"

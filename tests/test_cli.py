@@ -1,5 +1,6 @@
 """The ``mmft`` CLI end to end on the tiny DoRA config, in subprocesses as a user runs it: fit, resume with
---ckpt_path (the next losses equal an uninterrupted run's), test (metrics table) and predict (JSON lines)."""
+--ckpt_path (the next losses equal an uninterrupted run's), test (metrics table; the LLaVA-1.5 benchmark table and
+its JSON file) and predict (JSON lines)."""
 
 from __future__ import annotations
 
@@ -140,6 +141,38 @@ def test_test_prints_the_metrics_table(workdir, fitted):
     assert [row.split()[3] for row in table[1:3]] == ["32/32", "32/32"]  # one test batch each, nothing skipped
     scores = [float(row.split()[2]) for row in table[1:3]] + [float(table[3].split()[1])]
     assert table[3].split()[0] == "average" and scores[2] == pytest.approx((scores[0] + scores[1]) / 2, abs=1e-4)
+
+
+PAPER_ORDER = ["vqav2", "gqa", "vizwiz", "scienceqa", "textvqa", "pope", "mmbench"]
+
+
+def test_llava15_benchmarks_table_and_json(workdir, fitted):
+    out = run_mmft(
+        workdir, "test", "configs/tiny/llava_dora.yaml", "--config", "configs/eval/llava15_benchmarks.yaml",
+        "--trainer.limit_test_batches", "1.0", "--ckpt_path", "runs/ckpt/last.ckpt",
+    )
+    table = out[out.index("task  "):].splitlines()[1:9]
+    assert [row.split()[0] for row in table] == [*PAPER_ORDER, "average"]
+    scores = [float(row.split()[2]) for row in table[:-1]] + [float(table[-1].split()[1])]
+    assert scores[-1] == pytest.approx(sum(scores[:-1]) / 7, abs=1e-4)
+    # every example scored (sample sizes: VQAv2 161, GQA 80, VizWiz 40, SQA-IMG 19, TextVQA 30, POPE 3 x 20,
+    # MMBench 16 questions in 42 rotations)
+    assert [row.split()[3] for row in table[:-1]] == ["161/161", "80/80", "40/40", "19/19", "30/30", "60/60", "42/42"]
+
+    saved = json.loads((workdir / "runs" / "tiny_llava_dora" / "test_metrics.json").read_text())
+    assert saved["checkpoint"] == "runs/ckpt/last.ckpt"
+    numbers = saved["metrics"]
+    headline = [numbers[key] for key in numbers if key.count("/") == 2 and key.split("/")[1] in PAPER_ORDER]
+    assert headline == pytest.approx(scores[:-1], abs=1e-4)
+    assert numbers["test/average"] == pytest.approx(scores[-1], abs=1e-4)
+    pope = [numbers[f"test/pope/POPE/{split}_f1"] for split in ("random", "popular", "adversarial")]
+    assert numbers["test/pope/POPE"] == pytest.approx(sum(pope) / 3)
+    assert {f"test/pope/POPE/{split}_{name}" for split in ("random", "popular", "adversarial")
+            for name in ("accuracy", "precision", "recall", "f1", "yes_ratio")} <= set(numbers)
+    assert numbers["test/vizwiz/VizWizAccuracy"] == numbers["test/vizwiz/VizWizAccuracy/accuracy"]
+    assert "test/vizwiz/VizWizAccuracy/unanswerable_f1" in numbers
+    assert numbers["test/mmbench/CircularAccuracy"] == numbers["test/mmbench/CircularAccuracy/circular"]
+    assert numbers["test/mmbench/CircularAccuracy"] <= numbers["test/mmbench/CircularAccuracy/first_pass"]
 
 
 def test_predict_writes_json_lines(workdir, fitted):

@@ -1,5 +1,5 @@
-"""Every YAML under configs/ parses with ``--print_config`` (without building any model), and the real recipes fail
-with an error naming the key to set."""
+"""Every YAML under configs/ parses with ``--print_config`` (without building any model; an evaluation config composed
+after the tiny recipe), and the real recipes fail with an error naming the key to set."""
 
 from __future__ import annotations
 
@@ -12,9 +12,13 @@ from mmft.cli import main
 from mmft.models.llava import BackboneConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "overlays" not in p.parts)
-# overlays compose after a recipe (tiny/overlays/ after the tiny DoRA recipe)
+# recipes; overlays compose after a recipe (tiny/overlays/ after the tiny DoRA recipe), and so do the evaluation
+# configs (configs/eval/)
+CONFIGS = sorted(
+    p for p in (ROOT / "configs").rglob("*.yaml") if "overlays" not in p.parts and p.parent.name != "eval"
+)
 OVERLAYS = sorted((ROOT / "configs").rglob("overlays/*.yaml"))
+EVAL_CONFIGS = sorted((ROOT / "configs" / "eval").glob("*.yaml"))
 
 
 @pytest.fixture(autouse=True)
@@ -45,6 +49,19 @@ def test_config_parses(config, capsys, monkeypatch):
     assert printed["data"]["init_args"].get("collate_fn", None) is None  # linked from the model at run time
     source = yaml.safe_load(config.read_text())
     assert printed["model"]["init_args"]["adapter"]["method"] == source["model"]["init_args"]["adapter"]["method"]
+
+
+@pytest.mark.parametrize("config", EVAL_CONFIGS, ids=lambda p: p.name)
+def test_eval_config_composes_after_a_recipe(config, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        mmft(monkeypatch, "test", "--config", "configs/tiny/llava_dora.yaml", "--config", str(config), "--print_config")
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    tests = [reader["class_path"].rsplit(".", 1)[1] for reader in printed["data"]["init_args"]["test"]]
+    assert tests == ["VQAv2", "GQA", "VizWiz", "ScienceQA", "TextVQA", "POPE", "MMBench"]  # the paper's order
+    metrics = printed["model"]["init_args"]["metrics"]
+    assert {"vqav2", "gqa", "vizwiz", "scienceqa", "textvqa", "pope", "mmbench"} <= set(metrics)
+    assert printed["model"]["init_args"]["adapter"]["method"] == "dora"  # the recipe's settings stay
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
