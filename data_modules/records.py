@@ -29,7 +29,8 @@ class Example:
     assistant turn). ``references`` holds every gold answer used for scoring (10 VQA answers, 5 captions).
     ``source`` says where the record came from (``file#record``) so errors can name it. ``video_span`` is the
     ``(start, end)`` in seconds (start < end) of ``video`` that the example is about, e.g. a TVC caption's moment;
-    None means the whole video.
+    None means the whole video. ``category`` is the subset a benchmark reports separately (POPE's split, VizWiz's
+    answer type); metrics that report per subset receive it.
     """
 
     task: str
@@ -40,6 +41,7 @@ class Example:
     references: tuple[str, ...] = ()
     source: str = ""
     video_span: tuple[float, float] | None = None
+    category: str | None = None
 
     @property
     def prompt(self) -> str:

@@ -4,6 +4,8 @@ tool subcommands over mmft's library code (sample-data, compare, extract-feature
     mmft fit --config configs/tiny/llava_dora.yaml
     mmft fit --config configs/tiny/llava.yaml --config configs/methods/lora.yaml    # recipe + method overlay
     mmft test --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt                 # the config comes with it
+    mmft test --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt --config configs/eval/llava15_benchmarks.yaml
+    mmft test --config configs/tiny/llava_dora.yaml --config configs/eval/llava15_benchmarks.yaml --ckpt_path ...
     mmft fit --config configs/llava_dora.yaml --config my_paths.yaml --print_config
 
 Models and DataModules are chosen by ``class_path`` in the config (subclass mode). The model's collate is handed
@@ -30,6 +32,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mmft.files import write_json_atomic
 from mmft.models.base import AdapterModule
 from mmft.run_folder import fill_run_paths
 
@@ -41,7 +44,7 @@ TOOLS = {
     "sample-data": ("mmft.tools.sample_data", "write the synthetic sample data the tiny configs and tests use"),
     "compare": ("mmft.tools.compare", "put finished runs side by side (table, JSON, --plot PNG)"),
     "extract-features": ("mmft.tools.extract_features", "pre-extract VL-BART visual features from images or videos"),
-    "export": ("mmft.tools.export", "write a checkpoint's adapter as a PEFT folder"),
+    "export": ("mmft.tools.export", "write a checkpoint's adapter as a PEFT folder, or the merged model (--merged)"),
 }
 
 
@@ -60,11 +63,16 @@ def wandb_configured() -> bool:
         return False
 
 
+RESULTS_FILE = "test_metrics.json"
+
+
 def results_table(
     metrics: Mapping[str, Any], stage: str, counts: Mapping[str, tuple[int, int]] | None = None
 ) -> str:
-    """The per-task metrics ``<stage>/<task>/<Metric>`` and ``<stage>/average`` as a plain text table; with
-    ``counts`` (task -> examples scored, examples in total), a column that shows samples skipped for bad media."""
+    """The per-task metrics ``<stage>/<task>/<Metric>`` (in the order of the dataloaders) and ``<stage>/average`` as a
+    plain text table; with ``counts`` (task -> examples scored, examples in total), a column that shows samples
+    skipped for bad media. The details of metrics that report several numbers (``<stage>/<task>/<Metric>/<key>``)
+    are left to the JSON file."""
     counts = counts or {}
     rows = []
     for key, value in metrics.items():
@@ -79,6 +87,12 @@ def results_table(
     return "\n".join(
         f"{t:<{widths[0]}}  {m:<{widths[1]}}  {v:>{widths[2]}}  {n:>{widths[3]}}".rstrip() for t, m, v, n in rows
     )
+
+
+def write_results(metrics: Mapping[str, Any], stage: str, path: Path, checkpoint: str | None) -> Path:
+    """Every ``<stage>/...`` number, in logging order, with the checkpoint it scored, as JSON (written atomically)."""
+    numbers = {key: float(value) for key, value in metrics.items() if key.startswith(f"{stage}/")}
+    return write_json_atomic(path, {"checkpoint": checkpoint, "metrics": numbers})
 
 
 class LoggingSaveConfigCallback(SaveConfigCallback):
@@ -163,12 +177,17 @@ class MMFTCLI(LightningCLI):
 
     def after_test(self) -> None:
         self._print_results("test")
+        if self.trainer.is_global_zero:
+            path = Path(self.trainer.default_root_dir) / RESULTS_FILE
+            write_results(self.trainer.callback_metrics, "test", path, self.trainer.ckpt_path)
+            print(f"every test number written to {path}", flush=True)
 
     def before_predict(self) -> None:
         self._warn_if_untrained()
 
     def _warn_if_untrained(self) -> None:
-        if self.config_init[self.subcommand].get("ckpt_path") is None:
+        merged = getattr(self.model, "adapter_config", True) is None  # adapter: null, a merged export
+        if self.config_init[self.subcommand].get("ckpt_path") is None and not merged:
             rank_zero_warn(
                 f"mmft {self.subcommand} without --ckpt_path uses the model as the config builds it, with untrained "
                 "adapters: pass --ckpt_path <run>/checkpoints/last.ckpt to evaluate a trained one"
@@ -223,27 +242,32 @@ def _option(args: Sequence[str], *names: str) -> str | None:
     return found
 
 
-def stored_run_config(ckpt_path: str | Path) -> str:
-    """The run config (YAML text) saved in an mmft checkpoint."""
+def stored_run_config(ckpt_path: str | Path, required: bool = True) -> str | None:
+    """The run config (YAML text) saved in an mmft checkpoint; None when it has none (or is missing) and not
+    ``required``."""
     path = Path(ckpt_path)
     if not path.is_file():
-        raise RunConfigError(f"--ckpt_path {path}: no such file")
+        if required:
+            raise RunConfigError(f"--ckpt_path {path}: no such file")
+        return None
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if RUN_CONFIG_KEY not in checkpoint:
+    if RUN_CONFIG_KEY not in checkpoint and required:
         raise RunConfigError(f"--ckpt_path {path} holds no run config (it was not saved by the mmft CLI): "
                              "pass the config it was trained with, --config FILE")
-    return checkpoint[RUN_CONFIG_KEY]
+    return checkpoint.get(RUN_CONFIG_KEY)
 
 
 def with_stored_config(args: list[str]) -> list[str]:
-    """``args`` of a trainer subcommand with ``--ckpt_path`` and no ``--config``: the checkpoint's run config
-    inserted as the first ``--config`` (later options still override it)."""
-    if not args or args[0] not in TRAINER_SUBCOMMANDS or _option(args, "--config", "-c") is not None:
+    """``args`` of a trainer subcommand with ``--ckpt_path``: the checkpoint's run config inserted as the first
+    ``--config``, so later ``--config`` files and options compose over it (``mmft test --ckpt_path CKPT --config
+    configs/eval/llava15_benchmarks.yaml``). Without any ``--config`` the checkpoint must carry one."""
+    if not args or args[0] not in TRAINER_SUBCOMMANDS:
         return args
     ckpt_path = _option(args, "--ckpt_path")
     if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
         return args
-    return [args[0], "--config", stored_run_config(ckpt_path), *args[1:]]
+    stored = stored_run_config(ckpt_path, required=_option(args, "--config", "-c") is None)
+    return args if stored is None else [args[0], "--config", stored, *args[1:]]
 
 
 def usage() -> str:

@@ -1,6 +1,7 @@
 """The ``mmft`` CLI end to end on the tiny DoRA config, in subprocesses as a user runs it: fit (every output in the
-run folder), resume with --ckpt_path (the next losses equal an uninterrupted run's), test (metrics table) and predict
-(JSON lines) from the checkpoint alone, a second run in its own folder, and the checkpoint loaded from plain Python."""
+run folder), resume with --ckpt_path (the next losses equal an uninterrupted run's), test (metrics table; the
+LLaVA-1.5 benchmark table and its JSON file) and predict (JSON lines) from the checkpoint alone, a second run in its
+own folder, export, and the checkpoint loaded from plain Python."""
 
 from __future__ import annotations
 
@@ -163,6 +164,37 @@ def test_test_prints_the_metrics_table_from_the_checkpoint_alone(workdir, fitted
     assert (fitted.parent / "version_1" / "metrics.csv").is_file()  # the test's log joins the run's
 
 
+PAPER_ORDER = ["vqav2", "gqa", "vizwiz", "scienceqa", "textvqa", "pope", "mmbench"]
+
+
+def test_llava15_benchmarks_table_and_json(workdir, fitted):
+    # the checkpoint's own run config, then the benchmark sets composed over it
+    out = mmft_alone(workdir, "test", "--ckpt_path", LAST, "--config", "configs/eval/llava15_benchmarks.yaml",
+                     "--trainer.limit_test_batches", "1.0")
+    table = out[out.index("task  "):].splitlines()[1:9]
+    assert [row.split()[0] for row in table] == [*PAPER_ORDER, "average"]
+    scores = [float(row.split()[2]) for row in table[:-1]] + [float(table[-1].split()[1])]
+    assert scores[-1] == pytest.approx(sum(scores[:-1]) / 7, abs=1e-4)
+    # every example scored (sample sizes: VQAv2 161, GQA 80, VizWiz 40, SQA-IMG 19, TextVQA 30, POPE 3 x 20,
+    # MMBench 16 questions in 42 rotations)
+    assert [row.split()[3] for row in table[:-1]] == ["161/161", "80/80", "40/40", "19/19", "30/30", "60/60", "42/42"]
+
+    saved = json.loads((workdir / RUN / "test_metrics.json").read_text())
+    assert saved["checkpoint"] == LAST
+    numbers = saved["metrics"]
+    headline = [numbers[key] for key in numbers if key.count("/") == 2 and key.split("/")[1] in PAPER_ORDER]
+    assert headline == pytest.approx(scores[:-1], abs=1e-4)
+    assert numbers["test/average"] == pytest.approx(scores[-1], abs=1e-4)
+    pope = [numbers[f"test/pope/POPE/{split}_f1"] for split in ("random", "popular", "adversarial")]
+    assert numbers["test/pope/POPE"] == pytest.approx(sum(pope) / 3)
+    assert {f"test/pope/POPE/{split}_{name}" for split in ("random", "popular", "adversarial")
+            for name in ("accuracy", "precision", "recall", "f1", "yes_ratio")} <= set(numbers)
+    assert numbers["test/vizwiz/VizWizAccuracy"] == numbers["test/vizwiz/VizWizAccuracy/accuracy"]
+    assert "test/vizwiz/VizWizAccuracy/unanswerable_f1" in numbers
+    assert numbers["test/mmbench/CircularAccuracy"] == numbers["test/mmbench/CircularAccuracy/circular"]
+    assert numbers["test/mmbench/CircularAccuracy"] <= numbers["test/mmbench/CircularAccuracy/first_pass"]
+
+
 def test_predict_writes_json_lines_from_the_checkpoint_alone(workdir, fitted):
     mmft_alone(workdir, "predict", "--ckpt_path", LAST)
     lines = (workdir / RUN / "predictions.jsonl").read_text().splitlines()
@@ -232,7 +264,7 @@ def test_export_writes_the_checkpoints_adapter_as_a_peft_folder(workdir, fitted)
     if not (second / "checkpoints" / "last.ckpt").is_file():
         mmft(workdir, "fit", "--trainer.default_root_dir", "runs/exp2", "--trainer.max_epochs", "1")
     out = mmft_alone(workdir, "export", "--ckpt_path", "runs/exp2/checkpoints/last.ckpt", "--out", "exported")
-    assert "exported (PEFT format)" in out
+    assert "wrote the adapter (PEFT format) of runs/exp2/checkpoints/last.ckpt" in out
     exported, written = load_file(workdir / "exported" / "adapter_model.safetensors"), \
         load_file(second / "adapter" / "adapter_model.safetensors")
     assert exported.keys() == written.keys() and all(torch.equal(exported[k], written[k]) for k in written)
@@ -241,3 +273,6 @@ def test_export_writes_the_checkpoints_adapter_as_a_peft_folder(workdir, fitted)
     done = subprocess.run([sys.executable, "-m", "mmft.cli", "export", "--ckpt_path", LAST, "--out", "exported"],
                           cwd=workdir, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and "--out exported exists" in done.stderr
+    # --merged: the folder mmft.models.export.export_merged writes (its contents are tested in test_export.py)
+    mmft_alone(workdir, "export", "--ckpt_path", "runs/exp2/checkpoints/last.ckpt", "--merged", "--out", "merged")
+    assert {"config.json", "model.safetensors", "mmft_merged.yaml"} <= {p.name for p in (workdir / "merged").iterdir()}

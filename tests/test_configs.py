@@ -1,7 +1,7 @@
 """Configs as recipes plus method overlays, read with the CLI's own parser (without building any model): every
 named config equals its recipe + overlay, a LoRA and a DoRA run of one recipe differ only in the adapter block and
-the run folder, every output path lies in the run folder, and the real recipes fail with an error naming the key to
-set."""
+the run folder, every output path lies in the run folder, the evaluation configs and other overlays compose after a
+recipe, and the real recipes fail with an error naming the key to set."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ DEPARTURES = {
     "vlbart_image_lora": {("model", "init_args", "adapter", "alpha"): 32.0},
     "vlbart_video_lora": {("model", "init_args", "adapter", "alpha"): 32.0},
 }
-# overlays compose after a recipe (tiny/overlays/ after the tiny DoRA recipe)
+# overlays compose after a recipe (tiny/overlays/ after the tiny DoRA recipe), and so do the evaluation
+# configs (configs/eval/)
 OVERLAYS = sorted((ROOT / "configs").rglob("overlays/*.yaml"))
+EVAL_CONFIGS = sorted((ROOT / "configs" / "eval").glob("*.yaml"))
 
 
 @pytest.fixture(autouse=True)
@@ -138,6 +140,19 @@ def test_print_config_shows_the_composed_config_without_the_linked_collate(capsy
     assert printed["model"]["class_path"] == "mmft.models.LlavaModule"
     assert printed["model"]["init_args"]["adapter"]["method"] == "dora"
     assert printed["data"]["init_args"].get("collate_fn", None) is None  # linked from the model at run time
+
+
+@pytest.mark.parametrize("config", EVAL_CONFIGS, ids=lambda p: p.name)
+def test_eval_config_composes_after_a_recipe(config, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_:
+        mmft(monkeypatch, "test", "--config", "configs/tiny/llava_dora.yaml", "--config", str(config), "--print_config")
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    tests = [reader["class_path"].rsplit(".", 1)[1] for reader in printed["data"]["init_args"]["test"]]
+    assert tests == ["VQAv2", "GQA", "VizWiz", "ScienceQA", "TextVQA", "POPE", "MMBench"]  # the paper's order
+    metrics = printed["model"]["init_args"]["metrics"]
+    assert {"vqav2", "gqa", "vizwiz", "scienceqa", "textvqa", "pope", "mmbench"} <= set(metrics)
+    assert printed["model"]["init_args"]["adapter"]["method"] == "dora"  # the recipe's settings stay
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())

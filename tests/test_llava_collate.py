@@ -122,7 +122,9 @@ def test_images_are_padded_to_square_with_the_mean_colour_then_preprocessed(toke
     square.paste(wide, (0, 5))
     expected = processor(images=[square], return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(batch["pixel_values"], expected)
-    assert collate.image_transform.fill == tuple(int(round(255 * m)) for m in processor.image_mean)
+    # LLaVA-1.5's expand2square colour, tuple(int(x * 255) for x in image_mean): truncated, not rounded
+    assert processor.image_mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    assert collate.image_transform.fill == (122, 116, 104)
 
 
 def test_text_only_examples_have_no_image_tokens_or_pixels(tokenizer):

@@ -10,9 +10,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from test_benchmark_metrics import CIRCULAR_DATA, flatten, make_benchmark_metrics, update_benchmarks
+
 from mmft.metrics import (
     ANLS,
     CIDErD,
+    CircularAccuracy,
     ExactMatchAccuracy,
     VQAAccuracy,
     anls_score,
@@ -239,6 +242,15 @@ def distributed_worker(rank: int, world_size: int, store: str, out: str) -> None
             lonely.update(PREDICTIONS, CAPTION_REFERENCES)
         results = {name: metric.compute().item() for name, metric in metrics.items()}
         results["cider_one_rank"] = lonely.compute().item()
+        # the LLaVA-1.5 benchmarks' metrics on their halves (MMBench question 1's rotations on both ranks); a
+        # circular metric whose data are all on rank 0
+        benchmarks = make_benchmark_metrics()
+        update_benchmarks(benchmarks, rank)
+        results.update(flatten({name: metric.compute() for name, metric in benchmarks.items()}))
+        lonely_circular = CircularAccuracy()
+        if rank == 0:
+            lonely_circular.update(*CIRCULAR_DATA)
+        results.update(flatten({"circular_one_rank": lonely_circular.compute()}))
         torch.save(results, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -249,6 +261,10 @@ def test_metrics_reduce_across_two_processes(tmp_path: Path) -> None:
     update_all(single, list(range(len(PREDICTIONS))))
     expected = {name: metric.compute().item() for name, metric in single.items()}
     expected["cider_one_rank"] = expected["cider"]
+    benchmarks = make_benchmark_metrics()
+    update_benchmarks(benchmarks, None)
+    expected.update(flatten({name: metric.compute() for name, metric in benchmarks.items()}))
+    expected.update(flatten({"circular_one_rank": benchmarks["circular"].compute()}))
 
     mp.spawn(distributed_worker, args=(2, str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
     for rank in (0, 1):

@@ -278,7 +278,8 @@ def test_feature_files_made_otherwise_or_incomplete_are_refused(samples: list, t
     with pytest.raises(VisualFeatureError, match="seed"):
         FeatureStore([out], other_seed)
     store = FeatureStore([out], config)
-    with pytest.raises(VisualFeatureError, match=r"dev\.json.*no features for image .*img0\.png.*extract_features"):
+    with pytest.raises(VisualFeatureError,
+                       match=r"dev\.json.*no features for image .*img0\.png.*mmft extract-features"):
         store.get(samples[0].example.images[0], samples[0].example.source)
     with pytest.raises(VisualFeatureError, match="not found"):
         FeatureStore([tmp_path / "missing.safetensors"], config)

@@ -12,13 +12,19 @@
 
 A family subclass builds its network and collate, calls :meth:`attach_model`, and implements
 :meth:`training_loss` and :meth:`generate_answers`. Its collate returns dicts that carry, besides its tensors,
-``ids``, ``tasks`` and ``references`` (one entry per example); evaluation batches hold one task each.
+``ids``, ``tasks``, ``references`` and ``categories`` (one entry per example); evaluation batches hold one task each.
+
+A metric's ``update(preds, references)`` also receives ``ids`` and ``categories`` when its signature names them
+(MMBench's circular groups come from the ids, POPE's splits from the categories). A metric whose ``compute`` returns
+a dict (several numbers, e.g. per split) names its headline number in ``headline``: that one is logged as
+``<stage>/<task>/<MetricClass>`` and averaged, every entry as ``<stage>/<task>/<MetricClass>/<key>``.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import os
 from dataclasses import asdict
@@ -44,7 +50,14 @@ def batch_metadata(examples: list[Example]) -> dict[str, list]:
         "ids": [e.id for e in examples],
         "tasks": [e.task for e in examples],
         "references": [list(e.references) for e in examples],
+        "categories": [e.category for e in examples],
     }
+
+
+def metric_context(metric: Metric, batch: dict[str, Any]) -> dict[str, list]:
+    """The per-example lists among ``ids`` and ``categories`` that ``metric.update`` takes by name."""
+    parameters = inspect.signature(metric.update).parameters
+    return {name: batch[name] for name in ("ids", "categories") if name in parameters}
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -99,7 +112,9 @@ class AdapterModule(LightningModule):
     """Base LightningModule of the mmft model families (see the module docstring).
 
     Args:
-        adapter: which adapter, where (``model.adapter`` in YAML).
+        adapter: which adapter, where (``model.adapter`` in YAML). ``None`` (``adapter: null``) builds the network
+            without adapters and trains nothing: the way to evaluate a model whose adapters are merged (an export's
+            ``mmft_merged.yaml`` sets it).
         optimizer: called with the trainable parameter groups.
         scheduler: called as ``scheduler(optimizer, total_steps)``; stepped every optimizer step.
         param_groups: parameters with their own lr / weight decay; the rest use the optimizer's.
@@ -111,7 +126,7 @@ class AdapterModule(LightningModule):
 
     def __init__(
         self,
-        adapter: AdapterConfig,
+        adapter: AdapterConfig | None,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: SchedulerCallable | None = None,
         param_groups: list[ParamGroup] | None = None,
@@ -135,9 +150,14 @@ class AdapterModule(LightningModule):
         self.eval_counts: dict[str, dict[str, tuple[int, int]]] = {}
 
     # ----------------------------------------------------------------------------------------------------------- model
-    def attach_model(self, model: nn.Module) -> AdapterReport:
-        """Adopt ``model`` as ``self.model``, apply the adapters (freezing the rest) and log the report."""
+    def attach_model(self, model: nn.Module) -> AdapterReport | None:
+        """Adopt ``model`` as ``self.model``, apply the adapters (freezing the rest) and log the report; without an
+        adapter config, freeze everything (a merged model, for evaluation)."""
         self.model = model
+        if self.adapter_config is None:
+            model.requires_grad_(False)
+            rank_zero_info("no adapters (adapter: null): every parameter is frozen, for evaluation only")
+            return None
         self.adapter_report = apply_adapters(model, self.adapter_config)
         # adapters train in fp32 even over a half-precision base (master weights, as PEFT's autocast_adapter_dtype)
         for param in model.parameters():
@@ -159,7 +179,7 @@ class AdapterModule(LightningModule):
                     "config_sha256": config_hash(model),
                     "weights_sha256": frozen_weights_hash(model),
                 },
-                "adapter": asdict(self.adapter_config),
+                "adapter": asdict(self.adapter_config) if self.adapter_config is not None else None,
             }
         return self.fingerprint
 
@@ -180,6 +200,11 @@ class AdapterModule(LightningModule):
 
     # -------------------------------------------------------------------------------------------------------- training
     def on_fit_start(self) -> None:
+        if self.adapter_config is None:
+            raise RuntimeError(
+                "model.init_args.adapter is null (a merged model): there is nothing to train; evaluate it with "
+                "mmft test / validate / predict, or set an adapter to fine-tune it further"
+            )
         report = self.adapter_report
         if report is None:
             raise RuntimeError(f"{type(self).__name__} never called attach_model()")
@@ -305,7 +330,7 @@ class AdapterModule(LightningModule):
         for id_, references in zip(batch["ids"], batch["references"]):
             if not references:
                 raise ValueError(f"{stage} example {id_!r} ({task}) has no references to score against")
-        metric.update(self.generate_answers(batch), batch["references"])
+        metric.update(self.generate_answers(batch), batch["references"], **metric_context(metric, batch))
         self._scored[key] = self._scored.get(key, 0) + len(batch["ids"])
 
     def _scored_of_total(self, stage: str, indices: list[int], labels: list[str]) -> dict[str, tuple[int, int]]:
@@ -329,7 +354,12 @@ class AdapterModule(LightningModule):
         self.eval_counts[stage] = self._scored_of_total(stage, [idx for idx, _, _ in entries], labels)
         for (idx, task, metric), label in zip(entries, labels):
             value = metric.compute()
-            self.log(f"{stage}/{label}/{type(metric).__name__}", value, add_dataloader_idx=False, sync_dist=False)
+            name = f"{stage}/{label}/{type(metric).__name__}"
+            if isinstance(value, dict):
+                for key, number in value.items():
+                    self.log(f"{name}/{key}", number, add_dataloader_idx=False, sync_dist=False)
+                value = value[metric.headline]
+            self.log(name, value, add_dataloader_idx=False, sync_dist=False)
             values.append(torch.as_tensor(value, dtype=torch.float32, device=self.device))
             metric.reset()
         self.log(f"{stage}/average", torch.stack(values).mean(), add_dataloader_idx=False, prog_bar=True)

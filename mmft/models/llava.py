@@ -40,7 +40,8 @@ class LlavaModule(AdapterModule):
 
     Args:
         backbone: where the network comes from (:class:`HFLlava`, :class:`LlavaFromConfig`, :class:`TimmLlava`).
-        adapter: the adapter config; its targets must lie inside the language model.
+        adapter: the adapter config; its targets must lie inside the language model. ``null``: no adapters, for
+            evaluating a merged export (see :mod:`mmft.models.export`).
         template: conversation template of the collate (``vicuna_v1`` for LLaVA-1.5).
         max_length: longest training sequence, image tokens included.
         instructions: task -> instruction appended to each question (default: LLaVA-1.5's short-answer one for VQA
@@ -54,7 +55,7 @@ class LlavaModule(AdapterModule):
     def __init__(
         self,
         backbone: LlavaBackbone,
-        adapter: AdapterConfig,
+        adapter: AdapterConfig | None,
         template: TemplateName = "vicuna_v1",
         max_length: int = 2048,
         instructions: dict[str, str] | None = None,
@@ -94,7 +95,8 @@ class LlavaModule(AdapterModule):
 
     def _check_trainable(self) -> None:
         report = self.adapter_report
-        outside = [n for n in report.adapted + report.magnitude_only if ".language_model." not in f".{n}."]
+        adapted = report.adapted + report.magnitude_only if report is not None else []
+        outside = [n for n in adapted if ".language_model." not in f".{n}."]
         if outside:
             raise BackboneConfigError(
                 f"model.init_args.adapter.target_modules matches modules outside the language model "

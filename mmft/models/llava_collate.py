@@ -42,9 +42,16 @@ from .templates import IMAGE_PLACEHOLDER, TemplateName, render
 
 IGNORE_INDEX = -100
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
-# LLaVA-1.5's instructions for the short-answer benchmarks (its model_vqa_loader evaluation prompts)
+UNANSWERABLE_SUFFIX = (
+    f"When the provided information is insufficient, respond with 'Unanswerable'.\n{SHORT_ANSWER_SUFFIX}"
+)
+LETTER_SUFFIX = "Answer with the option's letter from the given choices directly."
+# LLaVA-1.5's evaluation instructions (its eval question files; the same strings as lmms-eval's task configs)
 LLAVA_INSTRUCTIONS = {
-    task: SHORT_ANSWER_SUFFIX for task in ("vqav2", "gqa", "textvqa", "vizwiz", "okvqa", "ocrvqa", "docvqa")
+    **{task: SHORT_ANSWER_SUFFIX for task in ("vqav2", "gqa", "textvqa", "pope", "okvqa", "ocrvqa", "docvqa")},
+    "vizwiz": UNANSWERABLE_SUFFIX,
+    "scienceqa": LETTER_SUFFIX,
+    "mmbench": LETTER_SUFFIX,
 }
 
 
@@ -65,7 +72,7 @@ class HFImageTransform:
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
-        self.fill = tuple(int(round(255 * m)) for m in processor.image_mean)
+        self.fill = tuple(int(255 * m) for m in processor.image_mean)  # LLaVA-1.5 expand2square colour
 
     def __call__(self, images: list) -> Tensor:
         return self.processor(images=images, return_tensors="pt")["pixel_values"]
@@ -76,7 +83,7 @@ class TimmImageTransform:
 
     def __init__(self, transform: Any, mean: Sequence[float]) -> None:
         self.transform = transform
-        self.fill = tuple(int(round(255 * m)) for m in mean)
+        self.fill = tuple(int(255 * m) for m in mean)
 
     def __call__(self, images: list) -> Tensor:
         return torch.stack([self.transform(image) for image in images])

@@ -20,6 +20,22 @@ VICUNA_V1_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 TemplateName = Literal["vicuna_v1", "chat_template"]
+# vicuna_v1 as a Hugging Face chat template, for exported processors: the same text as `render` (tested), with
+# "<image>\n" before the text of a turn for each image part (transformers' multimodal message format)
+VICUNA_V1_CHAT_TEMPLATE = (
+    "{%- macro text(content) -%}"
+    "{%- if content is string -%}{{ content }}{%- else -%}"
+    "{%- for part in content if part['type'] == 'image' -%}<image>\n{% endfor -%}"
+    "{%- for part in content if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}"
+    "{%- endif -%}"
+    "{%- endmacro -%}"
+    f'{{{{ "{VICUNA_V1_SYSTEM} " }}}}'
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}USER: {{ text(message['content']) }} {% else -%}"
+    "ASSISTANT: {{ text(message['content']) }}{{ eos_token }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}ASSISTANT:{%- endif -%}"
+)
 
 
 class TemplateError(ValueError):

@@ -13,12 +13,13 @@ import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
-from .llava_collate import LLAVA_INSTRUCTIONS
+from .llava_collate import SHORT_ANSWER_SUFFIX
 from .templates import IMAGE_PLACEHOLDER, VICUNA_V1_SYSTEM
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", IMAGE_PLACEHOLDER)
-# the vicuna_v1 text around the data: system prompt, role names after a space and after "</s>"
-TEMPLATE_TEXTS = (f"{VICUNA_V1_SYSTEM} USER: ASSISTANT:", "USER:", *sorted(set(LLAVA_INSTRUCTIONS.values())))
+# the vicuna_v1 text around the data: system prompt, role names after a space and after "</s>", and the instruction
+# of the training data's questions (the benchmarks' other instructions are byte-level tokens like any unseen text)
+TEMPLATE_TEXTS = (f"{VICUNA_V1_SYSTEM} USER: ASSISTANT:", "USER:", SHORT_ANSWER_SUFFIX)
 
 
 def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024):

@@ -165,6 +165,21 @@ class VLBart(nn.Module):
         return self.bart.generate(encoder_outputs=encoded, attention_mask=mask, **kwargs)
 
 
+def load_visual_embedding(embedding: VisualEmbedding, path: str) -> None:
+    """Load a visual embedding's weights from a safetensors file (strictly: every tensor, shapes included)."""
+    from safetensors.torch import load_file
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise VLBartConfigError(
+            f"{MODEL_KEY}.visual_embedding={path!r}: no such file (a merged export's visual_embedding.safetensors)"
+        )
+    try:
+        embedding.load_state_dict(load_file(file), strict=True)
+    except RuntimeError as error:
+        raise VLBartConfigError(f"{file} does not fit the visual embedding: {error}") from None
+
+
 def load_tokenizer(path: str, key: str) -> Any:
     """A tokenizer from a local folder (no model hub)."""
     from transformers import AutoTokenizer
@@ -224,7 +239,8 @@ class VLBartModule(AdapterModule):
 
     Args:
         bart: a local BART checkpoint folder (``facebook/bart-base``), or ``BartConfig`` fields for random weights.
-        adapter: the adapter config; targets are BART modules (``model.bart...``).
+        adapter: the adapter config; targets are BART modules (``model.bart...``). ``null``: no adapters, for
+            evaluating a merged export (see :mod:`mmft.models.export`).
         tokenizer: a tokenizer folder; defaults to the ``bart`` folder.
         visual: the frozen visual encoder, or pre-extracted feature files (:class:`VisualConfig`).
         prefixes: task -> prefix of the encoder text (default: VL-Adapter's ``vqa: ``, ``gqa: ``, ``nlvr: ``,
@@ -234,13 +250,15 @@ class VLBartModule(AdapterModule):
         num_beams / max_new_tokens: beam search at evaluation.
         max_images: most images per example (2: NLVR2).
         seed: seed of the random weights (BART from a config, the visual embedding).
+        visual_embedding: a safetensors file holding the visual embedding's weights (a merged export's
+            ``visual_embedding.safetensors``), loaded over the random ones.
         allow_base_mismatch: load checkpoints trained on another base or adapter config (see AdapterModule).
     """
 
     def __init__(
         self,
         bart: str | dict[str, Any],
-        adapter: AdapterConfig,
+        adapter: AdapterConfig | None,
         tokenizer: str | None = None,
         visual: VisualConfig | None = None,
         prefixes: dict[str, str] | None = None,
@@ -250,6 +268,7 @@ class VLBartModule(AdapterModule):
         max_new_tokens: int = 20,
         max_images: int = 2,
         seed: int = 0,
+        visual_embedding: str | None = None,
         optimizer: OptimizerCallable = default_vlbart_optimizer,
         scheduler: SchedulerCallable | None = None,
         param_groups: list[ParamGroup] | None = None,
@@ -282,6 +301,8 @@ class VLBartModule(AdapterModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = VLBart(bart_model, feature_dim, max_images)
+        if visual_embedding is not None:
+            load_visual_embedding(model.visual_embedding, visual_embedding)
         self.attach_model(model)
         self._check_trainable()
         self.num_beams = num_beams
@@ -298,7 +319,8 @@ class VLBartModule(AdapterModule):
 
     def _check_trainable(self) -> None:
         report = self.adapter_report
-        outside = [n for n in report.adapted + report.magnitude_only if not n.startswith("bart.")]
+        adapted = report.adapted + report.magnitude_only if report is not None else []
+        outside = [n for n in adapted if not n.startswith("bart.")]
         if outside:
             raise VLBartConfigError(
                 f"{MODEL_KEY}.adapter.target_modules matches modules outside BART (e.g. {outside[:3]}): the paper "

@@ -1,11 +1,13 @@
-"""Write the adapter of a trained checkpoint as a Hugging Face PEFT folder.
+"""Export a trained checkpoint: its adapter as a Hugging Face PEFT folder, or (``--merged``) the model with the
+adapters folded into its weights.
 
     mmft export --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt --out exports/tiny_llava_dora
+    mmft export --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt --merged --out runs/tiny_llava_dora/merged
 
 The checkpoint describes itself (the model's config is stored with it), so no ``--config`` is needed: the module is
-rebuilt with ``load_from_checkpoint`` and its adapter written with :func:`mmft.adapters.save_adapters`. The folder
-loads with ``peft.PeftModel.from_pretrained(base_model, folder)`` or ``mmft.adapters.load_adapters``. It is written
-beside the target and renamed into place when complete.
+rebuilt with ``load_from_checkpoint``. The PEFT folder (:func:`mmft.adapters.save_adapters`) loads with
+``peft.PeftModel.from_pretrained(base_model, folder)`` or ``mmft.adapters.load_adapters``; the merged folder is
+:func:`mmft.models.export.export_merged`'s. Either is written beside the target and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -63,17 +65,37 @@ def export_peft(ckpt_path: str | Path, out: str | Path, overwrite: bool = False)
     return out
 
 
+def export_merged_model(ckpt_path: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the checkpoint's model with its adapters merged at ``out`` (:func:`mmft.models.export.export_merged`)."""
+    from mmft.models.export import ExportError as MergedExportError
+    from mmft.models.export import export_merged
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ExportError(f"--out {out} exists: choose another folder or pass --overwrite")
+    try:
+        return export_merged(load_module(ckpt_path), out)
+    except MergedExportError as error:
+        raise ExportError(f"--ckpt_path {ckpt_path}: {error}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``mmft export``."""
     parser = argparse.ArgumentParser(prog="mmft export", description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", type=Path, required=True, help="a checkpoint written by mmft fit")
     parser.add_argument("--out", type=Path, required=True, help="the PEFT folder to write")
+    parser.add_argument("--merged", action="store_true",
+                        help="write the model with the adapters merged into its weights, not the PEFT adapter")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     try:
-        folder = export_peft(args.ckpt_path, args.out, args.overwrite)
+        if args.merged:
+            folder = export_merged_model(args.ckpt_path, args.out, args.overwrite)
+        else:
+            folder = export_peft(args.ckpt_path, args.out, args.overwrite)
     except ExportError as error:
         print(f"mmft export: {error}", file=sys.stderr)
         return 2
-    print(f"wrote the adapter of {args.ckpt_path} to {folder} (PEFT format)")
+    kind = "the merged model" if args.merged else "the adapter (PEFT format)"
+    print(f"wrote {kind} of {args.ckpt_path} to {folder}")
     return 0
