@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import torch
 import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mmft.checkpoint_io import AtomicCheckpointIO, CheckpointFileError
 from mmft.files import write_json_atomic
 from mmft.models.base import AdapterModule
 from mmft.run_folder import fill_run_paths
@@ -152,6 +152,12 @@ class MMFTCLI(LightningCLI):
             return
         self.config = parser.parse_args(with_stored_config(list(sys.argv[1:] if args is None else args)))
 
+    def _parse_ckpt_path(self) -> None:
+        """Nothing: LightningCLI would re-apply the checkpoint's model hyperparameters over the parsed config, so a
+        ``--config`` or option given with ``--ckpt_path`` (test-time metrics, generation length) would be lost. mmft
+        puts the checkpoint's whole run config first instead (:func:`with_stored_config`), under what the user
+        gives."""
+
     def before_instantiate_classes(self) -> None:
         """Fill the output paths a config leaves unset from the run folder (:func:`mmft.run_folder.fill_run_paths`)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -250,7 +256,7 @@ def stored_run_config(ckpt_path: str | Path, required: bool = True) -> str | Non
         if required:
             raise RunConfigError(f"--ckpt_path {path}: no such file")
         return None
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = AtomicCheckpointIO().load_checkpoint(path)  # says clearly when the file is not a checkpoint
     if RUN_CONFIG_KEY not in checkpoint and required:
         raise RunConfigError(f"--ckpt_path {path} holds no run config (it was not saved by the mmft CLI): "
                              "pass the config it was trained with, --config FILE")
@@ -304,7 +310,7 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(tool.main(argv[1:]))
     try:
         MMFTCLI(args=args)
-    except RunConfigError as error:
+    except (RunConfigError, CheckpointFileError) as error:
         sys.exit(f"mmft {argv[0]}: {error}")
 
 
