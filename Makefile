@@ -18,13 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-$(SAMPLE)/README.txt: scripts/make_sample_data.py
-	$(PY) scripts/make_sample_data.py --out $(SAMPLE)
+$(SAMPLE)/README.txt: mmft/tools/sample_data.py
+	$(VENV)/bin/mmft sample-data --out $(SAMPLE)
 
 # the main job: DoRA visual instruction tuning of the tiny LLaVA on the sample data, then its test metrics
 demo: install $(SAMPLE)/README.txt
 	$(VENV)/bin/mmft fit --config $(TINY)
-	$(VENV)/bin/mmft test --config $(TINY) --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt
+	$(VENV)/bin/mmft test --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt
 
 test: install
 	$(PY) -m pytest -q

@@ -1,31 +1,55 @@
-"""The ``mmft`` command: LightningCLI with fit / validate / test / predict over any mmft model and DataModule.
+"""The ``mmft`` command: LightningCLI with fit / validate / test / predict over any mmft model and DataModule, plus
+tool subcommands over mmft's library code (sample-data, compare, extract-features, export).
 
     mmft fit --config configs/tiny/llava_dora.yaml
-    mmft test --config configs/tiny/llava_dora.yaml --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt
+    mmft fit --config configs/tiny/llava.yaml --config configs/methods/lora.yaml    # recipe + method overlay
+    mmft test --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt                 # the config comes with it
+    mmft test --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt --config configs/eval/llava15_benchmarks.yaml
     mmft test --config configs/tiny/llava_dora.yaml --config configs/eval/llava15_benchmarks.yaml --ckpt_path ...
     mmft fit --config configs/llava_dora.yaml --config my_paths.yaml --print_config
 
 Models and DataModules are chosen by ``class_path`` in the config (subclass mode). The model's collate is handed
 to the DataModule (``collate_fn``) once both exist, so a config never names it. Several ``--config`` files compose
-in order, later ones overriding earlier ones.
+in order, later ones overriding earlier ones. Every output of a run lands in its run folder,
+``trainer.default_root_dir`` (see :mod:`mmft.run_folder`), and every checkpoint carries the run config that made it.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import netrc
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import torch
+import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from mmft.files import write_json_atomic
 from mmft.models.base import AdapterModule
+from mmft.run_folder import fill_run_paths
+
+RUN_CONFIG_KEY = "mmft_run_config"
+RUN_CONFIG_SECTIONS = ("seed_everything", "trainer", "model", "data")
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# name -> (module with ``main(argv) -> int``, one line for ``mmft --help``)
+TOOLS = {
+    "sample-data": ("mmft.tools.sample_data", "write the synthetic sample data the tiny configs and tests use"),
+    "compare": ("mmft.tools.compare", "put finished runs side by side (table, JSON, --plot PNG)"),
+    "extract-features": ("mmft.tools.extract_features", "pre-extract VL-BART visual features from images or videos"),
+    "export": ("mmft.tools.export", "write a checkpoint's adapter as a PEFT folder, or the merged model (--merged)"),
+}
+
+
+class RunConfigError(ValueError):
+    """A checkpoint given without ``--config`` carries no run config to rebuild its run from."""
 
 
 def wandb_configured() -> bool:
@@ -80,6 +104,13 @@ class LoggingSaveConfigCallback(SaveConfigCallback):
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": config})
 
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: AdapterModule, checkpoint: dict[str, Any]) -> None:
+        """Every checkpoint carries the resolved run config, so ``mmft test|predict --ckpt_path`` needs no
+        ``--config``."""
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        checkpoint[RUN_CONFIG_KEY] = yaml.safe_dump({k: config[k] for k in RUN_CONFIG_SECTIONS if k in config},
+                                                    sort_keys=False)
+
 
 class MMFTCLI(LightningCLI):
     """LightningCLI for mmft: any :class:`AdapterModule` and any LightningDataModule by ``class_path``.
@@ -103,8 +134,33 @@ class MMFTCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         super().__init__(**kwargs)
 
+    def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """As LightningCLI's, but model and data first: ``mmft fit --help`` starts with what a recipe is about."""
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.collate", "data.init_args.collate_fn", apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """As LightningCLI's, but ``--ckpt_path`` without ``--config`` reads the run config stored in the
+        checkpoint."""
+        if args is not None and not isinstance(args, (list, tuple)):  # a dict or Namespace from Python
+            super().parse_arguments(parser, args)
+            return
+        self.config = parser.parse_args(with_stored_config(list(sys.argv[1:] if args is None else args)))
+
+    def before_instantiate_classes(self) -> None:
+        """Fill the output paths a config leaves unset from the run folder (:func:`mmft.run_folder.fill_run_paths`)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        adapter = config.model.init_args.get("adapter") if config.model.get("init_args") else None
+        method = adapter.get("method") if adapter is not None else None
+        # the --config files given (an include inside a file may be listed as its string; YAML text as None)
+        files = [Path(os.fspath(path)) for path in config.get("config") or []
+                 if path is not None and not isinstance(path, str)]
+        fill_run_paths(config.trainer, files, method)
 
     # validate / test print mmft's per-task table instead of Lightning's, which repeats epoch-level metrics under
     # every dataloader's column
@@ -157,9 +213,99 @@ class MMFTCLI(LightningCLI):
             raise cause from None
 
 
+class ConfigReader(MMFTCLI):
+    """The CLI's own parsing (``--config`` composition, subclasses, defaults, run-folder filling) without building
+    anything: what a tool needs to read a run config exactly as ``mmft fit`` would."""
+
+    def instantiate_classes(self) -> None:
+        """Nothing is built."""
+
+    def resolved(self) -> dict[str, Any]:
+        """The parsed config as plain data."""
+        return yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+
+
+def resolve_config(args: Sequence[str]) -> dict[str, Any]:
+    """The run config that ``mmft fit <args>`` would run, as plain data with every default and output path filled."""
+    return ConfigReader(args=list(args), run=False, save_config_callback=None).resolved()
+
+
+def _option(args: Sequence[str], *names: str) -> str | None:
+    """The value of the last ``--name value`` or ``--name=value`` among ``args``; "" for a bare flag."""
+    found = None
+    for i, arg in enumerate(args):
+        for name in names:
+            if arg == name:
+                found = args[i + 1] if i + 1 < len(args) else ""
+            elif arg.startswith(name + "="):
+                found = arg[len(name) + 1:]
+    return found
+
+
+def stored_run_config(ckpt_path: str | Path, required: bool = True) -> str | None:
+    """The run config (YAML text) saved in an mmft checkpoint; None when it has none (or is missing) and not
+    ``required``."""
+    path = Path(ckpt_path)
+    if not path.is_file():
+        if required:
+            raise RunConfigError(f"--ckpt_path {path}: no such file")
+        return None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if RUN_CONFIG_KEY not in checkpoint and required:
+        raise RunConfigError(f"--ckpt_path {path} holds no run config (it was not saved by the mmft CLI): "
+                             "pass the config it was trained with, --config FILE")
+    return checkpoint.get(RUN_CONFIG_KEY)
+
+
+def with_stored_config(args: list[str]) -> list[str]:
+    """``args`` of a trainer subcommand with ``--ckpt_path``: the checkpoint's run config inserted as the first
+    ``--config``, so later ``--config`` files and options compose over it (``mmft test --ckpt_path CKPT --config
+    configs/eval/llava15_benchmarks.yaml``). Without any ``--config`` the checkpoint must carry one."""
+    if not args or args[0] not in TRAINER_SUBCOMMANDS:
+        return args
+    ckpt_path = _option(args, "--ckpt_path")
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
+        return args
+    stored = stored_run_config(ckpt_path, required=_option(args, "--config", "-c") is None)
+    return args if stored is None else [args[0], "--config", stored, *args[1:]]
+
+
+def usage() -> str:
+    """``mmft --help``: what mmft is and its subcommands."""
+    lines = [
+        "usage: mmft SUBCOMMAND [options]   (mmft SUBCOMMAND --help for its options)",
+        "",
+        "mmft: parameter-efficient fine-tuning (LoRA, DoRA, VeRA, DVoRA) of vision-language models (LLaVA-style,",
+        "VL-BART) on PyTorch Lightning. A run is a recipe plus a method overlay, e.g.",
+        "  mmft fit --config configs/tiny/llava.yaml --config configs/methods/dora.yaml",
+        "and writes everything under its run folder, trainer.default_root_dir (default runs/<recipe>_<method>).",
+        "",
+        "training and evaluation (LightningCLI; --config FILE ..., --ckpt_path CKPT alone reuses its run config):",
+    ]
+    summaries = {
+        "fit": "train (and validate); resume with --ckpt_path",
+        "validate": "score the validation sets",
+        "test": "score the test sets and print one row per task",
+        "predict": "write generated answers as JSON lines",
+    }
+    lines += [f"  {name:<18}{text}" for name, text in summaries.items()]
+    lines += ["", "tools:"] + [f"  {name:<18}{text}" for name, (_, text) in TOOLS.items()]
+    return "\n".join(lines)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``mmft`` console script."""
-    MMFTCLI(args=args)
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if argv[0] in TOOLS:
+        tool = importlib.import_module(TOOLS[argv[0]][0])
+        sys.exit(tool.main(argv[1:]))
+    try:
+        MMFTCLI(args=args)
+    except RunConfigError as error:
+        sys.exit(f"mmft {argv[0]}: {error}")
 
 
 if __name__ == "__main__":

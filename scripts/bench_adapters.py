@@ -901,12 +901,14 @@ def run_quant_benchmark(args: argparse.Namespace, log: Callable[[str], None]) ->
 
 
 def read_recipe(path: str) -> dict:
-    """The adapter, per-device batch, max length and gradient checkpointing of a LLaVA recipe YAML."""
-    import yaml
+    """The adapter, per-device batch, max length and gradient checkpointing of a LLaVA recipe YAML, read as the
+    ``mmft`` CLI reads it (a named config includes its recipe)."""
+    from mmft.cli import resolve_config
 
     try:
-        with open(path) as f:
-            recipe = yaml.safe_load(f)
+        if not os.path.isfile(path):
+            raise OSError(f"no such file {path}")
+        recipe = resolve_config(["--config", path])
         model, data = recipe["model"]["init_args"], recipe["data"]["init_args"]
         return {"adapter": model["adapter"], "batch": data["batch_size"], "seq": model["max_length"],
                 "gradient_checkpointing": model.get("gradient_checkpointing", False)}
@@ -921,7 +923,8 @@ def build_llava(size: str, quantized: bool, recipe: dict, args: argparse.Namespa
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     from mmft.adapters import AdapterConfig, QuantizationConfig, apply_adapters
-    from mmft.models.llava import enable_activation_checkpointing, find_language_model, quantize_language_model
+    from mmft.models.llava import enable_activation_checkpointing
+    from mmft.models.llava_backbones import find_language_model, quantize_language_model
 
     sizes = LLAVA_SIZES[size]
     config = LlavaConfig(vision_config={"model_type": "clip_vision_model", **sizes["vision"]},

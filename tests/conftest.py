@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from mmft.tools.sample_data import make_sample_data
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str):
-    """``scripts/<name>.py`` as a module (scripts/ is not a package), loaded once."""
+    """The benchmark ``scripts/<name>.py`` as a module (scripts/ holds benchmarks, not a package), loaded once."""
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
@@ -25,5 +27,5 @@ def load_script(name: str):
 def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root folder of the sample data (the layout of data/sample/, see its README.txt), made in about a second."""
     root = tmp_path_factory.mktemp("sample_data")
-    load_script("make_sample_data").make_sample_data(root)
+    make_sample_data(root)
     return root

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import make_workdir
-from test_cli import SHORT_RUN, mmft
+from test_cli import LAST, RUN, SHORT_RUN, mmft
 
 VAL_EXAMPLES = 161  # the sample VQAv2 val split
 
@@ -30,13 +30,13 @@ def last_val_accuracy(version_dir: Path) -> float:
 def test_ddp_fit_on_two_processes_scores_like_one_process(ddp_workdir):
     out = mmft(ddp_workdir, "fit", "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
     assert "Starting with 2 processes" in out and "distributed_backend=gloo" in out
-    csv_root = ddp_workdir / "runs" / "tiny_llava_dora" / "csv"
+    csv_root = ddp_workdir / RUN / "csv"
     ddp_accuracy = last_val_accuracy(csv_root / "version_0")
-    assert (ddp_workdir / "runs" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (ddp_workdir / RUN / "adapter" / "adapter_model.safetensors").is_file()
 
     # the same checkpoint validated by one process: the two ranks' metric states were reduced into the same score
     # (DistributedSampler pads 161 examples to 162, so one example may count twice)
-    mmft(ddp_workdir, "validate", "--ckpt_path", "runs/ckpt/last.ckpt")
+    mmft(ddp_workdir, "validate", "--ckpt_path", LAST)
     single_accuracy = last_val_accuracy(csv_root / "version_1")
     assert 0.0 < single_accuracy
     assert ddp_accuracy == pytest.approx(single_accuracy, abs=1.0 / VAL_EXAMPLES + 1e-6)

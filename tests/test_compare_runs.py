@@ -1,4 +1,4 @@
-"""scripts/compare_runs.py on hand-written CSV logs: which values it picks, the ratios, and bad folders."""
+"""mmft compare (mmft.tools.compare) on hand-written CSV logs: which values it picks, the ratios, and bad folders."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import load_script
+from mmft.tools import compare
 
 COLUMNS = "epoch,step,train/loss,val/average,perf/train_samples_per_s,updates/slope\n"
 
@@ -30,8 +30,7 @@ def write_run(root: Path, method: str, samples_per_s: float, val: tuple[float, f
 
 
 def test_summary_takes_last_and_best_values_and_merges_versions(tmp_path):
-    script = load_script("compare_runs")
-    summary = script.summarise_run(write_run(tmp_path / "lora_run", "lora", 10.0, (0.4, 0.3)))
+    summary = compare.summarise_run(write_run(tmp_path / "lora_run", "lora", 10.0, (0.4, 0.3)))
     assert summary == {
         "run": "lora_run", "adapter method": "lora", "adapter r": 8, "adapter alpha": 16, "adapter dropout": 0.0,
         "trainable_params": 100, "trainable_percent": 1.5, "train steps": 4,
@@ -41,11 +40,10 @@ def test_summary_takes_last_and_best_values_and_merges_versions(tmp_path):
 
 
 def test_table_lines_runs_up_with_ratios_to_the_first(tmp_path, capsys):
-    script = load_script("compare_runs")
     lora = write_run(tmp_path / "lora", "lora", 10.0, (0.4, 0.3))
     dora = write_run(tmp_path / "dora", "dora", 8.0, (0.45, 0.5))
     out = tmp_path / "comparison.json"
-    assert script.main([str(lora), str(dora / "csv" / "version_0"), "--json", str(out)]) == 0
+    assert compare.main([str(lora), str(dora / "csv" / "version_0"), "--json", str(out)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0] == "| quantity | lora | " + str(dora / "csv" / "version_0") + " | " + \
         str(dora / "csv" / "version_0") + " / lora |"
@@ -57,15 +55,50 @@ def test_table_lines_runs_up_with_ratios_to_the_first(tmp_path, capsys):
 
 
 def test_bad_folders_and_cells_are_named(tmp_path, capsys):
-    script = load_script("compare_runs")
-    assert script.main([str(tmp_path)]) == 2
+    assert compare.main([str(tmp_path)]) == 2
     assert f"{tmp_path}: no metrics.csv" in capsys.readouterr().err
     bad = tmp_path / "bad"
     bad.mkdir()
     bad.joinpath("metrics.csv").write_text("epoch,step,train/loss\n0,0,oops\n")
-    with pytest.raises(script.RunFolderError, match=r"metrics\.csv:2: not a number"):
-        script.summarise_run(bad)
+    with pytest.raises(compare.RunFolderError, match=r"metrics\.csv:2: not a number"):
+        compare.summarise_run(bad)
     bad.joinpath("metrics.csv").write_text("epoch,step,train/loss\n0,0,1.0\n")
     bad.joinpath("hparams.yaml").write_text("- not\n- a mapping\n")
-    with pytest.raises(script.RunFolderError, match=r"hparams\.yaml: expected a mapping"):
-        script.summarise_run(bad)
+    with pytest.raises(compare.RunFolderError, match=r"hparams\.yaml: expected a mapping"):
+        compare.summarise_run(bad)
+
+
+def write_updates(run: Path, points: list[tuple[float, float]]) -> None:
+    """A weight_updates.json in the run folder, one module measured at successive steps."""
+    run.joinpath("weight_updates.json").write_text(json.dumps({"points": [
+        {"step": step, "module": "q_proj", "delta_direction": d, "delta_magnitude": m}
+        for step, (d, m) in enumerate(points)]}))
+
+
+def test_plot_data_curves_per_task_and_the_fitted_update_line(tmp_path):
+    run = tmp_path / "run"
+    fit = run / "csv" / "version_0"
+    fit.mkdir(parents=True)
+    fit.joinpath("metrics.csv").write_text(
+        "epoch,step,train/loss,val/vqav2/VQAAccuracy,val/gqa/ExactMatchAccuracy,val/average\n"
+        "0,1,2.0,,,\n0,1,,0.25,0.5,0.375\n1,3,,0.5,0.25,0.375\n")
+    assert compare.validation_curves(run) == {"vqav2/VQAAccuracy": [(1.0, 0.25), (3.0, 0.5)],
+                                             "gqa/ExactMatchAccuracy": [(1.0, 0.5), (3.0, 0.25)]}
+    # by hand: mean D 0.2, mean M 1.2667; cov 0.06, var 0.02 -> slope 3, intercept 1.2667 - 0.6 = 0.6667
+    write_updates(run, [(0.1, 1.0), (0.2, 1.2), (0.3, 1.6)])
+    points, slope, intercept = compare.update_points(fit)  # a version folder finds its run's record
+    assert points == [(0.1, 1.0), (0.2, 1.2), (0.3, 1.6)]
+    assert slope == pytest.approx(3.0) and intercept == pytest.approx(2 / 3)
+
+
+def test_plot_writes_a_png_per_run(tmp_path, capsys):
+    lora = write_run(tmp_path / "lora", "lora", 10.0, (0.4, 0.3))
+    dora = write_run(tmp_path / "dora", "dora", 8.0, (0.45, 0.5))
+    write_updates(dora, [(0.1, 1.0), (0.2, 0.9), (0.3, 0.85)])  # the LoRA run has no record: its panel says so
+    out = tmp_path / "plots" / "comparison.png"
+    assert compare.main([str(lora), str(dora), "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(out.parent.glob("*.partial"))
+    bad = tmp_path / "bad"
+    write_run(bad, "dora", 8.0, (0.45, 0.5)).joinpath("weight_updates.json").write_text('{"points": [{"step": 1}]}')
+    assert compare.main([str(bad), "--plot", str(out)]) == 2
+    assert "weight_updates.json: not a weight-update record" in capsys.readouterr().err

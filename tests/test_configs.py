@@ -1,22 +1,30 @@
-"""Every YAML under configs/ parses with ``--print_config`` (without building any model; an evaluation config composed
-after the tiny recipe), and the real recipes fail with an error naming the key to set."""
+"""Configs as recipes plus method overlays, read with the CLI's own parser (without building any model): every
+named config equals its recipe + overlay, a LoRA and a DoRA run of one recipe differ only in the adapter block and
+the run folder, every output path lies in the run folder, the evaluation configs and other overlays compose after a
+recipe, and the real recipes fail with an error naming the key to set."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mmft.cli import main
-from mmft.models.llava import BackboneConfigError
+from mmft.cli import main, resolve_config
+from mmft.models.llava_backbones import BackboneConfigError
+from mmft.run_folder import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
-# recipes; overlays compose after a recipe (tiny/overlays/ after the tiny DoRA recipe), and so do the evaluation
+RECIPES = ["tiny/llava", "tiny/vlbart_image", "tiny/vlbart_video", "llava", "vlbart_image", "vlbart_video"]
+METHODS = ["lora", "dora", "vera", "dvora"]
+# where a named config departs from recipe + overlay on purpose, with the reason in its header
+DEPARTURES = {
+    "vlbart_image_lora": {("model", "init_args", "adapter", "alpha"): 32.0},
+    "vlbart_video_lora": {("model", "init_args", "adapter", "alpha"): 32.0},
+}
+# overlays compose after a recipe (tiny/overlays/ after the tiny DoRA recipe), and so do the evaluation
 # configs (configs/eval/)
-CONFIGS = sorted(
-    p for p in (ROOT / "configs").rglob("*.yaml") if "overlays" not in p.parts and p.parent.name != "eval"
-)
 OVERLAYS = sorted((ROOT / "configs").rglob("overlays/*.yaml"))
 EVAL_CONFIGS = sorted((ROOT / "configs" / "eval").glob("*.yaml"))
 
@@ -28,27 +36,110 @@ def offline(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
+@cache
+def resolved(*configs: str) -> dict:
+    return resolve_config([arg for config in configs for arg in ("--config", f"configs/{config}.yaml")])
+
+
+def differences(a, b, path=()) -> dict[tuple, tuple]:
+    """Every leaf where two nested configs differ, by key path."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return {k: v for key in a.keys() | b.keys()
+                for k, v in differences(a.get(key), b.get(key), (*path, key)).items()}
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return {k: v for i, (x, y) in enumerate(zip(a, b)) for k, v in differences(x, y, (*path, i)).items()}
+    return {} if a == b else {path: (a, b)}
+
+
 def mmft(monkeypatch, *args: str) -> None:
     """Run the ``mmft`` entry point in this process, as the console script would."""
     monkeypatch.setattr("sys.argv", ["mmft", *args])
     main()
 
 
-def test_there_are_configs():
-    names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
-    assert {"llava_dora.yaml", "llava_lora.yaml", "tiny/llava_dora.yaml", "tiny/llava_lora.yaml"} <= names
+def test_there_are_recipes_overlays_and_the_named_configs():
+    names = {p.relative_to(ROOT / "configs").with_suffix("").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
+    assert set(RECIPES) <= names and {f"methods/{m}" for m in METHODS} <= names
+    assert {f"{recipe}_{method}" for recipe in RECIPES for method in ("lora", "dora")} <= names
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
-def test_config_parses(config, capsys, monkeypatch):
+@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_named_config_is_its_recipe_plus_the_method_overlay(recipe, method):
+    named = resolved(f"{recipe}_{method}")
+    composed = resolved(recipe, f"methods/{method}")
+    expected = {path: (composed_value, value) for path, value in DEPARTURES.get(f"{recipe}_{method}", {}).items()
+                for composed_value in [composed["model"]["init_args"]["adapter"][path[-1]]]}
+    assert differences(composed, named) == expected
+    assert named["model"]["init_args"]["adapter"]["method"] == method
+    assert named["trainer"]["default_root_dir"] == f"runs/{recipe.replace('/', '_')}_{method}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_lora_and_dora_of_one_recipe_differ_only_in_the_adapter_and_the_run_folder(recipe):
+    lora, dora = resolved(recipe, "methods/lora"), resolved(recipe, "methods/dora")
+    changed = differences(lora, dora)
+    assert changed[("model", "init_args", "adapter", "method")] == ("lora", "dora")
+    root = ("trainer", "default_root_dir")
+    assert changed[root] == tuple(f"runs/{recipe.replace('/', '_')}_{m}" for m in ("lora", "dora"))
+    lora_root, dora_root = (Path(folder).name for folder in changed.pop(root))
+    # everything else that differs is a path in the run folder, or W&B's run name, which is the folder's name
+    for path, (lora_value, dora_value) in changed.items():
+        if path[:3] != ("model", "init_args", "adapter"):
+            assert lora_root in str(lora_value) and str(lora_value).replace(lora_root, dora_root) == dora_value, path
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_output_path_lies_in_the_run_folder(recipe):
+    config = resolved(recipe, "methods/dora")
+    trainer = config["trainer"]
+    root = trainer["default_root_dir"]
+    assert [(logger["class_path"].rsplit(".", 1)[1], logger["init_args"]["save_dir"]) for logger in trainer["logger"]] \
+        == [("CSVLogger", root), ("WandbLogger", root)]
+    checkpoints = [c for c in trainer["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+    assert checkpoints and all(c["init_args"]["dirpath"] == f"{root}/checkpoints" for c in checkpoints)
+    for callback in trainer["callbacks"]:  # mmft's callbacks default to the run folder: no config spells a path
+        if callback["class_path"].startswith("mmft.callbacks."):
+            init_args = callback.get("init_args") or {}
+            assert init_args.get("path") is None and init_args.get("dirpath") is None, callback["class_path"]
+
+
+def test_an_explicit_run_folder_and_paths_win():
+    config = resolve_config(["--config", "configs/tiny/llava_dora.yaml", "--trainer.default_root_dir", "runs/exp2"])
+    assert config["trainer"]["default_root_dir"] == "runs/exp2"
+    assert config["trainer"]["callbacks"][0]["init_args"]["dirpath"] == "runs/exp2/checkpoints"
+    assert config["trainer"]["logger"][1]["init_args"]["name"] == "exp2"
+
+
+@pytest.mark.parametrize("method", ["vera", "dvora"])
+def test_vera_overlays_set_the_papers_rank_and_learning_rate(method):
+    """DoRA paper (DVoRA): r 1024, lr 4e-3; everything else stays the recipe's."""
+    config = resolved("tiny/llava", f"methods/{method}")
+    lora = resolved("tiny/llava", "methods/lora")
+    changed = {path for path in differences(lora, config) if path[:3] != ("model", "init_args", "adapter")}
+    assert ("model", "init_args", "optimizer", "init_args", "lr") in changed
+    assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 4e-3
+    assert config["model"]["init_args"]["adapter"]["r"] == 1024
+    assert config["model"]["init_args"]["adapter"]["method"] == method
+
+
+def test_run_name_follows_the_recipe_and_method():
+    assert run_name([Path("/repo/configs/tiny/llava.yaml"), Path("/repo/configs/methods/dora.yaml")], "dora") \
+        == "tiny_llava_dora"
+    assert run_name([Path("configs/tiny/llava_dora.yaml")], "dora") == "tiny_llava_dora"
+    assert run_name([Path("elsewhere/my_recipe.yaml")], "lora") == "my_recipe_lora"
+    assert run_name([], None) == "run"
+
+
+def test_print_config_shows_the_composed_config_without_the_linked_collate(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
-        mmft(monkeypatch, "fit", "--config", str(config), "--print_config")
+        mmft(monkeypatch, "fit", "--config", "configs/tiny/llava.yaml", "--config", "configs/methods/dora.yaml",
+             "--print_config")
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"].startswith("mmft.models.")
+    assert printed["model"]["class_path"] == "mmft.models.LlavaModule"
+    assert printed["model"]["init_args"]["adapter"]["method"] == "dora"
     assert printed["data"]["init_args"].get("collate_fn", None) is None  # linked from the model at run time
-    source = yaml.safe_load(config.read_text())
-    assert printed["model"]["init_args"]["adapter"]["method"] == source["model"]["init_args"]["adapter"]["method"]
 
 
 @pytest.mark.parametrize("config", EVAL_CONFIGS, ids=lambda p: p.name)
@@ -93,15 +184,16 @@ def test_real_recipe_asks_for_the_checkpoint_path(name, monkeypatch):
         mmft(monkeypatch, "fit", "--config", str(ROOT / "configs" / name))
 
 
-def test_recipe_numbers_match_the_llava_lora_recipe():
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_recipe_numbers_match_the_llava_lora_recipe(method):
     """REFERENCE.md section 3: r 128, alpha 256, dropout 0.05, lr 2e-4 / projector 2e-5, cosine, 3% warmup, wd 0."""
-    for name, method in (("llava_dora.yaml", "dora"), ("llava_lora.yaml", "lora")):
-        config = yaml.safe_load((ROOT / "configs" / name).read_text())
-        model = config["model"]["init_args"]
-        assert model["adapter"].items() >= {"method": method, "r": 128, "alpha": 256, "dropout": 0.05}.items()
-        assert model["optimizer"]["init_args"] == {"lr": 2.0e-4, "weight_decay": 0.0}
-        assert model["scheduler"]["init_args"] == {"warmup_ratio": 0.03}
-        assert model["param_groups"] == [{"name": "projector", "pattern": "multi_modal_projector", "lr": 2.0e-5}]
-        assert model["max_length"] == 2048 and config["trainer"]["max_epochs"] == 1
-        assert config["data"]["init_args"]["batch_size"] * config["trainer"]["accumulate_grad_batches"] == 128
-        assert config["data"]["init_args"]["group_by_modality_length"] is True
+    config = resolved(f"llava_{method}")
+    model = config["model"]["init_args"]
+    assert model["adapter"].items() >= {"method": method, "r": 128, "alpha": 256, "dropout": 0.05}.items()
+    assert model["optimizer"]["init_args"].items() >= {"lr": 2.0e-4, "weight_decay": 0.0}.items()
+    assert model["scheduler"]["init_args"]["warmup_ratio"] == 0.03
+    assert [{k: v for k, v in group.items() if v is not None} for group in model["param_groups"]] == \
+        [{"name": "projector", "pattern": "multi_modal_projector", "lr": 2.0e-5}]
+    assert model["max_length"] == 2048 and config["trainer"]["max_epochs"] == 1
+    assert config["data"]["init_args"]["batch_size"] * config["trainer"]["accumulate_grad_batches"] == 128
+    assert config["data"]["init_args"]["group_by_modality_length"] is True

@@ -483,9 +483,9 @@ def test_vqav2_sample_majority_baseline_is_far_below_100(sample_data: Path) -> N
 
 
 def test_sample_data_is_deterministic(tmp_path: Path, sample_data: Path) -> None:
-    from conftest import load_script
+    from mmft.tools.sample_data import make_sample_data
 
-    load_script("make_sample_data").make_sample_data(tmp_path, videos=False)
+    make_sample_data(tmp_path, videos=False)
     files = [
         "vqav2/v2_mscoco_val2014_annotations.json",
         "llava/llava_instruct_sample.json",

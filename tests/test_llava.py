@@ -31,7 +31,7 @@ from mmft.models import (
     TimmLlava,
     WarmupCosine,
 )
-from mmft.models.llava import BackboneConfigError
+from mmft.models.llava_backbones import BackboneConfigError
 from mmft.models.optim import ParamGroupError, build_param_groups
 
 ROOT = Path(__file__).resolve().parents[1]

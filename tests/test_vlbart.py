@@ -12,20 +12,23 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import load_script
 from data_modules import NLVR2, CocoKarpathy, ExampleDataset, VQAv2
 from mmft.adapters import AdapterConfig
 from mmft.models import WarmupLinear
 from mmft.models.vlbart import VisualEmbedding, VLBartConfigError, VLBartModule
 from mmft.models.vlbart_collate import IGNORE_INDEX, VLBART_PREFIXES, VLBartCollate, VLBartCollateError
 from mmft.models.visual_features import FeatureStore, VisualConfig, VisualEncoder, VisualFeatureError
+from mmft.tools import extract_features
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {method: ROOT / "configs" / "tiny" / f"vlbart_image_{method}.yaml" for method in ("dora", "lora")}
+TINY_RECIPE = ROOT / "configs" / "tiny" / "vlbart_image.yaml"
 
 
 def tiny_init_args(method: str = "dora") -> dict:
-    return yaml.safe_load(TINY[method].read_text())["model"]["init_args"]
+    """The tiny recipe's model arguments with ``method`` (what configs/methods/<method>.yaml sets)."""
+    args = yaml.safe_load(TINY_RECIPE.read_text())["model"]["init_args"]
+    return {**args, "adapter": {**args["adapter"], "method": method}}
 
 
 def tiny_module(method: str = "dora", **overrides) -> VLBartModule:
@@ -247,11 +250,10 @@ def test_adapters_outside_bart_are_refused() -> None:
 
 # ---------------------------------------------------------------------------------- pre-extracted visual features
 def test_feature_file_gives_the_end_to_end_features(module: VLBartModule, samples: list, tmp_path: Path) -> None:
-    script = load_script("extract_features")
-    config = script.visual_config_from([TINY["dora"]])
+    config = extract_features.visual_config_from([TINY["dora"]])
     images = sorted({path for s in samples for path in s.example.images})
     out = tmp_path / "features.safetensors"
-    counts = script.extract(config, images, out, batch_size=3)
+    counts = extract_features.extract(config, images, out, batch_size=3)
     assert counts == {"images": len(images), "videos": 0, "frames": 0, "tokens_per_image": 36, "feature_dim": 128}
 
     from_files = tiny_module(visual=VisualConfig(**{**tiny_init_args()["visual"], "features": [str(out)]})).eval()
@@ -266,10 +268,9 @@ def test_feature_file_gives_the_end_to_end_features(module: VLBartModule, sample
 
 
 def test_feature_files_made_otherwise_or_incomplete_are_refused(samples: list, tmp_path: Path) -> None:
-    script = load_script("extract_features")
-    config = script.visual_config_from([TINY["dora"]])
+    config = extract_features.visual_config_from([TINY["dora"]])
     out = tmp_path / "one.safetensors"
-    script.extract(config, [samples[2].example.images[0]], out)
+    extract_features.extract(config, [samples[2].example.images[0]], out)
     other_grid = VisualConfig(**{**tiny_init_args()["visual"], "grid": 5})
     with pytest.raises(VisualFeatureError, match=r"one\.safetensors was extracted with grid='6'.*visual\.grid is '5'"):
         FeatureStore([out], other_grid)
@@ -277,7 +278,8 @@ def test_feature_files_made_otherwise_or_incomplete_are_refused(samples: list, t
     with pytest.raises(VisualFeatureError, match="seed"):
         FeatureStore([out], other_seed)
     store = FeatureStore([out], config)
-    with pytest.raises(VisualFeatureError, match=r"dev\.json.*no features for image .*img0\.png.*extract_features"):
+    with pytest.raises(VisualFeatureError,
+                       match=r"dev\.json.*no features for image .*img0\.png.*mmft extract-features"):
         store.get(samples[0].example.images[0], samples[0].example.source)
     with pytest.raises(VisualFeatureError, match="not found"):
         FeatureStore([tmp_path / "missing.safetensors"], config)
@@ -395,13 +397,12 @@ def test_video_feature_files_give_the_end_to_end_frame_features(sample_data: Pat
     """Every frame stored (--video-fps 0): the span's frames picked from the file are the decoded ones."""
     from data_modules import VideoCaptions
 
-    script = load_script("extract_features")
     visual = {**tiny_init_args()["visual"], "grid": 1}
     root = sample_data / "tvc"
     examples = VideoCaptions(root / "tvc_val.jsonl", root / "videos").read()[:3]
     videos = sorted({e.video for e in examples})
     out = tmp_path / "tvc.safetensors"
-    counts = script.extract(VisualConfig(**visual), [], out, batch_size=5, videos=videos)
+    counts = extract_features.extract(VisualConfig(**visual), [], out, batch_size=5, videos=videos)
     assert counts["videos"] == len(videos) and counts["frames"] == 16 * len(videos)  # 16-frame sample videos
 
     end_to_end = tiny_module(visual=VisualConfig(**visual), max_images=4).eval()
@@ -422,10 +423,9 @@ def test_extract_script_keeps_frames_at_the_asked_rate(sample_data: Path, tmp_pa
     """16-frame 8 fps sample videos at --video-fps 4: every second frame, stored with its rate."""
     from safetensors import safe_open
 
-    script = load_script("extract_features")
     out = tmp_path / "tvc.safetensors"
     config = ROOT / "configs" / "tiny" / "vlbart_video_dora.yaml"
-    script.main(["--config", str(config), "--videos", str(sample_data / "tvc" / "videos"), "--video-fps", "4",
+    extract_features.main(["--config", str(config), "--videos", str(sample_data / "tvc" / "videos"), "--video-fps", "4",
                  "--out", str(out)])
     videos = sorted((sample_data / "tvc" / "videos").glob("*.mp4"))
     assert f"0 images and {len(videos)} videos ({8 * len(videos)} frames)" in capsys.readouterr().out

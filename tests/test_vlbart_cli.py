@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from cli_helpers import ROOT, make_workdir, run_mmft
-from mmft.cli import main
-from mmft.models.vlbart import VLBartConfigError
+from mmft.cli import main, resolve_config
+from mmft.models.vlbart import VLBartConfigError, VLBartModule
 
 
 # 3 training steps, one batch per evaluation loader, files under runs/ of the work folder
@@ -51,7 +51,7 @@ def logged_columns(run: Path) -> set[str]:
 
 
 @pytest.mark.parametrize("method", ["dora", "lora"])
-def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path):
+def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path, monkeypatch):
     workdir = make_workdir(tmp_path, sample_data, SHORT_RUN)
     config = f"configs/tiny/vlbart_image_{method}.yaml"
     mmft(workdir, "fit", config)
@@ -68,6 +68,13 @@ def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path):
     adapter = json.loads((runs / "adapter" / "adapter_config.json").read_text())
     assert adapter["use_dora"] == (method == "dora") and adapter["bias"] == "all"
     assert (runs / "adapter" / "adapter_model.safetensors").is_file()
+
+    # the checkpoint describes itself: load_from_checkpoint rebuilds the module with the trained parameters
+    monkeypatch.chdir(workdir)  # the stored config's paths are relative to where mmft ran
+    module = VLBartModule.load_from_checkpoint(runs / "ckpt" / "last.ckpt")
+    assert module.adapter_config.method == method
+    trained = module.state_dict()
+    assert all(torch.equal(trained[key], value) for key, value in state.items())
 
     if method == "dora":  # test from the trainable-only checkpoint: the frozen weights are rebuilt from the config
         output = mmft(workdir, "test", config, "--ckpt_path", "runs/ckpt/last.ckpt")
@@ -92,14 +99,18 @@ def test_tiny_video_config_fits_and_tests_end_to_end(sample_data, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- paper recipes
-RECIPES = {"dora": ROOT / "configs" / "vlbart_image_dora.yaml", "lora": ROOT / "configs" / "vlbart_image_lora.yaml"}
+def resolved(name: str) -> dict:
+    """A config as the CLI reads it (includes and defaults resolved)."""
+    return resolve_config(["--config", str(ROOT / "configs" / f"{name}.yaml")])
 
 
-def test_recipe_numbers_match_the_paper():
+def test_recipe_numbers_match_the_paper(monkeypatch):
     """DoRA paper section 5.2 / VL-Adapter: r 128 on q_proj, v_proj of every attention, visual embedding + biases +
     LayerNorms trained, AdamW lr 1e-3, 20 epochs, warmup 0.1, gradient clipping 5, batch 300, beam search 5."""
-    for method, path in RECIPES.items():
-        config = yaml.safe_load(path.read_text())
+    monkeypatch.chdir(ROOT)
+    tiny = resolved("tiny/vlbart_image")["model"]["init_args"]["adapter"]
+    for method in ("dora", "lora"):
+        config = resolved(f"vlbart_image_{method}")
         model = config["model"]["init_args"]
         adapter = model["adapter"]
         assert adapter["method"] == method and adapter["r"] == 128 and adapter["bias"] == "all"
@@ -107,30 +118,28 @@ def test_recipe_numbers_match_the_paper():
         assert "visual_embedding" in adapter["modules_to_save"]
         assert model["optimizer"]["init_args"]["lr"] == 1.0e-3
         assert model["scheduler"]["class_path"] == "mmft.models.WarmupLinear"
-        assert model["scheduler"]["init_args"] == {"warmup_ratio": 0.1}
+        assert model["scheduler"]["init_args"]["warmup_ratio"] == 0.1
         assert model["num_beams"] == 5
         assert model["visual"]["encoder"] == "resnet101_clip" and model["visual"]["grid"] == 6
         assert config["trainer"]["max_epochs"] == 20 and config["trainer"]["gradient_clip_val"] == 5.0
         assert config["data"]["init_args"]["batch_size"] * config["trainer"]["accumulate_grad_batches"] == 300
-        tiny = yaml.safe_load((ROOT / "configs" / "tiny" / f"vlbart_image_{method}.yaml").read_text())
-        assert tiny["model"]["init_args"]["adapter"]["target_modules"] == adapter["target_modules"]
-        assert tiny["model"]["init_args"]["adapter"]["modules_to_save"] == adapter["modules_to_save"]
+        assert tiny["target_modules"] == adapter["target_modules"]
+        assert tiny["modules_to_save"] == adapter["modules_to_save"]
 
 
-def test_video_recipe_numbers_match_the_paper():
+def test_video_recipe_numbers_match_the_paper(monkeypatch):
     """DoRA paper table 4 / VL-Adapter's video setting: the image recipe's adapters, lr 2.4e-4, 7 epochs, batch 40,
     64 frames per clip (one visual token each)."""
-    for method in ("dora", "lora"):
-        config = yaml.safe_load((ROOT / "configs" / f"vlbart_video_{method}.yaml").read_text())
-        image = yaml.safe_load(RECIPES[method].read_text())
-        model, data = config["model"]["init_args"], config["data"]["init_args"]
-        assert model["adapter"] == image["model"]["init_args"]["adapter"]
-        assert model["optimizer"]["init_args"]["lr"] == 2.4e-4
-        assert config["trainer"]["max_epochs"] == 7 and config["trainer"]["gradient_clip_val"] == 5.0
-        assert data["batch_size"] * config["trainer"]["accumulate_grad_batches"] == 40
-        assert data["num_frames"] == model["max_images"] == 64 and model["visual"]["grid"] == 1
-        assert {reader["init_args"].get("task", "tvqa") for reader in data["train"]} == set(VIDEO_TASK_METRICS)
-        assert model["num_beams"] == 5
+    monkeypatch.chdir(ROOT)
+    config, image = resolved("vlbart_video"), resolved("vlbart_image")
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert model["adapter"] == image["model"]["init_args"]["adapter"]
+    assert model["optimizer"]["init_args"]["lr"] == 2.4e-4
+    assert config["trainer"]["max_epochs"] == 7 and config["trainer"]["gradient_clip_val"] == 5.0
+    assert data["batch_size"] * config["trainer"]["accumulate_grad_batches"] == 40
+    assert data["num_frames"] == model["max_images"] == 64 and model["visual"]["grid"] == 1
+    assert {reader["init_args"].get("task", "tvqa") for reader in data["train"]} == set(VIDEO_TASK_METRICS)
+    assert model["num_beams"] == 5
 
 
 @pytest.mark.parametrize("name", ["vlbart_image_dora", "vlbart_image_lora", "vlbart_video_dora", "vlbart_video_lora"])
@@ -142,7 +151,9 @@ def test_recipe_asks_for_the_bart_folder(name, monkeypatch):
         main()
 
 
-VLBART_CONFIGS = sorted((ROOT / "configs").rglob("vlbart_*.yaml"))
+# the recipes (the named configs equal recipe + overlay: tests/test_configs.py)
+VLBART_CONFIGS = sorted(p for name in ("vlbart_image.yaml", "vlbart_video.yaml")
+                        for p in (ROOT / "configs").rglob(name))
 
 
 @pytest.mark.parametrize("config", VLBART_CONFIGS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
@@ -163,7 +174,7 @@ def test_config_prints(config, capsys, monkeypatch):
     assert set(printed["init_args"]["metrics"]) == set(expected)
 
 
-def test_all_eight_configs_exist():
-    names = {p.relative_to(ROOT / "configs").as_posix() for p in VLBART_CONFIGS}
-    assert names == {f"{folder}vlbart_{kind}_{method}.yaml" for folder in ("", "tiny/") for kind in ("image", "video")
-                     for method in ("dora", "lora")}
+def test_all_configs_exist():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("vlbart_*.yaml")}
+    assert names == {f"{folder}vlbart_{kind}{method}.yaml" for folder in ("", "tiny/") for kind in ("image", "video")
+                     for method in ("", "_dora", "_lora")}

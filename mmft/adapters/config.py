@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Method = Literal["lora", "dora", "vera", "dvora"]
+from .methods import METHODS, AdapterMethod, adapter_method
+
+Method = Literal[tuple(METHODS)]  # the names in mmft.adapters.methods.METHODS
 BiasMode = Literal["none", "all", "lora_only"]
 TargetSpec = str | list[str] | None
-
-METHODS: tuple[str, ...] = ("lora", "dora", "vera", "dvora")
-DORA_FAMILY: tuple[str, ...] = ("dora", "dvora")
-VERA_FAMILY: tuple[str, ...] = ("vera", "dvora")
 
 
 class AdapterConfigError(ValueError):
@@ -66,6 +64,7 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise AdapterConfigError(f"AdapterConfig.method={self.method!r}: choose one of {', '.join(METHODS)}")
+        method = self.method_spec
         if self.r < 1:
             raise AdapterConfigError(f"AdapterConfig.r={self.r}: the rank must be a positive integer")
         if not self.alpha > 0:
@@ -82,12 +81,13 @@ class AdapterConfig:
             raise AdapterConfigError(f"AdapterConfig.bias={self.bias!r}: choose none, all or lora_only")
         if self.target_modules is None and self.magnitude_only_modules is None:
             raise AdapterConfigError("AdapterConfig.target_modules is required (a regex or a list of module names)")
-        if self.magnitude_only_modules is not None and self.method not in DORA_FAMILY:
+        if self.magnitude_only_modules is not None and not method.magnitude:
+            with_magnitude = " or ".join(name for name, m in METHODS.items() if m.magnitude)
             raise AdapterConfigError(
-                f"AdapterConfig.magnitude_only_modules needs method dora or dvora (got {self.method!r}): "
+                f"AdapterConfig.magnitude_only_modules needs method {with_magnitude} (got {self.method!r}): "
                 "only DoRA has a magnitude to train on its own"
             )
-        if self.method in VERA_FAMILY and (self.rank_pattern or self.alpha_pattern):
+        if method.shared_projections and (self.rank_pattern or self.alpha_pattern):
             raise AdapterConfigError(
                 "AdapterConfig.rank_pattern / alpha_pattern are not available with VeRA: all layers share one "
                 "pair of projections of rank r"
@@ -104,9 +104,14 @@ class AdapterConfig:
             self.layers_to_transform = [self.layers_to_transform]
 
     @property
+    def method_spec(self) -> AdapterMethod:
+        """What the method does (:mod:`mmft.adapters.methods`)."""
+        return adapter_method(self.method)
+
+    @property
     def is_dora(self) -> bool:
-        return self.method in DORA_FAMILY
+        return self.method_spec.magnitude
 
     @property
     def is_vera(self) -> bool:
-        return self.method in VERA_FAMILY
+        return self.method_spec.shared_projections

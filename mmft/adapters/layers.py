@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .base_weight import dense_weight, is_4bit, linear_no_bias, row_sq_norms, times_weight_t, weight_dtype
 from .kernels import FUSED_TAIL_MIN_ELEMENTS, fused_dora_backward_tail, fused_dora_norm, kernels_usable
+from .methods import adapter_method
 
 # Rows whose norm falls below this are treated as having norm NORM_EPS: all-zero weight rows exist in real models
 # (Llama-3.1-8B o_proj has 511) and would otherwise give inf/NaN.
@@ -249,9 +250,10 @@ class AdaptedLinear(nn.Module):
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         self.magnitude_only = magnitude_only
         self.detach_norm, self.dora_recompute = detach_norm, dora_recompute
-        self.use_dora = method in ("dora", "dvora")
-        self.use_vera = method in ("vera", "dvora")
-        self.scaling = 1.0 if self.use_vera else alpha / (math.sqrt(r) if use_rslora else r)
+        spec = adapter_method(method)  # what the method is made of (mmft.adapters.methods)
+        self.use_dora = spec.magnitude
+        self.use_vera = spec.shared_projections
+        self.scaling = spec.scaling(alpha, r, use_rslora)
         self.has_dropout = dropout > 0
         self.dropout = nn.Dropout(dropout) if self.has_dropout else nn.Identity()
         weight = base_layer.weight

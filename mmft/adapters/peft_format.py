@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import AdapterConfig
+from .methods import method_of_peft_folder
 from .inject import (
     VERA_ATTRIBUTE,
     AdapterError,
@@ -80,11 +81,12 @@ def _peft_config(model: nn.Module, config: AdapterConfig, base_model_name_or_pat
         "layers_to_transform": None,
         "layers_pattern": None,
     }
-    if config.method in ("lora", "dora"):
+    method = config.method_spec
+    if not method.shared_projections:
         return {
             **common,
-            "peft_type": "LORA",
-            "use_dora": config.method == "dora",
+            "peft_type": method.peft_type,
+            "use_dora": method.magnitude,
             "r": config.r,
             "lora_alpha": config.alpha,
             "lora_dropout": config.dropout,
@@ -95,7 +97,7 @@ def _peft_config(model: nn.Module, config: AdapterConfig, base_model_name_or_pat
         }
     return {
         **common,
-        "peft_type": "VERA" if config.method == "vera" else "DVORA",
+        "peft_type": method.peft_type,
         "r": config.r,
         "vera_dropout": config.dropout,
         "d_initial": config.vera_d_initial,
@@ -119,7 +121,8 @@ def save_adapters(model: nn.Module, folder: str | Path, base_model_name_or_path:
         else:
             tensors[PREFIX + name] = tensor
     for name, layer in find_adapted_modules(model).items():
-        if layer.magnitude_only and config.method == "dora":  # PEFT has no magnitude-only: a zero rank-1 update
+        # PEFT has no magnitude-only modules: in a PEFT LoRA folder they are DoRA modules with a zero rank-1 update
+        if layer.magnitude_only and config.method_spec.peft_type == "LORA":
             weight = layer.base_layer.weight
             tensors[f"{PREFIX}{name}.lora_A.weight"] = weight.new_zeros(1, layer.in_features, dtype=torch.float32)
             tensors[f"{PREFIX}{name}.lora_B.weight"] = weight.new_zeros(layer.out_features, 1, dtype=torch.float32)
@@ -169,7 +172,7 @@ def read_adapter_config(folder: str | Path) -> AdapterConfig:
         raise AdapterError(f"{path}: target_modules is missing (mmft needs the adapted module names)")
     if peft_type == "LORA":
         return AdapterConfig(
-            method="dora" if raw.get("use_dora") else "lora",
+            method=method_of_peft_folder("LORA", bool(raw.get("use_dora"))).name,
             alpha=raw.get("lora_alpha", 8),
             dropout=raw.get("lora_dropout", 0.0),
             use_rslora=raw.get("use_rslora", False),

@@ -14,7 +14,7 @@ class PeftExport(Callback):
     """At the end of ``fit``, write ``pl_module.model``'s adapter with ``mmft.adapters.save_adapters``.
 
     The folder loads with ``peft.PeftModel.from_pretrained(base_model, folder)`` (or ``mmft.adapters.load_adapters``).
-    ``dirpath`` defaults to ``<trainer.log_dir>/adapter``; ``base_model_name_or_path`` is taken from the module's
+    ``dirpath`` defaults to ``<trainer.default_root_dir>/adapter`` (the run folder); ``base_model_name_or_path`` is taken from the module's
     attribute of that name when it has one (e.g. the Llava checkpoint folder).
     """
 
@@ -24,7 +24,7 @@ class PeftExport(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        folder = Path(self.dirpath) if self.dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "adapter"
+        folder = Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "adapter"
         save_adapters(
             pl_module.model, folder, base_model_name_or_path=getattr(pl_module, "base_model_name_or_path", None)
         )

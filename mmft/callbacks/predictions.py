@@ -17,7 +17,7 @@ PARTIAL_SUFFIX = ".partial"
 class AnswerWriter(BasePredictionWriter):
     """One ``{"id", "task", "answer"}`` JSON object per line, written as batches finish (nothing piles up in memory).
 
-    ``path`` defaults to ``<trainer.log_dir>/predictions.jsonl``; with several processes each rank writes
+    ``path`` defaults to ``<trainer.default_root_dir>/predictions.jsonl`` (the run folder); with several processes each rank writes
     ``predictions.rank<r>.jsonl`` next to it. Answers go to ``<path>.partial`` (flushed after every batch) and
     replace ``path`` only when prediction finishes: a run that fails midway leaves the previous ``path`` as it was and
     its own answers so far in ``<path>.partial``.
@@ -30,7 +30,7 @@ class AnswerWriter(BasePredictionWriter):
         self.written: Path | None = None
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        path = Path(self.path) if self.path else Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl"
+        path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "predictions.jsonl"
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ class WeightUpdates(Callback):
     their means as ``updates/delta_magnitude`` and ``updates/delta_direction``, with the slope and correlation of
     delta_M on delta_D over every point so far (``updates/slope``, ``updates/correlation``: positive is LoRA's
     pattern, negative full fine-tuning's and DoRA's). At the end of fit it writes every point, the overall trend
-    and each module's trend over time to ``path`` (default ``<log dir>/weight_updates.json``). The points are kept in
+    and each module's trend over time to ``path`` (default ``<trainer.default_root_dir>/weight_updates.json``, the run folder). The points are kept in
     checkpoints, so a run resumed with ``--ckpt_path`` writes the whole record.
     """
 
@@ -61,7 +61,7 @@ class WeightUpdates(Callback):
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero or not self.points:
             return
-        path = Path(self.path) if self.path else Path(trainer.log_dir or trainer.default_root_dir) / "weight_updates.json"
+        path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "weight_updates.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.summary(pl_module), indent=1))
         rank_zero_info(f"magnitude/direction updates written to {path}")

@@ -1,7 +1,8 @@
 """mmft.models: one LightningModule per model family, on a shared adapter-aware base."""
 
 from .base import AdapterModule, CheckpointMismatchError
-from .llava import HFLlava, LlavaBackbone, LlavaFromConfig, LlavaModule, TimmLlava, VisionLanguageModel
+from .llava import LlavaModule
+from .llava_backbones import HFLlava, LlavaBackbone, LlavaFromConfig, TimmLlava, VisionLanguageModel
 from .llava_collate import LlavaCollate
 from .optim import ParamGroup, WarmupCosine, WarmupLinear
 from .visual_features import FeatureStore, VisualConfig, VisualEncoder

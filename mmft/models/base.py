@@ -4,7 +4,8 @@
 - optimizer and schedule over the trainable parameters only, in named groups (e.g. the projector's own lr);
 - checkpoints that hold the trainable parameters only, loaded strictly against them, plus a fingerprint of the frozen
   base and the adapter config they were trained with (loading under another base is an error that names what
-  differs; ``allow_base_mismatch=True`` overrides it), written atomically (:mod:`mmft.checkpoint_io`);
+  differs; ``allow_base_mismatch=True`` overrides it), written atomically (:mod:`mmft.checkpoint_io`), and (built
+  from a config) the model's config, so ``load_from_checkpoint(path)`` rebuilds the module;
 - dropout randomness derived from (seed, rank, step), so ``fit --ckpt_path`` replays an uninterrupted run exactly;
 - a generate-and-score evaluation: one metric per validation/test dataloader, chosen by the batch's task, logged as
   ``<stage>/<task>/<MetricClass>`` plus ``<stage>/average``.
@@ -246,6 +247,12 @@ class AdapterModule(LightningModule):
         keep = set(self.trainable_state_keys())
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint[FINGERPRINT_KEY] = self.base_fingerprint()
+        # Built from a config (LightningCLI, or ``instantiate_module``), the hyperparameters are that config as plain
+        # data, and ``load_from_checkpoint(path)`` rebuilds the module from them. Built in Python, they are live
+        # objects that a ``weights_only`` load refuses: such a checkpoint is loaded into a module built by hand.
+        if "_instantiator" not in checkpoint.get("hyper_parameters", {}):
+            checkpoint.pop("hyper_parameters", None)
+            checkpoint.pop("hparams_name", None)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._check_fingerprint(checkpoint.get(FINGERPRINT_KEY))

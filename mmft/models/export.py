@@ -29,7 +29,8 @@ from torch import nn
 from mmft.adapters import merge_adapters
 
 from .base import AdapterModule
-from .llava import DTYPES, LlavaModule
+from .llava import LlavaModule
+from .llava_backbones import DTYPES
 from .templates import VICUNA_V1_CHAT_TEMPLATE
 from .vlbart import VLBartModule
 

@@ -2,7 +2,7 @@
 adaptive-max-pooled to a ``grid x grid`` map of tokens (7x7 -> 6x6 = 36 tokens per image at 224 px).
 
 The features come either from images, end to end during training (:class:`VisualEncoder` inside the model), or from
-files written beforehand by ``scripts/extract_features.py`` with the same :class:`VisualConfig` (read by
+files written beforehand by ``mmft extract-features`` with the same :class:`VisualConfig` (read by
 :class:`FeatureStore` in the collate). Both paths run the same code on the same weights, so they give the same
 features; a feature file records the settings it was made with and is refused by a model configured differently.
 """
@@ -41,7 +41,7 @@ class VisualConfig:
         image_size: images are resized (shorter side, bicubic) and centre-cropped to this square size.
         grid: the last feature map is adaptive-max-pooled to ``grid x grid`` tokens.
         encoder_kwargs: more ``timm.create_model`` arguments (e.g. a tiny ResNet's ``channels``, ``output_stride``).
-        features: pre-extracted feature files (``scripts/extract_features.py``). When set, the model builds no
+        features: pre-extracted feature files (``mmft extract-features``). When set, the model builds no
             encoder and reads each image's features by file name instead of decoding the image.
         seed: the seed of the random init when ``checkpoint`` is ``None``.
     """
@@ -153,7 +153,7 @@ class ImageTransform:
 
 
 class FeatureStore:
-    """Per-image visual features from safetensors files written by ``scripts/extract_features.py``.
+    """Per-image visual features from safetensors files written by ``mmft extract-features``.
 
     Every file must have been made with settings equal to ``config`` (encoder, checkpoint or seed, image size, grid,
     encoder arguments): a file made otherwise raises, naming the setting. Files are opened lazily in each process,
@@ -172,7 +172,7 @@ class FeatureStore:
         for number, path in enumerate(self.files):
             if not path.is_file():
                 raise VisualFeatureError(
-                    f"{VISUAL_KEY}.features: {path} not found (write it with scripts/extract_features.py)"
+                    f"{VISUAL_KEY}.features: {path} not found (write it with mmft extract-features)"
                 )
             with safe_open(str(path), framework="pt") as file:
                 metadata = file.metadata() or {}
@@ -227,7 +227,7 @@ class FeatureStore:
             where = f"{source}: " if source else ""
             raise VisualFeatureError(
                 f"{where}no features for {kind} {key!r} ({media}) in {', '.join(map(str, self.files))}: extract them "
-                f"with scripts/extract_features.py over its folder"
+                f"with mmft extract-features over its folder"
             )
         if number not in self._handles:
             self._handles[number] = safe_open(str(self.files[number]), framework="pt")
@@ -238,7 +238,7 @@ def _check_metadata(path: Path, metadata: dict[str, str], expected: dict[str, st
     if metadata.get("format") != FEATURE_FORMAT:
         raise VisualFeatureError(
             f"{path}: not an mmft feature file (format {metadata.get('format')!r}); write it with "
-            "scripts/extract_features.py"
+            "mmft extract-features"
         )
     keys = ["encoder", "image_size", "grid", "encoder_kwargs"]
     if expected["checkpoint"] or metadata.get("checkpoint"):

@@ -277,6 +277,7 @@ class VLBartModule(AdapterModule):
     ) -> None:
         super().__init__(adapter, optimizer, scheduler, param_groups,
                          default_vlbart_metrics() if metrics is None else metrics, allow_base_mismatch)
+        self.save_hyperparameters(logger=False)  # under the CLI: the model's config (see AdapterModule)
         visual = VisualConfig() if visual is None else visual
         if isinstance(bart, str):
             bart_folder(bart)  # first: the setting a user of the recipe must set

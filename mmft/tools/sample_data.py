@@ -4,7 +4,7 @@ Images are simple scenes: one to three shapes of one kind and colour on a plain 
 shape, count and background are answerable from the pixels, so a tiny model learns them in minutes on a CPU, while
 the answers vary enough that always giving the most common answer scores far below 100%.
 
-    python scripts/make_sample_data.py --out data/sample
+    mmft sample-data --out data/sample
 
 Deterministic for a given seed (the same bytes every run), about 1 MB, well under a few seconds.
 """
@@ -789,7 +789,7 @@ tvc/tvc_{train,val}.jsonl, tvc/tvc_subtitles.jsonl                  VALUE TVC fo
 tvc/videos/<vid_name>.mp4                                           2 captions each (ts = the moment's seconds)
 """
     video_line = video if summary["videos"] else ""
-    return f"""mmft sample data (synthetic; made by scripts/make_sample_data.py, seed {summary['seed']})
+    return f"""mmft sample data (synthetic; made by mmft sample-data, seed {summary['seed']})
 
 Scenes of 1-3 shapes (circle, square, triangle) of one colour (red, green, blue, yellow, purple) on a white, black
 or gray background, 64x64 pixels. Every file is in the real public format, so the real readers read it.
@@ -829,16 +829,14 @@ def video_summary(summary: dict[str, Any]) -> str:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    """``mmft sample-data``."""
+    parser = argparse.ArgumentParser(prog="mmft sample-data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/sample"), help="output folder (default data/sample)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=1, help="multiply the number of images and questions")
     parser.add_argument("--no-videos", dest="videos", action="store_false", help="skip the mp4 files (needs av)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     summary = make_sample_data(args.out, args.seed, args.scale, args.videos)
     print(f"wrote {args.out}: {json.dumps(summary)}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

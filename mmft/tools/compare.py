@@ -1,7 +1,7 @@
 """Compare finished runs side by side (LoRA against DoRA, say) from their CSV logs.
 
-    python scripts/compare_runs.py runs/tiny_llava_lora runs/tiny_llava_dora
-    python scripts/compare_runs.py runs/a/csv/version_0 runs/b/csv/version_0 --json comparison.json
+    mmft compare runs/tiny_llava_lora runs/tiny_llava_dora --plot comparison.png
+    mmft compare runs/a/csv/version_0 runs/b/csv/version_0 --json comparison.json
 
 A RUN is a CSVLogger version folder (``metrics.csv`` + ``hparams.yaml``) or a folder holding ``csv/version_*``
 (the ``default_root_dir`` of mmft's configs), whose versions (the fit, then test runs) are read in order and merged.
@@ -9,6 +9,10 @@ Every mmft run logs the same keys (adapter settings, trainable share, ``val/<tas
 ``perf/train_*`` from the Throughput callback, ``updates/*`` from WeightUpdates), so the table lines them up:
 one row per quantity, one column per run, and with several runs the ratio of each to the first. W&B shows the same
 keys for runs synced there.
+
+``--plot out.png`` draws one row per run: its validation curves per task, and the DoRA paper's figure-2 view of its
+weight updates (delta_D against delta_M for every module at every measured step, from the run's
+``weight_updates.json``, with the least-squares line and its slope).
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mmft.analysis import direction_magnitude_trend
+
+UPDATES_FILE = "weight_updates.json"
 
 
 class RunFolderError(ValueError):
@@ -129,21 +137,95 @@ def comparison_table(summaries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def run_folder(run: Path) -> Path:
+    """The run folder of a RUN argument (a CSVLogger version folder lies at ``<run>/csv/version_N``)."""
+    return run.parent.parent if run.name.startswith("version_") else run
+
+
+def validation_curves(run: Path) -> dict[str, list[tuple[float, float]]]:
+    """``val/<task>/<Metric>`` -> ``(step, value)`` over the run's versions, in logged order."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for folder in version_folders(run):
+        for row in read_metrics(folder):
+            for key, value in row.items():
+                if key.startswith("val/") and key.count("/") == 2 and not math.isnan(value):
+                    curves.setdefault(key.removeprefix("val/"), []).append((row.get("step", math.nan), value))
+    return curves
+
+
+def update_points(run: Path) -> tuple[list[tuple[float, float]], float, float]:
+    """The ``(delta_D, delta_M)`` points of the run's ``weight_updates.json`` (empty when it has none), with the
+    least-squares line's slope and intercept."""
+    path = run_folder(run) / UPDATES_FILE
+    if not path.is_file():
+        return [], math.nan, math.nan
+    try:
+        points = [(float(p["delta_direction"]), float(p["delta_magnitude"]))
+                  for p in json.loads(path.read_text())["points"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise RunFolderError(f"{path}: not a weight-update record ({error})") from None
+    slope, _ = direction_magnitude_trend(points)
+    if math.isnan(slope):
+        return points, slope, math.nan
+    mean_d = sum(d for d, _ in points) / len(points)
+    mean_m = sum(m for _, m in points) / len(points)
+    return points, slope, mean_m - slope * mean_d
+
+
+def plot_runs(runs: list[Path], out: Path) -> None:
+    """Per run: validation curves per task, and delta_D against delta_M with the fitted line (a PNG at ``out``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(runs), 2, figsize=(9, 3.2 * len(runs)), squeeze=False)
+    for (curves_axis, updates_axis), run in zip(axes, runs):
+        summary = summarise_run(run)
+        label = f"{summary['run']} ({summary.get('adapter method', '?')})"
+        for task, curve in validation_curves(run).items():
+            curves_axis.plot(*zip(*curve), marker="o", markersize=3, label=task)
+        curves_axis.set(title=f"{label}: validation", xlabel="step", ylabel="score")
+        if curves_axis.lines:
+            curves_axis.legend(fontsize="small")
+        points, slope, intercept = update_points(run)
+        if points:
+            d, m = zip(*points)
+            updates_axis.scatter(d, m, s=12, alpha=0.7)
+            if not math.isnan(slope):
+                ends = [min(d), max(d)]
+                updates_axis.plot(ends, [intercept + slope * x for x in ends], color="black", linewidth=1,
+                                  label=f"slope {slope:.3g}")
+                updates_axis.legend(fontsize="small")
+        else:
+            updates_axis.text(0.5, 0.5, f"no {UPDATES_FILE}", ha="center", va="center",
+                              transform=updates_axis.transAxes)
+        updates_axis.set(title=f"{label}: weight updates", xlabel="delta_D (direction)",
+                         ylabel="delta_M (magnitude)")
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")  # renamed into place once written
+    figure.savefig(partial, format="png", dpi=80)
+    plt.close(figure)
+    partial.replace(out)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    """``mmft compare``."""
+    parser = argparse.ArgumentParser(prog="mmft compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="CSVLogger version folders or run root folders")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the summaries to this JSON file")
+    parser.add_argument("--plot", type=Path, metavar="PNG",
+                        help="also draw validation curves and delta_D against delta_M per run to this PNG file")
     args = parser.parse_args(argv)
     try:
         summaries = [summarise_run(run) for run in args.runs]
+        if args.plot:
+            plot_runs(args.runs, args.plot)
     except (RunFolderError, OSError, yaml.YAMLError) as error:
-        print(f"compare_runs: {error}", file=sys.stderr)
+        print(f"mmft compare: {error}", file=sys.stderr)
         return 2
     print(comparison_table(summaries))
     if args.json:
         args.json.write_text(json.dumps(summaries, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

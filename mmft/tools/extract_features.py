@@ -2,19 +2,19 @@
 and write one safetensors file keyed by file name (``[grid², channels]`` per image; ``[frames, grid², channels]``
 per video, for the frames taken at ``--video-fps``, with that rate beside it).
 
-    python scripts/extract_features.py --config configs/vlbart_image_dora.yaml \\
+    mmft extract-features --config configs/vlbart_image_dora.yaml \\
         --images /data/coco/train2014 /data/coco/val2014 --out features/coco.safetensors
-    python scripts/extract_features.py --config configs/vlbart_video_dora.yaml \\
+    mmft extract-features --config configs/vlbart_video_dora.yaml \\
         --videos /data/tvqa/videos --video-fps 3 --out features/tvqa.safetensors
 
 A video example then takes ``model.init_args.max_images`` of the stored frames, spread over its clip (or its caption's
 span) by the rule that picks decoded frames; with ``--video-fps 0`` (every frame) the features equal the end-to-end
 ones exactly.
 
-The encoder settings come from the config's ``model.init_args.visual`` (later ``--config`` files override earlier
-ones, as with ``mmft``), so the features equal those the model computes end to end from the same images. Train on
-them by listing the files under ``model.init_args.visual.features``. The file records the settings it was made
-with; a model configured differently refuses it.
+The encoder settings come from the config's ``model.init_args.visual``, read by the ``mmft`` CLI's own parser
+(``--config`` files compose as they do for ``mmft fit``), so the features equal those the model computes end to end
+from the same images. Train on them by listing the files under ``model.init_args.visual.features``. The file records
+the settings it was made with; a model configured differently refuses it.
 
 Memory: the features are held until the file is written (36 x 2048 values per image: 295 KB in float32, 147 KB in
 float16), so write one file per image folder (COCO, GQA, NLVR2) rather than one for everything.
@@ -29,15 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(ROOT))
-
-from data_modules.media import load_image  # noqa: E402
-from mmft.models.visual_features import (  # noqa: E402
+from data_modules.media import load_image
+from mmft.models.visual_features import (
     FPS_SUFFIX,
     ImageTransform,
     VisualConfig,
@@ -52,27 +47,20 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def visual_config_from(config_files: Sequence[Path]) -> VisualConfig:
-    """``model.init_args.visual`` of the merged configs (without ``features``: extraction makes them)."""
-    merged: dict = {}
+    """``model.init_args.visual`` of the configs as the CLI composes them (without ``features``: extraction makes
+    them)."""
+    from mmft.cli import resolve_config
+
     for path in config_files:
-        if not path.is_file():
+        if not Path(path).is_file():
             raise FileNotFoundError(f"--config {path}: no such file")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        _deep_update(merged, data)
-    visual = merged.get("model", {}).get("init_args", {}).get("visual")
+    config = resolve_config([arg for path in config_files for arg in ("--config", str(path))])
+    visual = (config.get("model") or {}).get("init_args", {}).get("visual")
     if not isinstance(visual, dict):
         raise VisualFeatureError(
             f"{', '.join(map(str, config_files))}: no model.init_args.visual section (a VL-BART config is needed)"
         )
     return VisualConfig(**{**visual, "features": None})
-
-
-def _deep_update(target: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _deep_update(target[key], value)
-        else:
-            target[key] = value
 
 
 def find_images(folders: Sequence[Path]) -> list[Path]:
@@ -160,7 +148,9 @@ def extract(
         print(file=sys.stderr)
     metadata = {**config.metadata(), "feature_dim": str(encoder.feature_dim), "dtype": dtype}
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata=metadata)
+    partial = out.with_name(out.name + ".partial")  # renamed into place once whole
+    save_file(tensors, str(partial), metadata=metadata)
+    partial.replace(out)
     return {"images": len(images), "videos": len(videos), "frames": frames,
             "tokens_per_image": config.tokens_per_image, "feature_dim": encoder.feature_dim}
 
@@ -188,8 +178,9 @@ def video_features(encoder: VisualEncoder, path: Path, video_fps: float, batch_s
     return torch.cat(chunks), native / step
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mmft extract-features``."""
+    parser = argparse.ArgumentParser(prog="mmft extract-features", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, action="append", required=True,
                         help="mmft VL-BART config(s); the visual encoder comes from model.init_args.visual")
     parser.add_argument("--images", type=Path, nargs="+", default=[], help="image folders (searched recursively)")
@@ -205,18 +196,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.images and not args.videos:
         parser.error("give --images and/or --videos folders")
-    config = visual_config_from(args.config)
-    images = find_images(args.images) if args.images else []
-    videos = find_videos(args.videos) if args.videos else []
-    counts = extract(config, images, args.out, args.batch_size, args.device, args.dtype, args.num_workers, videos,
-                     args.video_fps)
+    try:
+        config = visual_config_from(args.config)
+        images = find_images(args.images) if args.images else []
+        videos = find_videos(args.videos) if args.videos else []
+        counts = extract(config, images, args.out, args.batch_size, args.device, args.dtype, args.num_workers, videos,
+                         args.video_fps)
+    except (VisualFeatureError, FileNotFoundError) as error:
+        print(f"mmft extract-features: {error}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out}: {counts['images']} images and {counts['videos']} videos ({counts['frames']} frames) x "
           f"{counts['tokens_per_image']} tokens x {counts['feature_dim']} ({config.encoder}, {config.image_size} px, "
           f"{args.dtype})")
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except (VisualFeatureError, FileNotFoundError) as error:
-        sys.exit(f"extract_features: {error}")
+    return 0
