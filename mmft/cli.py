@@ -4,7 +4,6 @@ tool subcommands over mmft's library code (sample-data, compare, extract-feature
     mmft fit --config configs/tiny/llava_dora.yaml
     mmft fit --config configs/tiny/llava.yaml --config configs/methods/lora.yaml    # recipe + method overlay
     mmft test --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt                 # the config comes with it
-    mmft test --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt --config configs/eval/llava15_benchmarks.yaml
     mmft test --config configs/tiny/llava_dora.yaml --config configs/eval/llava15_benchmarks.yaml --ckpt_path ...
     mmft fit --config configs/llava_dora.yaml --config my_paths.yaml --print_config
 
@@ -26,12 +25,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import torch
 import yaml
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
+from mmft.checkpoint_io import AtomicCheckpointIO, CheckpointFileError
 from mmft.files import write_json_atomic
 from mmft.models.base import AdapterModule
 from mmft.run_folder import fill_run_paths
@@ -152,6 +151,12 @@ class MMFTCLI(LightningCLI):
             return
         self.config = parser.parse_args(with_stored_config(list(sys.argv[1:] if args is None else args)))
 
+    def _parse_ckpt_path(self) -> None:
+        """Nothing: LightningCLI would re-apply the checkpoint's model hyperparameters over the parsed config, so a
+        ``--config`` or option given with ``--ckpt_path`` (test-time metrics, generation length) would be lost. mmft
+        reads the checkpoint's whole run config only when no ``--config`` is given (:func:`with_stored_config`),
+        under the options given."""
+
     def before_instantiate_classes(self) -> None:
         """Fill the output paths a config leaves unset from the run folder (:func:`mmft.run_folder.fill_run_paths`)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -242,32 +247,28 @@ def _option(args: Sequence[str], *names: str) -> str | None:
     return found
 
 
-def stored_run_config(ckpt_path: str | Path, required: bool = True) -> str | None:
-    """The run config (YAML text) saved in an mmft checkpoint; None when it has none (or is missing) and not
-    ``required``."""
+def stored_run_config(ckpt_path: str | Path) -> str:
+    """The run config (YAML text) saved in an mmft checkpoint."""
     path = Path(ckpt_path)
     if not path.is_file():
-        if required:
-            raise RunConfigError(f"--ckpt_path {path}: no such file")
-        return None
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if RUN_CONFIG_KEY not in checkpoint and required:
+        raise RunConfigError(f"--ckpt_path {path}: no such file")
+    checkpoint = AtomicCheckpointIO().load_checkpoint(path)  # says clearly when the file is not a checkpoint
+    if RUN_CONFIG_KEY not in checkpoint:
         raise RunConfigError(f"--ckpt_path {path} holds no run config (it was not saved by the mmft CLI): "
                              "pass the config it was trained with, --config FILE")
-    return checkpoint.get(RUN_CONFIG_KEY)
+    return checkpoint[RUN_CONFIG_KEY]
 
 
 def with_stored_config(args: list[str]) -> list[str]:
-    """``args`` of a trainer subcommand with ``--ckpt_path``: the checkpoint's run config inserted as the first
-    ``--config``, so later ``--config`` files and options compose over it (``mmft test --ckpt_path CKPT --config
-    configs/eval/llava15_benchmarks.yaml``). Without any ``--config`` the checkpoint must carry one."""
-    if not args or args[0] not in TRAINER_SUBCOMMANDS:
+    """``args`` of a trainer subcommand with ``--ckpt_path`` and no ``--config``: the checkpoint's run config
+    inserted as the first ``--config`` (options after it still override it). Given ``--config`` files are the whole
+    config: the stored one may name classes (a test-only callback, say) that the new run cannot import."""
+    if not args or args[0] not in TRAINER_SUBCOMMANDS or _option(args, "--config", "-c") is not None:
         return args
     ckpt_path = _option(args, "--ckpt_path")
     if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
         return args
-    stored = stored_run_config(ckpt_path, required=_option(args, "--config", "-c") is None)
-    return args if stored is None else [args[0], "--config", stored, *args[1:]]
+    return [args[0], "--config", stored_run_config(ckpt_path), *args[1:]]
 
 
 def usage() -> str:
@@ -304,7 +305,7 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(tool.main(argv[1:]))
     try:
         MMFTCLI(args=args)
-    except RunConfigError as error:
+    except (RunConfigError, CheckpointFileError) as error:
         sys.exit(f"mmft {argv[0]}: {error}")
 
 
