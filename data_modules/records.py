@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Literal, NamedTuple
 
 Role = Literal["user", "assistant"]
+IMAGE_MARKER = "<image>"
 
 
 @dataclass(frozen=True)
 class Turn:
-    """One message of a conversation. Media markers such as ``<image>`` are removed by the reader."""
+    """One message of a conversation.
+
+    Media placement: when an Example has several images, its turns keep one :data:`IMAGE_MARKER` per image, in
+    order, where each image belongs (interleaved conversations). With one image or a video the reader removes the
+    markers and the model's collate puts the media at the start of the first user turn, as LLaVA's preprocessing
+    does.
+    """
 
     role: Role
     text: str
@@ -62,6 +69,7 @@ class Sample:
     example: Example
     images: list = field(default_factory=list)  # PIL.Image.Image in RGB, in example.images order
     frames: object | None = None  # video frames, uint8 tensor [T, H, W, C], when example.video is set
+    frame_times: tuple[float, ...] | None = None  # each decoded frame's time in seconds (temporal positions)
 
 
 class LengthCheck(NamedTuple):

@@ -6,9 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from data_modules.formats.base import DataFormatError, OnError, Reader, iter_json_records, require, with_id
-from data_modules.records import Example, Turn
-
-IMAGE_MARKER = "<image>"
+from data_modules.records import IMAGE_MARKER, Example, Turn
 ROLES = {"human": "user", "gpt": "assistant"}
 
 
