@@ -13,34 +13,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-CHATML_QWEN_VL = (
-    "{%- for message in messages -%}<|im_start|>{{ message['role'] }}\n"
-    "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif part['type'] == 'video' -%}<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}<|im_end|>\n"
-    "{%- endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
-)
-CHATML_ONEVISION = (
-    "{%- for message in messages -%}<|im_start|>{{ message['role'] }}\n"
-    "{%- if message['content'] is string -%}{{ message['content'] }}{%- else -%}"
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}<image>\n{%- elif part['type'] == 'video' -%}<video>\n"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}<|im_end|>\n"
-    "{%- endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
-)
+
+def _chatml(image: str, video: str) -> str:
+    """ChatML (``<|im_start|>role\n ... <|im_end|>\n``) with media parts written where they stand."""
+    return (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}"
+        f"{{% if part['type'] == 'image' %}}{{{{ '{image}' }}}}"
+        f"{{% elif part['type'] == 'video' %}}{{{{ '{video}' }}}}"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}{{ '<|im_end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+
+
+CHATML_QWEN_VL = _chatml("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>")
+CHATML_ONEVISION = _chatml("<image>\\n", "<video>\\n")
 MISTRAL_INST = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}[INST] "
-    "{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' -%}<image>\n{%- elif part['type'] == 'video' -%}<video>\n"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
-    "{%- endfor -%} [/INST]"
-    "{%- else -%} {{ message['content'][0]['text'] }}</s>{%- endif -%}"
-    "{%- endfor -%}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' }}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\\n' }}{% elif part['type'] == 'video' %}{{ '<video>\\n' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{{ ' [/INST]' }}"
+    "{% else %}{{ ' ' + message['content'][0]['text'] + '</s>' }}{% endif %}"
+    "{% endfor %}"
 )
 
 

@@ -1,0 +1,178 @@
+"""VisionLanguageModule and ChatCollate on each family's tiny model: label masks token by token against the
+family's published format, fit / exact resume / test / predict / PEFT export, batched generation (M-RoPE with left
+padding), video and several images, the zero-weight vision dummy, and adapters on the vision tower."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from data_modules.records import Example, Sample, Turn
+from mmft.adapters import save_adapters
+from mmft.metrics import VQAAccuracy
+from mmft.models import VisionLanguageModule
+from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
+
+RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
+# the two-turn conversation of the mask test, as each family's published format writes it: (text, supervised)
+TWO_TURNS = {
+    "qwen2_5_vl": [
+        ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
+         "<|im_start|>assistant\n", False),
+        ("a red circle<|im_end|>", True),
+        ("\n<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("blue<|im_end|>", True),
+        ("\n", False),
+    ],
+    "llava_onevision": [
+        ("<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("a red circle<|im_end|>", True),
+        ("\n<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("blue<|im_end|>", True),
+        ("\n", False),
+    ],
+    "smolvlm": [
+        ("<|im_start|>User:<image>What is it?<end_of_utterance>\nAssistant:", False),
+        (" a red circle<end_of_utterance>", True),
+        ("\nUser: And the square?<end_of_utterance>\nAssistant:", False),
+        (" blue<end_of_utterance>", True),
+        ("\n", False),
+    ],
+}
+
+
+def two_turn_sample() -> Sample:
+    turns = (Turn("user", "What is it?"), Turn("assistant", "a red circle"), Turn("user", "And the square?"),
+             Turn("assistant", "blue"))
+    return Sample(Example("instruct", "c1", turns, images=(Path("c1.jpg"),)), [RED])
+
+
+def vqa_samples(n: int = 8) -> list[Sample]:
+    rows = [("red", RED, "What color is it?"), ("blue", BLUE, "What color is the shape?")]
+    samples = []
+    for i in range(n):
+        answer, image, question = rows[i % 2]
+        question = f"{question} ({i} of {n})"  # every batch differs: a resume that replays the wrong batch fails
+        samples.append(Sample(Example("vqav2", str(i), (Turn("user", question), Turn("assistant", answer)),
+                                      images=(Path(f"{i}.jpg"),), references=(answer,) * 10), [image]))
+    return samples
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def module(family) -> VisionLanguageModule:
+    return VisionLanguageModule(tiny_backbone(family), lm_adapter(family), max_new_tokens=4)
+
+
+def test_labels_are_the_assistant_replies_with_their_end_of_turn_token(family, module):
+    processor = module.processor
+    segments = TWO_TURNS[family]
+    first = processor(text=[segments[0][0]], images=[[RED]])["input_ids"][0]
+    pieces = [list(first)] + [processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+                              for text, _ in segments[1:]]
+    expected_ids = [t for piece in pieces for t in piece]
+    expected_labels = [t if supervised else -100 for piece, (_, supervised) in zip(pieces, segments) for t in piece]
+    batch = module.collate([two_turn_sample()])
+    assert batch["input_ids"][0].tolist() == expected_ids
+    assert batch["labels"][0].tolist() == expected_labels
+    # the prompt view ends where the last reply starts
+    prompt = [t for piece in pieces[:3] for t in piece]
+    assert batch["prompt_input_ids"][0].tolist() == prompt
+    end_of_turn = processor.tokenizer.convert_tokens_to_ids(module.family.end_of_turn)
+    assert module.end_of_turn_id == end_of_turn and expected_labels.count(end_of_turn) == 2
+
+
+def test_loss_is_transformers_own_loss_over_the_replies(module):
+    batch = module.collate(vqa_samples(2))
+    module.eval()
+    with torch.no_grad():
+        ours = module.training_loss(batch)
+        reference = module.model(**module._inputs(batch, prompt=False), labels=batch["labels"]).loss
+    torch.testing.assert_close(ours, reference)
+
+
+def test_batched_left_padded_generation_equals_one_by_one(module):
+    module.eval()
+    samples = [vqa_samples(2)[0], Sample(Example("vqav2", "long", (Turn("user", "Is there a blue square in the "
+                                                                           "picture? Look carefully."),),
+                                                 images=(Path("x.jpg"),), references=("no",)), [BLUE])]
+    together = module.generate_answers(module.collate(samples))
+    alone = [module.generate_answers(module.collate([s]))[0] for s in samples]
+    assert together == alone
+
+
+def test_text_only_batch_runs_the_vision_tower_with_zero_weight(family, module):
+    module.train()
+    batch = module.collate([Sample(Example("instruct", "t", (Turn("user", "Hi"), Turn("assistant", "hello"))))])
+    assert not any(k.startswith("pixel_values") for k in batch["media"])
+    module.zero_grad()
+    loss = module.training_loss(batch)
+    with torch.no_grad():
+        plain = module.model(**module._inputs(batch, prompt=False), labels=batch["labels"]).loss
+    assert loss.item() == plain.item()  # the dummy adds exactly zero
+    loss.backward()
+    projector = [p for n, p in module.named_parameters() if PROJECTORS[family] in n and p.requires_grad]
+    assert projector and all(p.grad is not None for p in projector)  # reached: every rank reduces the same grads
+
+
+def fit_trainer(root: Path, steps: int, **kwargs) -> Trainer:
+    return Trainer(default_root_dir=root, max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+
+
+def test_fit_resume_test_predict_and_peft_export(family, tmp_path):
+    data = vqa_samples(8)
+
+    def loader(module):
+        return DataLoader(data, batch_size=2, shuffle=False, collate_fn=module.collate)
+
+    def new_module():
+        return VisionLanguageModule(tiny_backbone(family), lm_adapter(family, dropout=0.1), max_new_tokens=3,
+                                    metrics={"vqav2": VQAAccuracy()},
+                                    optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2))
+
+    seed_everything(0)
+    straight = new_module()
+    fit_trainer(tmp_path / "a", 4).fit(straight, loader(straight))
+    seed_everything(0)
+    first = new_module()
+    trainer = fit_trainer(tmp_path / "b", 2, enable_checkpointing=True)
+    trainer.fit(first, loader(first))
+    checkpoint = tmp_path / "b" / "two.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)
+    assert set(saved["state_dict"]) == {n for n, p in first.named_parameters() if p.requires_grad}
+    seed_everything(0)
+    resumed = new_module()
+    fit_trainer(tmp_path / "b", 4).fit(resumed, loader(resumed), ckpt_path=checkpoint)
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        if a.requires_grad:
+            assert torch.equal(a, b), name
+
+    tester = fit_trainer(tmp_path / "a", 1)
+    (scores,) = tester.test(straight, loader(straight), verbose=False)
+    assert "test/vqav2/VQAAccuracy" in scores
+    predictions = [row for rows in tester.predict(straight, loader(straight)) for row in rows]
+    assert [row["id"] for row in predictions] == [s.example.id for s in data]
+
+    save_adapters(straight.model, tmp_path / "adapter")
+    from peft import PeftModel
+
+    base = tiny_backbone(family).build().model
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    straight.eval()
+    batch = straight.collate(data[:2])
+    with torch.no_grad():
+        expected = straight.model(**straight._inputs(batch, prompt=False)).logits
+        got = peft_model(**straight._inputs(batch, prompt=False)).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
