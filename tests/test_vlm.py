@@ -175,3 +175,86 @@ def test_fit_resume_test_predict_and_peft_export(family, tmp_path):
         expected = straight.model(**straight._inputs(batch, prompt=False)).logits
         got = peft_model(**straight._inputs(batch, prompt=False)).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+VISION_TARGETS = {
+    "qwen2_5_vl": r".*visual\.blocks.*\.(qkv|proj)",
+    # the encoder layers' linears (SigLIP's pooling head is an nn.MultiheadAttention, whose out_proj it reads directly)
+    "llava_onevision": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
+    "smolvlm": r".*vision_model.*layers.*\.(q_proj|v_proj|out_proj)",
+}
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_vision_tower_adapters_get_gradients_under_checkpointing(family, method):
+    module = VisionLanguageModule(tiny_backbone(family), lm_adapter(family, method, targets=VISION_TARGETS[family]),
+                                  gradient_checkpointing=True)
+    module.train()
+    assert module.model.is_gradient_checkpointing
+    module.training_loss(module.collate(vqa_samples(2))).backward()
+    adapted = [(n, p) for n, p in module.named_parameters() if p.requires_grad and ".lora_" in n]
+    tower = {"qwen2_5_vl": ".visual.", "llava_onevision": ".vision_tower.", "smolvlm": ".vision_model."}[family]
+    assert adapted and all(tower in n for n, _ in adapted)
+    # B starts at zero, so A's first gradient is zero by construction; B's (and DoRA's magnitude's) must not be
+    receiving = [(n, p) for n, p in adapted if "lora_A" not in n]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in receiving), [
+        n for n, p in receiving if p.grad is None or p.grad.abs().sum() == 0]
+
+
+def video_sample(frame_times) -> Sample:
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (4, 24, 32, 3), generator=g, dtype=torch.uint8)
+    example = Example("msrvtt_qa", "v1", (Turn("user", "What is the man doing?"), Turn("assistant", "cooking")),
+                      video=Path("video1.mp4"), references=("cooking",))
+    return Sample(example, frames=frames, frame_times=frame_times)
+
+
+@pytest.mark.parametrize("times, seconds_per_grid", [((0.0, 0.5, 1.0, 1.5), 1.0), (None, 2.0)])
+def test_qwen_video_input_carries_the_frame_times(times, seconds_per_grid):
+    module = VisionLanguageModule(tiny_backbone("qwen2_5_vl"), lm_adapter("qwen2_5_vl"))
+    batch = module.collate([video_sample(times)])
+    media = batch["media"]
+    # 4 frames of 24 x 32 px, 4 px patches, 2 frames a temporal patch, 2 x 2 merged: grid (2, 6, 8), 24 tokens
+    assert media["video_grid_thw"].tolist() == [[2, 6, 8]]
+    video_pad = module.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert int((batch["input_ids"] == video_pad).sum()) == 2 * 6 * 8 // 4
+    # 2 frames per temporal patch at 2 frames/s (the times) or at the default 1 frame/s
+    assert media["second_per_grid_ts"].tolist() == [seconds_per_grid]
+    assert torch.isfinite(module.training_loss(batch))
+
+
+def test_onevision_video_frames_and_smolvlm_frames_as_images():
+    onevision = VisionLanguageModule(tiny_backbone("llava_onevision"), lm_adapter("llava_onevision"))
+    batch = onevision.collate([video_sample(None)])
+    assert batch["media"]["pixel_values_videos"].shape == (1, 4, 3, 16, 16)
+    video = onevision.tokenizer.convert_tokens_to_ids("<video>")
+    # a 16 px frame gives a 2 x 2 grid, pooled to 1 x 1 per frame, plus one newline token for the video
+    assert int((batch["input_ids"] == video).sum()) == 4 * 1 + 1
+    assert torch.isfinite(onevision.training_loss(batch))
+
+    smolvlm = VisionLanguageModule(tiny_backbone("smolvlm"), lm_adapter("smolvlm"))
+    batch = smolvlm.collate([video_sample(None)])
+    assert batch["media"]["pixel_values"].shape[:2] == (1, 4)  # the 4 frames as 4 images
+    image = smolvlm.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((batch["input_ids"] == image).sum()) == 4 * 4  # image_seq_len tokens per frame
+    assert torch.isfinite(smolvlm.training_loss(batch))
+
+
+MULTI_IMAGE_TEXT = {
+    "qwen2_5_vl": "<|im_start|>user\nLeft: <|vision_start|><|image_pad|><|vision_end|> right: "
+                  "<|vision_start|><|image_pad|><|vision_end|> same colour?<|im_end|>\n<|im_start|>assistant\n"
+                  "no<|im_end|>\n",
+    "llava_onevision": "<|im_start|>user\nLeft: <image>\n right: <image>\n same colour?<|im_end|>\n"
+                       "<|im_start|>assistant\nno<|im_end|>\n",
+    "smolvlm": "<|im_start|>User: Left: <image> right: <image> same colour?<end_of_utterance>\nAssistant: no"
+               "<end_of_utterance>\n",
+}
+
+
+def test_several_images_stay_where_their_markers_are(family, module):
+    example = Example("instruct", "m1", (Turn("user", "Left: <image> right: <image> same colour?"),
+                                         Turn("assistant", "no")), images=(Path("a.jpg"), Path("b.jpg")))
+    batch = module.collate([Sample(example, [RED, BLUE])])
+    expected = module.processor(text=[MULTI_IMAGE_TEXT[family]], images=[[RED, BLUE]], return_tensors="pt")
+    assert batch["input_ids"][0].tolist() == expected["input_ids"][0].tolist()
+    torch.testing.assert_close(batch["media"]["pixel_values"], expected["pixel_values"])
