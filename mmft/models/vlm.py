@@ -5,9 +5,8 @@ The network and its processor come from a backbone (:mod:`mmft.models.vlm_backbo
 processor's chat template (:class:`~mmft.models.chat_collate.ChatCollate`). Adapters go wherever
 ``target_modules`` reach, the vision tower included.
 
-Several processes: a rank whose batch has no image or video still runs the vision tower and projector, on a blank
-dummy image whose features enter the loss with weight zero, so every rank's backward touches the same parameters
-(DDP's gradient reduction and FSDP's gathers would otherwise wait forever for the rank that skipped them).
+Several processes: a rank whose batch has no image or video still runs the vision tower and projector
+(:mod:`mmft.models.vision_dummy`).
 """
 
 from __future__ import annotations
@@ -28,27 +27,10 @@ from .chat_collate import ChatCollate
 from .llava import enable_activation_checkpointing
 from .llava_collate import IGNORE_INDEX
 from .optim import ParamGroup, SchedulerCallable
+from .vision_dummy import dummy_vision_loss
 from .vlm_backbones import VisionLanguageBackbone
 
 VISUAL_INPUTS = ("pixel_values", "pixel_values_videos")
-
-
-def tensor_sum(output: Any) -> Tensor:
-    """The sum of every floating-point tensor in a model output (a tensor, tuple, list or ModelOutput)."""
-    if isinstance(output, Tensor):
-        return output.float().sum()
-    values = output.values() if hasattr(output, "values") else output
-    return sum((tensor_sum(v) for v in values if isinstance(v, (Tensor, tuple, list)) or hasattr(v, "values")),
-               torch.zeros(()))
-
-
-def dummy_vision_loss(model: Any, dummy: dict[str, Tensor]) -> Tensor:
-    """Zero times the vision tower's and projector's output on ``dummy``: a zero loss term whose backward reaches
-    every vision parameter (adapters on the tower, the projector)."""
-    weight = next(p for p in model.parameters() if p.is_floating_point())
-    inputs = {k: v.to(weight.device, weight.dtype) if v.is_floating_point() else v.to(weight.device)
-              for k, v in dummy.items()}
-    return 0.0 * tensor_sum(model.get_image_features(**inputs)).to(weight.device)
 
 
 class VisionLanguageModule(AdapterModule):
