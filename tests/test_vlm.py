@@ -258,3 +258,22 @@ def test_several_images_stay_where_their_markers_are(family, module):
     expected = module.processor(text=[MULTI_IMAGE_TEXT[family]], images=[[RED, BLUE]], return_tensors="pt")
     assert batch["input_ids"][0].tolist() == expected["input_ids"][0].tolist()
     torch.testing.assert_close(batch["media"]["pixel_values"], expected["pixel_values"])
+
+
+def test_local_checkpoint_folder_loads_offline_with_its_processor(tmp_path):
+    from mmft.models import HFVisionLanguage
+
+    built = tiny_backbone("qwen2_5_vl", seed=1).build()
+    built.model.save_pretrained(tmp_path)
+    built.processor.save_pretrained(tmp_path)
+    loaded = VisionLanguageModule(HFVisionLanguage(path=str(tmp_path)), lm_adapter("qwen2_5_vl"))
+    assert loaded.base_model_name_or_path == str(tmp_path)
+    assert loaded.end_of_turn_id == built.end_of_turn_id
+    reference = VisionLanguageModule(tiny_backbone("qwen2_5_vl", seed=1), lm_adapter("qwen2_5_vl"))
+    batch = reference.collate(vqa_samples(2))
+    assert torch.equal(loaded.collate(vqa_samples(2))["input_ids"], batch["input_ids"])  # same processor, template
+    loaded.eval(), reference.eval()
+    with torch.no_grad():
+        got = loaded.model(**loaded._inputs(batch, prompt=False)).logits
+        expected = reference.model(**reference._inputs(batch, prompt=False)).logits
+    torch.testing.assert_close(got, expected)

@@ -16,7 +16,8 @@ or a video goes at the start of the first user turn. A video is passed as the pr
 frame times (frames without times are taken as sampled at ``default_fps``); families that read video as images
 (SmolVLM) get its frames as images. Conversations longer than ``max_length`` are refused, not cut:
 :meth:`ChatCollate.check_length` estimates each example's length from its text and a probe image's visual tokens,
-so the DataModule drops or refuses it when it reads the data.
+so the DataModule drops or refuses it when it reads the data (an estimate: dynamic-resolution images and videos may
+come out longer, and the collate then refuses the batch, naming the record).
 """
 
 from __future__ import annotations
@@ -188,8 +189,9 @@ class ChatCollate:
 
     # ----------------------------------------------------------------------------------------------------- length
     def check_length(self, example: Example, training: bool) -> LengthCheck:
-        """Whether ``example`` fits ``max_length``, estimated from its text (tokenised) and a probe image's visual
-        tokens per image or frame (nothing decoded); never truncated."""
+        """Whether ``example`` fits ``max_length``, estimated from its text (tokenised) and a probe image's tokens per
+        image, a video counting as one image (its frames are not known before decoding); never truncated. A batch
+        that turns out longer is refused by the collate, naming the record."""
         turns = list(example.turns)
         if not training and turns and turns[-1].role == "assistant":
             turns = turns[:-1]

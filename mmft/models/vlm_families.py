@@ -1,6 +1,5 @@
 """What differs between transformers' image-text-to-text families, in one table: the classes that build a model and
-its processor from parts, the special tokens a tokenizer needs, where the vision tower and the projector live, and a
-chat template.
+its processor from parts, the special tokens a tokenizer needs, the end-of-turn token, and a chat template.
 
 Only tiny models built from a config need this table (a checkpoint folder carries its own classes, processor and
 template). Chat templates: SmolVLM's is transformers' own constant; the others follow each family's published
@@ -67,8 +66,6 @@ class Family:
     special_tokens: tuple[str, ...]
     token_ids: dict[str, str]
     end_of_turn: str
-    vision_module: str
-    projector_module: str
     chat_template: str
     video_as_images: bool = False
     config_defaults: dict[str, Any] = field(default_factory=dict)
@@ -82,32 +79,31 @@ FAMILIES: dict[str, Family] = {
     "qwen2_5_vl": Family(
         "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLConfig", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor",
         "Qwen2VLVideoProcessor", "qwen2_5_vl_text", "qwen2_5_vl", QWEN_TOKENS, QWEN_TOKEN_IDS, "<|im_end|>",
-        "model.visual", "model.visual.merger", CHATML_QWEN_VL,
+        CHATML_QWEN_VL,
     ),
     "qwen2_vl": Family(
         "Qwen2VLForConditionalGeneration", "Qwen2VLConfig", "Qwen2VLProcessor", "Qwen2VLImageProcessor",
         "Qwen2VLVideoProcessor", "qwen2_vl_text", "qwen2_vl", QWEN_TOKENS, QWEN_TOKEN_IDS, "<|im_end|>",
-        "model.visual", "model.visual.merger", CHATML_QWEN_VL,
+        CHATML_QWEN_VL,
     ),
     "llava_onevision": Family(
         "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionConfig", "LlavaOnevisionProcessor",
         "LlavaOnevisionImageProcessor", "LlavaOnevisionVideoProcessor", "qwen2", "siglip_vision_model",
         ("<|im_start|>", "<|im_end|>", "<image>", "<video>"),
         {"image_token_id": "<image>", "video_token_id": "<video>"}, "<|im_end|>",
-        "model.vision_tower", "model.multi_modal_projector", CHATML_ONEVISION,
+        CHATML_ONEVISION,
         config_defaults={"vision_feature_layer": -1},
     ),
     "llava_next": Family(
         "LlavaNextForConditionalGeneration", "LlavaNextConfig", "LlavaNextProcessor", "LlavaNextImageProcessor",
         None, "llama", "clip_vision_model", ("<image>",), {"image_token_id": "<image>"}, "</s>",
-        "model.vision_tower", "model.multi_modal_projector", MISTRAL_INST,
+        MISTRAL_INST,
     ),
     "smolvlm": Family(
         "SmolVLMForConditionalGeneration", "SmolVLMConfig", "SmolVLMProcessor", "SmolVLMImageProcessor",
         "SmolVLMVideoProcessor", "llama", "smolvlm_vision",
         ("<|im_start|>", "<image>", "<video>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"),
-        {"image_token_id": "<image>"}, "<end_of_utterance>", "model.vision_model", "model.connector",
-        "smolvlm", video_as_images=True,
+        {"image_token_id": "<image>"}, "<end_of_utterance>", "smolvlm", video_as_images=True,
     ),
 }
 
