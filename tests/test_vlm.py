@@ -20,29 +20,27 @@ from mmft.models import VisionLanguageModule
 from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
 
 RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
-# the two-turn conversation of the mask test, as each family's published format writes it: (text, supervised)
+# the two-turn conversation of the mask test, as each family's published format writes it: (text, supervised); a
+# reply is supervised with its end-of-turn token and the newline the template writes after it
 TWO_TURNS = {
     "qwen2_5_vl": [
         ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
          "<|im_start|>assistant\n", False),
-        ("a red circle<|im_end|>", True),
-        ("\n<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("blue<|im_end|>", True),
-        ("\n", False),
+        ("a red circle<|im_end|>\n", True),
+        ("<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("blue<|im_end|>\n", True),
     ],
     "llava_onevision": [
         ("<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("a red circle<|im_end|>", True),
-        ("\n<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("blue<|im_end|>", True),
-        ("\n", False),
+        ("a red circle<|im_end|>\n", True),
+        ("<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("blue<|im_end|>\n", True),
     ],
     "smolvlm": [
         ("<|im_start|>User:<image>What is it?<end_of_utterance>\nAssistant:", False),
-        (" a red circle<end_of_utterance>", True),
-        ("\nUser: And the square?<end_of_utterance>\nAssistant:", False),
-        (" blue<end_of_utterance>", True),
-        ("\n", False),
+        (" a red circle<end_of_utterance>\n", True),
+        ("User: And the square?<end_of_utterance>\nAssistant:", False),
+        (" blue<end_of_utterance>\n", True),
     ],
 }
 

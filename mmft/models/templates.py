@@ -120,8 +120,8 @@ def render_messages(
 ) -> Rendered:
     """Render chat ``messages`` with ``chat(messages, add_generation_prompt)`` (a tokenizer's or processor's chat
     template), locating each assistant reply by rendering the prefixes: a reply starts where the generation prompt
-    of the conversation before it ends, and ends with its end-of-turn marker (whitespace the template writes after
-    the marker is not supervised)."""
+    of the conversation before it ends, and ends where the template's text for that message ends (its end-of-turn
+    marker and whatever the template writes after it, e.g. ChatML's newline)."""
     messages = list(messages)
     text = chat(messages, add_generation_prompt)
     spans = []
@@ -129,7 +129,7 @@ def render_messages(
         if message["role"] != "assistant":
             continue
         start_text = chat(messages[:i], True)
-        end_text = chat(messages[: i + 1], False).rstrip()
+        end_text = chat(messages[: i + 1], False)
         if not (text.startswith(start_text) and text.startswith(end_text)):
             raise TemplateError(
                 f"{source}: the chat template does not render conversations prefix by prefix, so the "
