@@ -24,7 +24,7 @@ from data_modules.formats import (
     VizWiz,
     VQAv2,
 )
-from data_modules.media import MediaError, load_image, load_video_frames, pad_to_square
+from data_modules.media import FrameSampling, MediaError, VideoFrames, load_image, load_video_frames, pad_to_square
 from data_modules.multitask import DataConfigError, MultitaskBatchSampler, MultitaskDataModule
 from data_modules.records import Example, Sample, Turn
 
@@ -41,6 +41,7 @@ __all__ = [
     "DocVQA",
     "Example",
     "ExampleDataset",
+    "FrameSampling",
     "LlavaInstruct",
     "MMBench",
     "MediaError",
@@ -57,6 +58,7 @@ __all__ = [
     "Turn",
     "VQAv2",
     "VideoCaptions",
+    "VideoFrames",
     "VizWiz",
     "load_image",
     "load_video_frames",
