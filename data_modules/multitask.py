@@ -286,7 +286,7 @@ class MultitaskDataModule(LightningDataModule):
 
     def _check_arguments(self) -> None:
         try:
-            FrameSampling(**self._frame_options())
+            FrameSampling(self.num_frames, self.video_fps, self.max_frames)
         except ValueError as error:
             raise DataConfigError(f"data.num_frames / data.video_fps / data.max_frames: {error}") from None
         if self.sampling not in ("round_robin", "proportional", "concat"):
