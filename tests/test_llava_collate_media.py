@@ -10,7 +10,11 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
 
-from data_modules import MSRVTTQA, TVQA, ExampleDataset
+from lightning.pytorch import Trainer
+
+from data_modules import MSRVTTQA, TVQA, ExampleDataset, LlavaInstruct, MultitaskDataModule
+from mmft.adapters import AdapterConfig
+from mmft.models import LlavaFromConfig, LlavaModule
 from data_modules.records import Example, Sample, Turn
 from mmft.models.llava_collate import (
     CHOICE_SUFFIX,
@@ -143,3 +147,36 @@ def test_video_readers_feed_the_llava_collate_with_their_instructions(tokenizer,
             labels = batch["labels"][row]
             assert tokenizer.decode(labels[labels != IGNORE_INDEX]) == f" {found.target}</s>"
     assert tvqa[0].target in {f"a{k}" for k in range(5)} and "a0: " in tvqa[0].prompt
+
+
+@pytest.mark.slow
+def test_tiny_llava_trains_and_answers_on_multi_image_and_video_records(sample_data: Path, tmp_path: Path) -> None:
+    """The LLaVA-OneVision multi-image and LLaVA-Video-178K sample records through the DataModule, the collate and
+    a transformers Llava (several images per prompt, video frames as images) under a Lightning Trainer."""
+    backbone = LlavaFromConfig(
+        tokenizer=str(ROOT / "configs" / "tiny" / "tokenizer"),
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 16, "patch_size": 8},
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "max_position_embeddings": 512},
+    )
+    adapter = AdapterConfig(method="dora", r=4, alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                            modules_to_save=["multi_modal_projector"])
+    module = LlavaModule(backbone, adapter, max_length=512, max_new_tokens=2)
+    llava = sample_data / "llava"
+    multi = LlavaInstruct(llava / "llava_multi_image_sample.json", sample_data, task="multi_image")
+    video = LlavaInstruct(llava / "llava_video_sample.json", sample_data, task="video")
+    datamodule = MultitaskDataModule(train=[multi, video], batch_size=4, num_frames=2, collate_fn=module.collate)
+    trainer = Trainer(accelerator="cpu", max_steps=4, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                      default_root_dir=tmp_path)
+    trainer.fit(module, datamodule)
+    assert trainer.global_step == 4 and torch.isfinite(trainer.callback_metrics["train/loss"])
+
+    for examples in datamodule.examples("train"):
+        batch = module.collate([ExampleDataset(examples, num_frames=2)[k] for k in range(2)])
+        images = batch["pixel_values"].shape[0]
+        assert images == sum(len(e.images) or 2 for e in examples[:2])  # a video: its 2 frames
+        image_tokens = (batch["prompt_input_ids"] == module.collate.image_token_id).sum().item()
+        assert image_tokens == images * module.collate.num_image_tokens
+        assert len(module.generate_answers(batch)) == 2
