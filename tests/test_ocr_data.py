@@ -52,7 +52,7 @@ def majority_scores(sample_data: Path) -> dict[str, float]:
 def test_guessing_the_commonest_answer_scores_low(sample_data: Path) -> None:
     """The baselines the OCR config must beat (README: Reading text in images)."""
     scores = majority_scores(sample_data)
-    assert scores == pytest.approx({"textvqa": 0.128, "docvqa": 0.033, "ocrvqa": 0.178}, abs=5e-4)
+    assert scores == pytest.approx({"textvqa": 0.097, "docvqa": 0.067, "ocrvqa": 0.156}, abs=5e-4)
 
 
 @pytest.fixture

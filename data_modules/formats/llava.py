@@ -59,8 +59,9 @@ class LlavaInstruct(Reader):
         images = _image_paths(record, source)
         video = record.get("video")
         if video is not None and not (isinstance(video, str) and video.strip()):
-            raise DataFormatError(f"{source}: 'video' should be one relative path (a non-empty string), got "
-                                  f"{video!r:.60}")
+            raise DataFormatError(
+                f"{source}: 'video' should be one relative path (a non-empty string), got {video!r:.60}"
+            )
         if images and video is not None:
             raise DataFormatError(f"{source}: has both 'image' and 'video'; a record shows one kind of media")
         if "ts" in record and video is None:
@@ -69,36 +70,7 @@ class LlavaInstruct(Reader):
             raise DataFormatError(f"{source}: empty conversation")
         if len(conversation) % 2:
             raise DataFormatError(f"{source}: the conversation ends with a human turn (no answer to learn)")
-        several = len(images) > 1
-        markers = (IMAGE_MARKER, VIDEO_MARKER) if video is not None else (IMAGE_MARKER,)
-        turns = []
-        found = 0
-        for number, message in enumerate(conversation):
-            where = f"{source} turn {number}"
-            speaker = require(message, "from", str, where)
-            text = require(message, "value", str, where)
-            expected = "human" if number % 2 == 0 else "gpt"
-            if speaker != expected:
-                raise DataFormatError(
-                    f"{where}: 'from' is {speaker!r}, expected {expected!r} "
-                    "(turns must alternate human/gpt, starting with human)"
-                )
-            for marker in (IMAGE_MARKER, VIDEO_MARKER):
-                if marker not in text:
-                    continue
-                if speaker == "gpt":
-                    raise DataFormatError(f"{where}: {marker} marker in a gpt turn (markers belong in human turns)")
-                if marker not in markers:
-                    raise DataFormatError(f"{where}: {marker} marker in a record without a 'video'")
-                if number != 0 and not several:
-                    raise DataFormatError(f"{where}: {marker} marker outside the first human turn")
-                found += text.count(marker)
-                if not several:
-                    text = text.replace(marker, "")
-            text = text.strip()
-            if not text and not (number == 0 and (images or video)):
-                raise DataFormatError(f"{where}: empty message")
-            turns.append(Turn(ROLES[speaker], text))
+        turns, found = _turns(conversation, len(images), video is not None, source)
         _check_marker_count(found, len(images), video is not None, source)
         return [
             Example(
@@ -112,6 +84,42 @@ class LlavaInstruct(Reader):
                 video_span=time_span(record, source) if "ts" in record else None,
             )
         ]
+
+
+def _turns(conversation: list, num_images: int, has_video: bool, source: str) -> tuple[list[Turn], int]:
+    """The checked turns and the number of media markers in them; markers stay in the text only with several
+    images (see the class docstring)."""
+    several = num_images > 1
+    allowed = (IMAGE_MARKER, VIDEO_MARKER) if has_video else (IMAGE_MARKER,)
+    turns = []
+    found = 0
+    for number, message in enumerate(conversation):
+        where = f"{source} turn {number}"
+        speaker = require(message, "from", str, where)
+        text = require(message, "value", str, where)
+        expected = "human" if number % 2 == 0 else "gpt"
+        if speaker != expected:
+            raise DataFormatError(
+                f"{where}: 'from' is {speaker!r}, expected {expected!r} "
+                "(turns must alternate human/gpt, starting with human)"
+            )
+        for marker in (IMAGE_MARKER, VIDEO_MARKER):
+            if marker not in text:
+                continue
+            if speaker == "gpt":
+                raise DataFormatError(f"{where}: {marker} marker in a gpt turn (markers belong in human turns)")
+            if marker not in allowed:
+                raise DataFormatError(f"{where}: {marker} marker in a record without a 'video'")
+            if number != 0 and not several:
+                raise DataFormatError(f"{where}: {marker} marker outside the first human turn")
+            found += text.count(marker)
+            if not several:
+                text = text.replace(marker, "")
+        text = text.strip()
+        if not text and not (number == 0 and (num_images or has_video)):
+            raise DataFormatError(f"{where}: empty message")
+        turns.append(Turn(ROLES[speaker], text))
+    return turns, found
 
 
 def _image_paths(record: dict, source: str) -> list[str]:

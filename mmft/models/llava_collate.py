@@ -250,7 +250,10 @@ class LlavaCollate:
     def _too_long(self, example: Example, num_images: int, prompt: bool) -> str:
         turns = self._view_turns(example, prompt)[-self._turns_kept(example, prompt):]
         length = len(self._encode_turns(example, turns, num_images, prompt)[0])
-        what = "its last question" if prompt else "its last question and answer"
+        if len(example.images) > 1:
+            what = "its whole conversation (several images)"
+        else:
+            what = "its last question" if prompt else "its last question and answer"
         return (f"{self._name(example)}: {length} tokens with only {what} (images included), more than "
                 f"max_length={self.max_length}: raise model.init_args.max_length, or drop such examples with "
                 "data.on_error: skip")

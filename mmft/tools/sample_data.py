@@ -772,7 +772,7 @@ OCR_WORDS = ("STOP", "OPEN", "SALE", "EXIT", "CAFE", "BANK", "TAXI", "HOTEL", "P
 OCR_NUMBERS = ("12", "25", "38", "47", "56", "63", "74", "89")
 OCR_SIZE = 64
 # OCR-VQA genre of a cover, told by its colour
-GENRES = {"Travel": (40, 80, 225), "Cookbooks": (40, 170, 60), "Romance": (220, 40, 40), "History": (145, 60, 185)}
+GENRES = {"Travel": (40, 80, 225), "Comics": (40, 170, 60), "Romance": (220, 40, 40), "History": (145, 60, 185)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -789,17 +789,18 @@ def draw_lines(lines: list[tuple[str, int]], background: tuple, ink: tuple, rng:
     boxes = [draw.textbbox((0, 0), text, font=font) for (text, _), font in zip(lines, fonts)]
     gap = 4
     height = sum(box[3] - box[1] for box in boxes) + gap * (len(lines) - 1)
-    y = (OCR_SIZE - height) // 2 + rng.randint(-3, 3)
+    y = (OCR_SIZE - height) // 2 + rng.randint(-2, 2)
     for (text, _), font, box in zip(lines, fonts, boxes):
-        x = (OCR_SIZE - (box[2] - box[0])) // 2 + rng.randint(-3, 3)
+        x = (OCR_SIZE - (box[2] - box[0])) // 2 + rng.randint(-2, 2)
         draw.text((x - box[0], y - box[1]), text, fill=ink, font=font)
         y += box[3] - box[1] + gap
     return image
 
 
 def sign_colors(rng: random.Random) -> tuple[tuple, tuple]:
-    background = rng.choice(list(BACKGROUNDS.values()) + [COLORS["yellow"], COLORS["blue"]])
-    ink = (12, 12, 12) if sum(background) > 400 else (250, 250, 250)
+    """Dark letters on a white or yellow sign, or white letters on a blue one."""
+    background = rng.choice([BACKGROUNDS["white"], COLORS["yellow"], COLORS["blue"]])
+    ink = (250, 250, 250) if background == COLORS["blue"] else (12, 12, 12)
     return background, ink
 
 
@@ -862,7 +863,7 @@ def make_ocr_docvqa(root: Path, rng: random.Random, counts: dict[str, int]) -> N
                         "docId": k,
                         "ucsf_document_id": f"mmft{k:05d}",
                         "ucsf_document_page_no": "1",
-                        "answers": [answer, answer.lower()] if answer.isalpha() else [answer],
+                        "answers": [answer.lower(), answer] if answer.isalpha() else [answer],
                         "data_split": split,
                     }
                 )
@@ -877,14 +878,14 @@ def make_ocr_vqa(root: Path, rng: random.Random, counts: dict[str, int]) -> None
     for split_number, n in enumerate(counts.values(), start=1):
         for k in range(first, first + n):
             book_id = f"B{k:09d}"
-            title, genre = rng.choice(OCR_WORDS).capitalize(), rng.choice(list(GENRES))
+            title, genre = rng.choice(OCR_WORDS).lower(), rng.choice(list(GENRES))
             save(draw_lines([(title.upper(), 16)], GENRES[genre], (250, 250, 250), rng), root / "images" / f"{book_id}.jpg")
             other = genre if rng.random() < 0.5 else rng.choice([g for g in GENRES if g != genre])
             books[book_id] = {
                 "imageURL": f"http://images.example.invalid/images/I/{book_id}.jpg",
                 "questions": ["What is the title of this book?", "What is the genre of this book?",
                               f"Is this book related to {other}?"],
-                "answers": [title, genre, "Yes" if other == genre else "No"],
+                "answers": [title, genre.lower(), "yes" if other == genre else "no"],
                 "title": title,
                 "authorName": "Anonymous",
                 "genre": genre,
@@ -895,7 +896,8 @@ def make_ocr_vqa(root: Path, rng: random.Random, counts: dict[str, int]) -> None
 
 
 def make_ocr(root: Path, rng: random.Random, scale: int) -> dict[str, int]:
-    """The OCR sample: TextVQA, DocVQA and OCR-VQA files whose answers are words written in the images."""
+    """The OCR sample: TextVQA, DocVQA and OCR-VQA files whose answers are words written in the images (in capitals),
+    answered in lower case in all three, so that a model learns one spelling of each word."""
     make_ocr_textvqa(root / "textvqa", rng, {"train": 240 * scale, "val": 60 * scale})
     make_ocr_docvqa(root / "docvqa", rng, {"train": 120 * scale, "val": 30 * scale})
     make_ocr_vqa(root / "ocrvqa", rng, {"train": 120 * scale, "val": 30 * scale})
