@@ -6,7 +6,7 @@ the answers vary enough that always giving the most common answer scores far bel
 
     mmft sample-data --out data/sample
 
-Deterministic for a given seed (the same bytes every run), about 1 MB, well under a few seconds.
+Deterministic for a given seed (the same bytes every run, but for the mp4 files), about 7 MB, a few seconds.
 """
 
 from __future__ import annotations
@@ -911,7 +911,7 @@ def make_ocr(root: Path, rng: random.Random, scale: int) -> dict[str, int]:
 def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: bool = True) -> dict[str, Any]:
     """Write the sample data under ``out`` and return a summary (also written to ``out/manifest.json``).
 
-    ``scale`` multiplies the number of images and questions (1: about 1,000 images, 1 MB). Every dataset draws from
+    ``scale`` multiplies the number of images and questions (1: about 1,400 files, 7 MB). Every dataset draws from
     its own seeded generator, so changing one leaves the others' bytes unchanged.
     """
     root = Path(out)
