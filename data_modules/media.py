@@ -154,12 +154,8 @@ class FrameSampling:
                 f"max_frames={self.max_frames}"
             )
 
-    @property
-    def most_frames(self) -> int:
-        """The most frames one example can take (what a model must budget for)."""
-        return self.num_frames if self.fps is None else int(self.max_frames)  # type: ignore[arg-type]
-
     def indices(self, num_total: int, fps: float, span: tuple[float, float] | None = None) -> np.ndarray:
+        """The frame indices to decode from a video of ``num_total`` frames at ``fps``."""
         if self.fps is None:
             return sample_frame_indices(num_total, fps, self.num_frames, span)
         return rate_frame_indices(num_total, fps, self.fps, int(self.max_frames), span)  # type: ignore[arg-type]
