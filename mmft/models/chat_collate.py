@@ -38,15 +38,6 @@ from .templates import check_turns, render_messages
 from .vlm_families import Family
 
 MEDIA_KEYS_SKIPPED = ("input_ids", "attention_mask", "offset_mapping", "text_replacement_offsets", "mm_token_type_ids")
-# video task instructions: MSRVTT-QA is open-ended short answers; TVQA / How2QA answer with the choice's name
-VIDEO_INSTRUCTIONS = {
-    "msrvtt_qa": "Answer the question using a single word or phrase.",
-    "tvqa": "Answer with the option's name from the given choices directly.",
-    "how2qa": "Answer with the option's name from the given choices directly.",
-}
-DEFAULT_INSTRUCTIONS = {**LLAVA_INSTRUCTIONS, **VIDEO_INSTRUCTIONS}
-
-
 def media_messages(turns: Sequence[Turn], num_images: int, has_video: bool, frames: int = 0) -> list[dict]:
     """Chat messages with media parts: several images where their markers are, one image or a video (or its
     ``frames`` as images) at the start of the first user turn."""
@@ -74,8 +65,8 @@ class ChatCollate:
         processor: the family's processor (tokenizer, image / video processor, chat template).
         family: the family's entry (whether video goes in as images).
         max_length: longest sequence, visual tokens included.
-        instructions: task -> text appended (after a newline) to every question; ``None`` means LLaVA-1.5's
-            evaluation instructions plus short-answer / choice instructions for the video QA tasks.
+        instructions: task -> text appended (after a newline) to every question; ``None`` means the LLaVA collate's
+            (LLaVA-1.5's evaluation instructions, and the video tasks' short-answer, choice-label and caption ones).
         default_fps: frame rate assumed for videos whose frame times are unknown.
     """
 
@@ -91,7 +82,7 @@ class ChatCollate:
         self.family = family
         self.tokenizer = processor.tokenizer
         self.max_length = max_length
-        self.instructions = dict(DEFAULT_INSTRUCTIONS if instructions is None else instructions)
+        self.instructions = dict(LLAVA_INSTRUCTIONS if instructions is None else instructions)
         self.default_fps = default_fps
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
