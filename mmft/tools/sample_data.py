@@ -941,7 +941,7 @@ def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: boo
     ocr = make_ocr(root / "ocr", rng("ocr"), scale)
     video_counts = {}
     if videos:
-        make_msrvtt_qa(root, rng("msrvtt"), {"train": 8 * scale, "val": 4 * scale})
+        make_msrvtt_qa(root, rng("msrvtt"), {"train": 64 * scale, "val": 16 * scale})
         video_counts["tvqa"] = make_tvqa(root, rng("tvqa"), {"train": 12 * scale, "val": 6 * scale})
         video_counts["tvc"] = make_tvc(root, rng("tvc"), {"train": 12 * scale, "val": 6 * scale})
         make_llava_video(root)
