@@ -56,7 +56,10 @@ def _decode_image(file: Path | BinaryIO, path: Path, source: str) -> Image.Image
             return image.convert("RGB")
     except FileNotFoundError:
         raise MediaError("image file not found", path=path, source=source, reason=MISSING) from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError as error:  # its message names the file object, a BytesIO for shard bytes
+        raise MediaError("corrupt or unreadable image (not a format PIL can identify)", path=path,
+                         source=source) from error
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise MediaError(f"corrupt or unreadable image ({error})", path=path, source=source) from error
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import multiprocessing
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -92,8 +93,10 @@ def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int,
     optimize = litdata().optimize
     run = max(1, min(256, math.ceil(len(examples) / (4 * num_workers))))
     inputs = [range(start, min(start + run, len(examples))) for start in range(0, len(examples), run)]
+    # fork where there is one: spawned workers would import torch again, seconds each
+    start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     options = {"chunk_bytes": chunk_bytes, "num_workers": num_workers, "reorder_files": False,
-               "keep_data_ordered": True}
+               "keep_data_ordered": True, "start_method": start_method}
     if is_uri(output_dir):
         optimize(ShardItems(examples), inputs, output_dir, mode="overwrite", **options)
         return
