@@ -20,11 +20,12 @@ Samples whose media fail to decode under ``on_error="skip"`` are reported by :me
 batch left empty becomes ``None``, which Lightning skips in training and passes to evaluation steps as is.
 
 Streaming: training readers may instead all be :class:`~data_modules.streaming.StreamingShards` (shards written by
-``mmft optimize``); the train loader is then litdata's ``StreamingDataLoader`` over one ``StreamingDataset`` per
-reader, mixed by ``CombinedStreamingDataset`` in proportion to their sizes (``sampling: concat``: each sample's task
-drawn at random, so batches mix tasks). Sharding across ranks and workers, and mid-epoch resume (the loader's own
-``state_dict``, which Lightning saves in checkpoints), are litdata's; media and token budgets are checked per sample
-(see :mod:`data_modules.streaming`).
+``mmft optimize``, one shard set holding every task); the train loader is then litdata's ``StreamingDataLoader`` over
+its ``StreamingDataset``, every task's examples shuffled together (``sampling: concat``: batches mix tasks).
+Sharding across ranks and workers, and mid-epoch resume (the loader's own ``state_dict``, which Lightning saves in
+checkpoints), are litdata's; media and token budgets are checked per sample (see :mod:`data_modules.streaming`).
+Several StreamingShards readers are mixed by litdata's ``CombinedStreamingDataset`` in proportion to their sizes;
+litdata 0.2.76 does not resume that mix exactly (a warning says so), so write one shard set per run.
 
 Token budgets of in-memory readers are checked when the data is read, not mid-epoch: when the collate has a ``check_length(example,
 training)`` method (mmft's do), every example is asked once; one that cannot fit the model's ``max_length`` raises a
@@ -467,15 +468,23 @@ class MultitaskDataModule(LightningDataModule):
 
     def _streaming_train_dataloader(self, collate: SkipFilteringCollate) -> DataLoader:
         """litdata's loader over the shards (see the module docstring)."""
+        from data_modules.streaming_loader import EpochStreamingDataLoader
+
         check_length = getattr(self.collate_fn, "check_length", None)
         datasets = [
             reader.dataset(DecodeShardItem(reader.task, self._policy(reader), self._needs_media, self.num_frames,
                                            check_length), seed=self.seed)
             for reader in self.readers["train"]
         ]
-        dataset = datasets[0] if len(datasets) == 1 else litdata().CombinedStreamingDataset(datasets, seed=self.seed)
-        return litdata().StreamingDataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                                   collate_fn=collate)
+        if len(datasets) == 1:
+            dataset = datasets[0]
+        else:
+            log.warning("data.train: %d StreamingShards readers are mixed by litdata, which does not resume the mix "
+                        "exactly mid-epoch; write them as one shard set (one `mmft optimize`) for exact resumes",
+                        len(datasets))
+            dataset = litdata().CombinedStreamingDataset(datasets, seed=self.seed)
+        return EpochStreamingDataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                                        collate_fn=collate)
 
     def state_dict(self) -> dict[str, int]:
         """Where training stands in its epoch, saved with every checkpoint: the epoch and the batches trained in it."""

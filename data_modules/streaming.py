@@ -37,12 +37,12 @@ def litdata() -> Any:
 
 
 class StreamingShards:
-    """Training examples of one task streamed from shards written by ``mmft optimize`` (``<out>/<task>``).
+    """Training examples streamed from shards written by ``mmft optimize``, every task's examples shuffled together.
 
     Args:
         input_dir: a shard folder (with litdata's ``index.json``) or an object-store URI (``s3://...``), passed to
             litdata unchanged.
-        task: the examples' task (default: the folder's name, which ``mmft optimize`` names after the task).
+        task: give every example this task (default: None, each keeps the task it was written with).
         on_error: ``raise`` or ``skip`` samples whose media cannot be decoded or that are too long for the model;
             None: the DataModule's policy.
         cache_dir: where chunks of a remote dataset are cached (litdata's default when None).
@@ -60,7 +60,7 @@ class StreamingShards:
         if on_error not in (None, "raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.input_dir = str(input_dir)
-        self.task = task or self.input_dir.rstrip("/").rsplit("/", 1)[-1]
+        self.task = task
         self.on_error = on_error
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
@@ -83,7 +83,7 @@ class DecodeShardItem:
 
     def __init__(
         self,
-        task: str,
+        task: str | None,
         on_error: OnError,
         load_media: bool = True,
         num_frames: int = 8,
@@ -97,7 +97,7 @@ class DecodeShardItem:
 
     def __call__(self, item: dict[str, Any]) -> Sample | SkippedSample:
         example, images, video = item_to_example(item)
-        if example.task != self.task:
+        if self.task is not None and example.task != self.task:
             example = replace(example, task=self.task)
         try:
             if self.check_length is not None:

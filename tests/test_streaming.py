@@ -67,7 +67,8 @@ def write_broken_llava(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def shards(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`mmft optimize` (the tool's main, in process) over the tiny LLaVA recipe with its training readers replaced
-    by the LLaVA sample, the MSRVTT-QA videos and a broken file, under on_error: skip."""
+    by the LLaVA sample, the MSRVTT-QA videos and a broken file, under on_error: skip; and (``mixed``) the LLaVA
+    sample with the videos, written by the same library code."""
     folder = tmp_path_factory.mktemp("streaming")
     broken = write_broken_llava(folder / "broken")
     overlay = {"data": {"init_args": {"on_error": "skip", "train": [
@@ -81,26 +82,36 @@ def shards(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
          "init_args": {"json_path": str(broken), "image_folder": str(broken.parent), "task": "broken"}},
     ]}}}
     (folder / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    out = folder / "shards"
     argv = ["--config", str(ROOT / "configs/tiny/llava.yaml"), "--config", str(folder / "overlay.yaml"),
-            "--stage", "train", "--out", str(out), "--num-workers", "2"]
+            "--stage", "train", "--out", str(folder / "all"), "--num-workers", "2"]
     printed = io.StringIO()
     with contextlib.redirect_stderr(printed), contextlib.redirect_stdout(printed):
         assert optimize.main(argv) == 0
-    (out / "printed.txt").write_text(printed.getvalue())
-    return out
+    (folder / "printed.txt").write_text(printed.getvalue())
+    optimize.write_shards(llava(sample_data).read() + msrvtt(sample_data).read(), str(folder / "mixed"), 1, "64MB")
+    return folder
 
 
-def streamed_samples(input_dir: Path, **kwargs) -> list:
+def streamed_samples(input_dir: Path, load_media: bool = True) -> list:
     """Every sample of one shard folder through the DataModule's streaming loader, in the order read."""
-    data = MultitaskDataModule(train=[StreamingShards(str(input_dir), **kwargs)], batch_size=4, sampling="concat",
-                               collate_fn=samples_of)
+    collate = samples_of if load_media else FeatureCollate()
+    data = MultitaskDataModule(train=[StreamingShards(str(input_dir))], batch_size=4, sampling="concat",
+                               on_error="skip", collate_fn=collate)
     data.setup("fit")
     return [sample for batch in data.train_dataloader() for sample in batch["samples"]]
 
 
 def samples_of(samples: list[Sample]) -> dict:
     return {"samples": samples}
+
+
+class FeatureCollate:
+    """A collate that reads no pixels (as VL-BART's on feature files): samples come without media."""
+
+    needs_media = False
+
+    def __call__(self, samples: list[Sample]) -> dict:
+        return samples_of(samples)
 
 
 def test_shard_item_round_trip_keeps_the_example_and_the_file_bytes(sample_data: Path) -> None:
@@ -114,29 +125,30 @@ def test_shard_item_round_trip_keeps_the_example_and_the_file_bytes(sample_data:
 
 
 def test_optimize_writes_every_task_and_counts_bad_records(shards: Path, sample_data: Path) -> None:
-    """The shards hold exactly the Examples the in-memory readers give (checked field by field), and the malformed
-    record was counted in the printed report, never written."""
-    assert sorted(p.name for p in shards.iterdir() if p.is_dir()) == ["broken", "llava_instruct", "msrvtt_qa"]
+    """The shards hold exactly the Examples the in-memory readers give (checked field by field), tasks mixed in every
+    chunk, and the malformed record was counted in the printed report, never written."""
     printed = (shards / "printed.txt").read_text()
     assert "broken.json): skipped 1 of 3 (1 malformed record)" in printed and "broken.json#1 (id malformed)" in printed
-    assert f"wrote {shards}/broken: 2 examples" in printed
+    assert f"wrote {shards / 'all'}: 218 examples (llava_instruct 200, msrvtt_qa 16, broken 2)" in printed
     assert not list(shards.glob(".*.partial"))
-    for task, reader in (("llava_instruct", llava(sample_data)), ("msrvtt_qa", msrvtt(sample_data))):
-        streamed = [sample.example for sample in streamed_samples(shards / task, on_error="raise")]
-        expected = reader.read()
-        assert len(streamed) == len(expected) and Counter(e.id for e in streamed) == Counter(e.id for e in expected)
-        assert sorted(streamed, key=lambda e: e.id) == sorted(expected, key=lambda e: e.id)
-    broken = [sample.example.id for sample in streamed_samples(shards / "broken", on_error="skip")]
-    assert broken == ["good"]  # the undecodable one was written, and skipped when read (next test)
+    streamed = [sample.example for sample in streamed_samples(shards / "all", load_media=False)]
+    expected = llava(sample_data).read() + msrvtt(sample_data).read()
+    expected += LlavaInstruct(shards / "broken" / "broken.json", shards / "broken", task="broken",
+                              on_error="skip").read()
+    assert len(streamed) == len(expected) == 218
+    assert sorted(streamed, key=lambda e: (e.task, e.id)) == sorted(expected, key=lambda e: (e.task, e.id))
+    assert len({e.task for e in streamed[:40]}) > 1  # written in a shuffled order
 
 
 def test_streamed_media_decode_to_the_same_pixels_as_the_files(shards: Path) -> None:
-    samples = streamed_samples(shards / "llava_instruct")
+    samples = streamed_samples(shards / "mixed")
     with_image = [s for s in samples if s.example.images][:5]
     assert with_image and len(with_image[0].images) == 1
     for sample in with_image:
         assert np.array_equal(np.asarray(sample.images[0]), np.asarray(load_image(sample.example.images[0])))
-    for sample in streamed_samples(shards / "msrvtt_qa")[:3]:
+    videos = [s for s in samples if s.example.video is not None][:3]
+    assert videos
+    for sample in videos:
         expected = load_video_frames(sample.example.video, 8, span=sample.example.video_span)
         assert torch.equal(sample.frames, expected)
 
@@ -148,7 +160,7 @@ class FlagLong:
         self.too_long = too_long
 
     def __call__(self, samples: list[Sample]) -> dict:
-        return {"id": [s.example.id for s in samples]}
+        return {"id": [s.example.id for s in samples], "task": [s.example.task for s in samples]}
 
     def check_length(self, example, training: bool) -> LengthCheck:
         too_long = example.id in self.too_long
@@ -156,9 +168,9 @@ class FlagLong:
 
 
 def test_bad_samples_are_raised_or_skipped_and_counted_as_in_memory(shards: Path) -> None:
-    def data(on_error: str, collate, task: str = "broken") -> MultitaskDataModule:
-        module = MultitaskDataModule(train=[StreamingShards(str(shards / task))], batch_size=1, sampling="concat",
-                                     on_error=on_error, collate_fn=collate)
+    def data(on_error: str, collate) -> MultitaskDataModule:
+        module = MultitaskDataModule(train=[StreamingShards(str(shards / "all"), task="mine")], batch_size=1,
+                                     sampling="concat", on_error=on_error, collate_fn=collate)
         module.setup("fit")
         return module
 
@@ -166,15 +178,16 @@ def test_bad_samples_are_raised_or_skipped_and_counted_as_in_memory(shards: Path
         list(data("raise", samples_of).train_dataloader())
     skipping = data("skip", FlagLong({"good"}))
     batches = [skipping.on_before_batch_transfer(batch, 0) for batch in skipping.train_dataloader()]
-    assert batches == [None, None]  # both samples dropped: one undecodable, one too long
+    assert batches.count(None) == 2 and len(batches) == 218  # dropped: one undecodable, one too long
     assert skipping.media_skips.counts == {"corrupt media": 1, TOO_LONG: 1}
+    assert {task for batch in batches if batch is not None for task in batch["task"]} == {"mine"}
     too_long = data("raise", FlagLong({"good", "undecodable"}))
     with pytest.raises(DataFormatError, match=r"broken\.json#\d \(id \w+\): 999 tokens > max_length 9"):
         list(too_long.train_dataloader())
 
 
 def test_streaming_arguments_that_cannot_work_are_refused(shards: Path, sample_data: Path) -> None:
-    stream = StreamingShards(str(shards / "llava_instruct"))
+    stream = StreamingShards(str(shards / "mixed"))
     with pytest.raises(DataConfigError, match="mixes StreamingShards with in-memory readers"):
         MultitaskDataModule(train=[stream, llava(sample_data)], sampling="concat")
     with pytest.raises(DataConfigError, match="data.sampling must be set as named"):
@@ -183,7 +196,6 @@ def test_streaming_arguments_that_cannot_work_are_refused(shards: Path, sample_d
         MultitaskDataModule(train=[stream], sampling="concat", group_by_modality_length=True)
     with pytest.raises(DataConfigError, match="data.val: StreamingShards readers serve training only"):
         MultitaskDataModule(train=[stream], val=[stream], sampling="concat")
-    assert stream.task == "llava_instruct"
 
 
 def ids_of(samples: list[Sample]) -> list[str]:
@@ -209,14 +221,14 @@ def test_two_ranks_with_two_workers_read_each_example_at_most_once(shards: Path,
         port = probe.getsockname()[1]
     context = multiprocessing.get_context("fork")  # the parent has imported everything already
     queue = context.Queue()
-    ranks = [context.Process(target=rank_reads, args=(r, port, str(shards / "llava_instruct"), queue))
+    ranks = [context.Process(target=rank_reads, args=(r, port, str(shards / "mixed"), queue))
              for r in range(2)]
     for process in ranks:
         process.start()
     results = sorted(queue.get(timeout=120) for _ in ranks)
     for process in ranks:
         process.join(timeout=60)
-    dataset = {e.id for e in llava(sample_data).read()}
+    dataset = {e.id for e in llava(sample_data).read() + msrvtt(sample_data).read()}
     per_rank = (len(dataset) // 8) // 2 * 8
     assert [length for _, length, _ in results] == [per_rank // 8] * 2
     for epoch in range(2):
@@ -252,17 +264,20 @@ def mean_colours(samples: list[Sample]) -> torch.Tensor:
 
 
 def test_resume_mid_epoch_gives_the_losses_of_an_uninterrupted_run(shards: Path, tmp_path: Path) -> None:
+    """Two tasks in one shard set, two workers: resumed from a checkpoint saved mid-epoch or at the epoch's end, a run
+    logs the uninterrupted run's losses, in the resumed epoch and in the next one (which litdata alone replays)."""
     def fit(max_steps: int, ckpt_path: str | None = None, **kwargs) -> list[float]:
-        data = MultitaskDataModule(train=[StreamingShards(str(shards / "llava_instruct"))], batch_size=8,
-                                   sampling="concat", num_workers=2, seed=5, collate_fn=mean_colours)
+        data = MultitaskDataModule(train=[StreamingShards(str(shards / "mixed"))], batch_size=8, sampling="concat",
+                                   num_workers=2, seed=5, num_frames=1, collate_fn=mean_colours)
         model = PixelRegression()
         Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                 max_steps=max_steps, **kwargs).fit(model, datamodule=data, ckpt_path=ckpt_path)
         return model.losses
 
-    uninterrupted = fit(7, enable_checkpointing=False)
-    every3 = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=3, save_top_k=-1)
-    first = fit(3, callbacks=[every3])
-    assert first == uninterrupted[:3]
-    resumed = fit(7, ckpt_path=str(tmp_path / "epoch=0-step=3.ckpt"), enable_checkpointing=False)
-    assert resumed == uninterrupted[3:]  # exact: the same batches, in order, on the same weights
+    epoch = 216 // 8  # 200 LLaVA examples and 16 videos
+    uninterrupted = fit(epoch + 3, enable_checkpointing=False)
+    saved = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+    assert fit(epoch, callbacks=[saved]) == uninterrupted[:epoch]
+    for step in (3, epoch):
+        resumed = fit(epoch + 3, ckpt_path=str(tmp_path / f"epoch=0-step={step}.ckpt"), enable_checkpointing=False)
+        assert resumed == uninterrupted[step:]  # exact: the same batches, in order, on the same weights

@@ -1,4 +1,4 @@
-"""Write a config's readers to litdata shards for streaming: one shard folder per task, ``<out>/<task>``.
+"""Write a config's readers to litdata shards for streaming: one shard folder holding every task's examples.
 
     mmft optimize --config configs/tiny/llava.yaml --stage train --out shards/tiny_llava
     mmft optimize --config configs/llava_dora.yaml --config my_paths.yaml --out s3://bucket/llava665k --num-workers 32
@@ -8,8 +8,9 @@ for ``mmft fit``), read with the config's ``data.init_args.on_error``: bad recor
 ``skip`` (the report is printed), or stop the run under ``raise``, naming the file and record. Each shard item is an
 Example and its media files' bytes (:mod:`data_modules.shards`), written by litdata's ``optimize`` in parallel
 workers with its progress bar. A local folder is written beside its final name and renamed into place; an
-object-store URI goes to litdata unchanged. Train on the shards with ``data_modules.StreamingShards`` readers
-(README: Streaming).
+object-store URI goes to litdata unchanged. Train on the shards with one ``data_modules.StreamingShards`` reader
+(README: Streaming): its examples keep their tasks and are shuffled together each epoch, as ``sampling: concat``
+does in memory, and litdata resumes one shard set exactly (several, mixed by litdata, it does not).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import math
 import multiprocessing
 import shutil
 import sys
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from data_modules.formats.base import DataFormatError, Reader, SkipReport
 from data_modules.records import Example
@@ -56,18 +60,18 @@ def readers_from_config(config_files: Sequence[Path], stage: str) -> tuple[list[
     return readers, data
 
 
-def read_tasks(readers: Sequence[Reader], on_error: str, allow_outside_paths: bool) -> tuple[
-        dict[str, list[Example]], list[SkipReport]]:
-    """Every reader's Examples pooled by task (in reader order), and each reader's skip report."""
-    tasks: dict[str, list[Example]] = {}
+def read_all(readers: Sequence[Reader], on_error: str, allow_outside_paths: bool) -> tuple[
+        list[Example], list[SkipReport]]:
+    """Every reader's Examples (in reader order), and each reader's skip report."""
+    examples: list[Example] = []
     reports = []
     for reader in readers:
-        examples = reader.read(on_error, check_media=True, allow_outside_paths=allow_outside_paths)
+        read = reader.read(on_error, check_media=True, allow_outside_paths=allow_outside_paths)
         reports.append(reader.skipped)
-        if not examples:
+        if not read:
             raise DataFormatError(f"{reader!r} yielded no examples ({reader.skipped!r})")
-        tasks.setdefault(reader.task, []).extend(examples)
-    return tasks, reports
+        examples += read
+    return examples, reports
 
 
 def is_uri(out: str) -> bool:
@@ -88,9 +92,13 @@ class ShardItems:
             yield example_to_item(self.examples[index])
 
 
-def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int, chunk_bytes: str) -> None:
-    """``examples`` as litdata shards in ``output_dir`` (in order); a local folder is replaced only once whole."""
+def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int, chunk_bytes: str,
+                 seed: int = 0) -> None:
+    """``examples`` as litdata shards in ``output_dir``, in a seeded random order so that every chunk mixes the tasks
+    (litdata shuffles chunks and items within a window of chunks, not the whole set); a local folder is replaced
+    only once whole."""
     optimize = litdata().optimize
+    examples = [examples[i] for i in np.random.default_rng(seed).permutation(len(examples))]
     run = max(1, min(256, math.ceil(len(examples) / (4 * num_workers))))
     inputs = [range(start, min(start + run, len(examples))) for start in range(0, len(examples), run)]
     # fork where there is one: spawned workers would import torch again, seconds each
@@ -115,13 +123,12 @@ def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int,
 
 def optimize_config(config_files: Sequence[Path], stage: str, out: str, num_workers: int = 1,
                     chunk_bytes: str = "64MB") -> tuple[dict[str, int], list[SkipReport]]:
-    """Write the ``stage`` readers of the configs to ``<out>/<task>``; returns the examples written per task and the
-    readers' skip reports."""
+    """Write the ``stage`` readers of the configs to ``out``; returns the examples written per task and the readers'
+    skip reports."""
     readers, data = readers_from_config(config_files, stage)
-    tasks, reports = read_tasks(readers, data.get("on_error") or "raise", bool(data.get("allow_outside_paths")))
-    for task, examples in tasks.items():
-        write_shards(examples, f"{out.rstrip('/')}/{task}", num_workers, chunk_bytes)
-    return {task: len(examples) for task, examples in tasks.items()}, reports
+    examples, reports = read_all(readers, data.get("on_error") or "raise", bool(data.get("allow_outside_paths")))
+    write_shards(examples, out.rstrip("/"), num_workers, chunk_bytes)
+    return dict(Counter(example.task for example in examples)), reports
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmft optimize", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, action="append", required=True, help="mmft config(s), composed")
     parser.add_argument("--stage", choices=STAGES, default="train", help="whose readers to write (data.<stage>)")
-    parser.add_argument("--out", required=True, help="a local folder or an object-store URI; one subfolder per task")
+    parser.add_argument("--out", required=True, help="a local folder or an object-store URI")
     parser.add_argument("--num-workers", type=int, default=1, help="parallel writer processes")
     parser.add_argument("--chunk-bytes", default="64MB", help="the size of each chunk file")
     args = parser.parse_args(argv)
@@ -141,6 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for report in reports:
         if report.total:
             print(report.summary(), file=sys.stderr)
-    for task, count in counts.items():
-        print(f"wrote {args.out.rstrip('/')}/{task}: {count} examples")
+    tasks = ", ".join(f"{task} {count}" for task, count in counts.items())
+    print(f"wrote {args.out}: {sum(counts.values())} examples ({tasks})")
     return 0
