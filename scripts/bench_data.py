@@ -45,10 +45,9 @@ def samples_per_second(batches: Iterable, count: int) -> float:
 
 
 def streaming_twin(data: MultitaskDataModule, shards: Path, workers: int) -> MultitaskDataModule:
-    """A DataModule like ``data`` whose training readers are the shards of its own training readers."""
-    tasks = dict.fromkeys(reader.task for reader in data.readers["train"])
+    """A DataModule like ``data`` whose training reader is the shard set of its own training readers."""
     batch_size = data.batch_size if isinstance(data.batch_size, int) else max(data.batch_size.values())
-    return MultitaskDataModule(train=[StreamingShards(str(shards / task)) for task in tasks], batch_size=batch_size,
+    return MultitaskDataModule(train=[StreamingShards(str(shards))], batch_size=batch_size,
                                sampling="concat", num_workers=workers, seed=data.seed, num_frames=data.num_frames,
                                collate_fn=data.collate_fn)
 
