@@ -27,11 +27,11 @@ checkpoints), are litdata's; media and token budgets are checked per sample (see
 Several StreamingShards readers are mixed by litdata's ``CombinedStreamingDataset`` in proportion to their sizes;
 litdata 0.2.76 does not resume that mix exactly (a warning says so), so write one shard set per run.
 
-Token budgets of in-memory readers are checked when the data is read, not mid-epoch: when the collate has a ``check_length(example,
-training)`` method (mmft's do), every example is asked once; one that cannot fit the model's ``max_length`` raises a
-:class:`DataFormatError` naming it or, under ``on_error="skip"``, is dropped and counted in its reader's skip report,
-and the number of examples fitted by cutting context (earlier turns, subtitles) and dropped is logged per task
-(``length_reports``).
+Token budgets of in-memory readers are checked when the data is read, not mid-epoch: when the collate has a
+``check_length(example, training)`` method (mmft's do), every example is asked once; one that cannot fit the
+model's ``max_length`` raises a :class:`DataFormatError` naming it or, under ``on_error="skip"``, is dropped and
+counted in its reader's skip report, and the number of examples fitted by cutting context (earlier turns,
+subtitles) and dropped is logged per task (``length_reports``).
 """
 
 from __future__ import annotations
@@ -323,14 +323,17 @@ class MultitaskDataModule(LightningDataModule):
             raise DataConfigError("data.train mixes StreamingShards with in-memory readers: write every training "
                                   "reader to shards with `mmft optimize`, or none")
         problems = {
-            "data.sampling": self.sampling != "concat",
-            "data.batch_size (one int)": isinstance(self.batch_size, dict),
-            "data.group_by_modality_length (false)": self.group_by_modality_length,
+            f"data.sampling: {self.sampling}": self.sampling != "concat",
+            "data.batch_size per task": isinstance(self.batch_size, dict),
+            "data.group_by_modality_length: true": self.group_by_modality_length,
         }
         for argument, wrong in problems.items():
             if wrong:
-                raise DataConfigError(f"{argument} must be set as named with StreamingShards training readers: "
-                                      "litdata mixes tasks sample by sample (sampling: concat)")
+                raise DataConfigError(
+                    f"{argument} does not work with StreamingShards training readers: litdata streams the shards "
+                    "with every task mixed sample by sample; set sampling: concat, one int batch_size and "
+                    "group_by_modality_length: false"
+                )
 
     @property
     def train_tasks(self) -> list[str]:

@@ -190,9 +190,11 @@ def test_streaming_arguments_that_cannot_work_are_refused(shards: Path, sample_d
     stream = StreamingShards(str(shards / "mixed"))
     with pytest.raises(DataConfigError, match="mixes StreamingShards with in-memory readers"):
         MultitaskDataModule(train=[stream, llava(sample_data)], sampling="concat")
-    with pytest.raises(DataConfigError, match="data.sampling must be set as named"):
+    with pytest.raises(DataConfigError, match="data.sampling: round_robin does not work with StreamingShards"):
         MultitaskDataModule(train=[stream], sampling="round_robin")
-    with pytest.raises(DataConfigError, match="data.group_by_modality_length"):
+    with pytest.raises(DataConfigError, match="data.batch_size per task"):
+        MultitaskDataModule(train=[stream], sampling="concat", batch_size={"llava_instruct": 4})
+    with pytest.raises(DataConfigError, match="data.group_by_modality_length: true"):
         MultitaskDataModule(train=[stream], sampling="concat", group_by_modality_length=True)
     with pytest.raises(DataConfigError, match="data.val: StreamingShards readers serve training only"):
         MultitaskDataModule(train=[stream], val=[stream], sampling="concat")
