@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from data_modules.datasets import SkippedSample
-from data_modules.formats.base import TOO_LONG, DataFormatError, OnError, SkipReport
+from data_modules.formats.base import TOO_LONG, DataFormatError, OnError
 from data_modules.media import MediaError, decode_image, load_video_frames
 from data_modules.records import Example, LengthCheck, Sample
 from data_modules.shards import item_to_example
@@ -64,7 +64,6 @@ class StreamingShards:
         self.on_error = on_error
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
-        self.skipped = SkipReport(repr(self))  # records were checked when the shards were written
 
     def __repr__(self) -> str:
         return f"StreamingShards(task={self.task!r}, {self.input_dir})"

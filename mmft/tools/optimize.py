@@ -76,7 +76,7 @@ def read_all(readers: Sequence[Reader], on_error: str, allow_outside_paths: bool
 
 def is_uri(out: str) -> bool:
     """Whether ``out`` names an object store (``s3://``, ``gs://``, ...) rather than a local folder."""
-    return "://" in out and not out.startswith("file://")
+    return "://" in out
 
 
 class ShardItems:
