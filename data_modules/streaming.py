@@ -22,7 +22,7 @@ from typing import Any
 
 from data_modules.datasets import SkippedSample
 from data_modules.formats.base import TOO_LONG, DataFormatError, OnError
-from data_modules.media import MediaError, decode_image, load_video_frames
+from data_modules.media import FrameSampling, MediaError, decode_image, load_video_frames
 from data_modules.records import Example, LengthCheck, Sample
 from data_modules.shards import item_to_example
 
@@ -85,17 +85,17 @@ class DecodeShardItem:
         task: str | None,
         on_error: OnError,
         load_media: bool = True,
-        num_frames: int = 8,
+        frame_sampling: FrameSampling | int = 8,
         check_length: Callable[[Example, bool], LengthCheck] | None = None,
     ) -> None:
         self.task = task
         self.on_error = on_error
         self.load_media = load_media
-        self.num_frames = num_frames
+        self.frame_sampling = frame_sampling
         self.check_length = check_length
 
     def __call__(self, item: dict[str, Any]) -> Sample | SkippedSample:
-        example, images, video = item_to_example(item)
+        example, images, video_bytes = item_to_example(item)
         if self.task is not None and example.task != self.task:
             example = replace(example, task=self.task)
         try:
@@ -106,12 +106,14 @@ class DecodeShardItem:
             if not self.load_media:
                 return Sample(example)
             pixels = [decode_image(data, path, example.source) for data, path in zip(images, example.images)]
-            frames = None
-            if video is not None:
-                frames = load_video_frames(example.video, self.num_frames, example.source, span=example.video_span,
-                                           data=video)
+            video = None
+            if video_bytes is not None:
+                video = load_video_frames(example.video, self.frame_sampling, example.source, span=example.video_span,
+                                          data=video_bytes)
         except (MediaError, DataFormatError) as error:
             if self.on_error == "raise":
                 raise
             return SkippedSample(example.source, error.reason, str(error))
-        return Sample(example, pixels, frames)
+        if video is None:
+            return Sample(example, pixels)
+        return Sample(example, pixels, video.frames, video.times)

@@ -49,7 +49,7 @@ def streaming_twin(data: MultitaskDataModule, shards: Path, workers: int) -> Mul
     batch_size = data.batch_size if isinstance(data.batch_size, int) else max(data.batch_size.values())
     return MultitaskDataModule(train=[StreamingShards(str(shards))], batch_size=batch_size,
                                sampling="concat", num_workers=workers, seed=data.seed, num_frames=data.num_frames,
-                               collate_fn=data.collate_fn)
+                               video_fps=data.video_fps, max_frames=data.max_frames, collate_fn=data.collate_fn)
 
 
 def step_samples_per_second(model: torch.nn.Module, batches: Sequence[dict]) -> float:

@@ -16,7 +16,8 @@ from mmft.models.llava_backbones import BackboneConfigError
 from mmft.run_folder import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ["tiny/llava", "tiny/vlbart_image", "tiny/vlbart_video", "llava", "vlbart_image", "vlbart_video"]
+RECIPES = ["tiny/llava", "tiny/llava_ocr", "tiny/vlbart_image", "tiny/vlbart_video", "llava", "vlbart_image",
+           "vlbart_video"]
 METHODS = ["lora", "dora", "vera", "dvora"]
 # where a named config departs from recipe + overlay on purpose, with the reason in its header
 DEPARTURES = {
