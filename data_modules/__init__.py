@@ -28,6 +28,7 @@ from data_modules.formats import (
 from data_modules.media import FrameSampling, MediaError, VideoFrames, load_image, load_video_frames, pad_to_square
 from data_modules.multitask import DataConfigError, MultitaskBatchSampler, MultitaskDataModule
 from data_modules.records import Example, Sample, Turn
+from data_modules.streaming import StreamingShards
 
 __all__ = [
     "GQA",
@@ -56,6 +57,7 @@ __all__ = [
     "SkipFilteringCollate",
     "SkipReport",
     "SkippedSample",
+    "StreamingShards",
     "TextVQA",
     "Turn",
     "VQAv2",

@@ -6,10 +6,11 @@ dataset of a million records can be found; ``reason`` groups failures in skip re
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import BinaryIO, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -40,14 +41,26 @@ class MediaError(RuntimeError):
 
 def load_image(path: Path | str, source: str = "") -> Image.Image:
     """Decode an image file fully (so truncated files fail here, not later in a transform) and return it as RGB."""
-    path = Path(path)
+    return _decode_image(Path(path), Path(path), source)
+
+
+def decode_image(data: bytes, name: Path | str, source: str = "") -> Image.Image:
+    """An image file's bytes (as streaming shards store them) decoded as :func:`load_image` decodes the file
+    ``name``, with the same errors."""
+    return _decode_image(io.BytesIO(data), Path(name), source)
+
+
+def _decode_image(file: Path | BinaryIO, path: Path, source: str) -> Image.Image:
     try:
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             image.load()
             return image.convert("RGB")
     except FileNotFoundError:
         raise MediaError("image file not found", path=path, source=source, reason=MISSING) from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError as error:  # its message names the file object, a BytesIO for shard bytes
+        raise MediaError("corrupt or unreadable image (not a format PIL can identify)", path=path,
+                         source=source) from error
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise MediaError(f"corrupt or unreadable image ({error})", path=path, source=source) from error
 
 
@@ -174,12 +187,14 @@ def load_video_frames(
     source: str = "",
     size: tuple[int, int] | None = None,
     span: tuple[float, float] | None = None,
+    data: bytes | None = None,
 ) -> VideoFrames:
     """Decode the frames ``sampling`` picks (an int: that many, uniformly spaced) with decord, with their times.
 
     ``size`` is ``(height, width)`` to resize while decoding (cheaper than resizing afterwards). ``span`` is
     ``(start, end)`` in seconds: sample inside that moment only (TVC / YouCook2 captions describe a part of a video);
-    None samples the whole video.
+    None samples the whole video. ``data``: the file's bytes (as streaming shards store them), decoded in place of
+    reading ``path``, which then only names the video in errors.
     Note: decord2 3.x fails on frames smaller than about 2048 pixels (e.g. 32x32); such videos raise MediaError.
     """
     import decord  # imported here: decord loads ffmpeg libraries, which image-only users need not pay for
@@ -187,13 +202,14 @@ def load_video_frames(
     if isinstance(sampling, int):
         sampling = FrameSampling(num_frames=sampling)
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise MediaError("video file not found", path=path, source=source, reason=MISSING)
     if span is not None and not span[0] < span[1]:
         raise ValueError(f"span must be (start, end) seconds with start < end, got {span!r}")
     height, width = size if size is not None else (-1, -1)
     try:
-        reader = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
+        file = str(path) if data is None else io.BytesIO(data)
+        reader = decord.VideoReader(file, width=width, height=height, num_threads=1)
         fps = reader.get_avg_fps()
         indices = sampling.indices(len(reader), fps, span)
         frames = reader.get_batch(indices.tolist()).asnumpy()

@@ -19,11 +19,19 @@ also pads shards with repeated examples, so a metric over several processes may 
 Samples whose media fail to decode under ``on_error="skip"`` are reported by :meth:`on_before_batch_transfer`; a
 batch left empty becomes ``None``, which Lightning skips in training and passes to evaluation steps as is.
 
-Token budgets are checked when the data is read, not mid-epoch: when the collate has a ``check_length(example,
-training)`` method (mmft's do), every example is asked once; one that cannot fit the model's ``max_length`` raises a
-:class:`DataFormatError` naming it or, under ``on_error="skip"``, is dropped and counted in its reader's skip report,
-and the number of examples fitted by cutting context (earlier turns, subtitles) and dropped is logged per task
-(``length_reports``).
+Streaming: training readers may instead all be :class:`~data_modules.streaming.StreamingShards` (shards written by
+``mmft optimize``, one shard set holding every task); the train loader is then litdata's ``StreamingDataLoader`` over
+its ``StreamingDataset``, every task's examples shuffled together (``sampling: concat``: batches mix tasks).
+Sharding across ranks and workers, and mid-epoch resume (the loader's own ``state_dict``, which Lightning saves in
+checkpoints), are litdata's; media and token budgets are checked per sample (see :mod:`data_modules.streaming`).
+Several StreamingShards readers are mixed by litdata's ``CombinedStreamingDataset`` in proportion to their sizes;
+litdata 0.2.76 does not resume that mix exactly (a warning says so), so write one shard set per run.
+
+Token budgets of in-memory readers are checked when the data is read, not mid-epoch: when the collate has a
+``check_length(example, training)`` method (mmft's do), every example is asked once; one that cannot fit the
+model's ``max_length`` raises a :class:`DataFormatError` naming it or, under ``on_error="skip"``, is dropped and
+counted in its reader's skip report, and the number of examples fitted by cutting context (earlier turns,
+subtitles) and dropped is logged per task (``length_reports``).
 """
 
 from __future__ import annotations
@@ -40,9 +48,10 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from data_modules.datasets import SKIPPED_KEY, ExampleDataset, SkipFilteringCollate
-from data_modules.formats.base import DataFormatError, OnError, Reader, SkipReport
+from data_modules.formats.base import TOO_LONG, DataFormatError, OnError, Reader, SkipReport
 from data_modules.media import FrameSampling
 from data_modules.records import Example, LengthCheck, Sample
+from data_modules.streaming import DecodeShardItem, StreamingShards, litdata
 
 log = logging.getLogger("data_modules")
 
@@ -50,7 +59,6 @@ Sampling = Literal["round_robin", "proportional", "concat"]
 EvalStage = Literal["val", "test", "predict"]
 _EVAL: tuple[EvalStage, ...] = ("val", "test", "predict")
 _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
-TOO_LONG = "too long for the model"
 # Lightning's running stages -> the split names of evaluation loaders
 _EVAL_STAGE_NAMES = {"sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"}
 
@@ -212,7 +220,8 @@ class MultitaskDataModule(LightningDataModule):
 
     Args:
         train, val, test, predict: readers per stage (any :class:`Reader` subclass, ``class_path`` in YAML).
-            Training readers with the same ``task`` are pooled into one task.
+            Training readers with the same ``task`` are pooled into one task. ``train`` may instead be all
+            :class:`StreamingShards` (see the module docstring).
         batch_size: per-device batch size, or a dict task -> batch size.
         eval_batch_size: batch size of val/test/predict loaders (default: ``batch_size`` of the reader's task).
         sampling: ``round_robin`` / ``proportional`` (one task per batch, see :class:`MultitaskBatchSampler`)
@@ -237,7 +246,7 @@ class MultitaskDataModule(LightningDataModule):
 
     def __init__(
         self,
-        train: list[Reader] | None = None,
+        train: list[Reader | StreamingShards] | None = None,
         val: list[Reader] | None = None,
         test: list[Reader] | None = None,
         predict: list[Reader] | None = None,
@@ -255,7 +264,7 @@ class MultitaskDataModule(LightningDataModule):
         allow_outside_paths: bool = False,
     ) -> None:
         super().__init__()
-        self.readers: dict[str, list[Reader]] = {
+        self.readers: dict[str, list[Reader | StreamingShards]] = {
             "train": list(train or []),
             "val": list(val or []),
             "test": list(test or []),
@@ -285,6 +294,7 @@ class MultitaskDataModule(LightningDataModule):
         return {"num_frames": self.num_frames, "video_fps": self.video_fps, "max_frames": self.max_frames}
 
     def _check_arguments(self) -> None:
+        self._check_streaming()
         try:
             FrameSampling(self.num_frames, self.video_fps, self.max_frames)
         except ValueError as error:
@@ -314,6 +324,34 @@ class MultitaskDataModule(LightningDataModule):
             )
 
     @property
+    def streaming(self) -> bool:
+        """Whether training streams from shards (:class:`StreamingShards` readers)."""
+        return any(isinstance(r, StreamingShards) for r in self.readers["train"])
+
+    def _check_streaming(self) -> None:
+        for split in _EVAL:
+            if any(isinstance(r, StreamingShards) for r in self.readers[split]):
+                raise DataConfigError(f"data.{split}: StreamingShards readers serve training only; evaluate with "
+                                      "the in-memory readers of the dataset files")
+        if not self.streaming:
+            return
+        if not all(isinstance(r, StreamingShards) for r in self.readers["train"]):
+            raise DataConfigError("data.train mixes StreamingShards with in-memory readers: write every training "
+                                  "reader to shards with `mmft optimize`, or none")
+        problems = {
+            f"data.sampling: {self.sampling}": self.sampling != "concat",
+            "data.batch_size per task": isinstance(self.batch_size, dict),
+            "data.group_by_modality_length: true": self.group_by_modality_length,
+        }
+        for argument, wrong in problems.items():
+            if wrong:
+                raise DataConfigError(
+                    f"{argument} does not work with StreamingShards training readers: litdata streams the shards "
+                    "with every task mixed sample by sample; set sampling: concat, one int batch_size and "
+                    "group_by_modality_length: false"
+                )
+
+    @property
     def train_tasks(self) -> list[str]:
         """The training tasks, in the order of their first reader."""
         return list(dict.fromkeys(r.task for r in self.readers["train"]))
@@ -338,6 +376,8 @@ class MultitaskDataModule(LightningDataModule):
             return
         per_reader = []
         for reader in self.readers[split]:
+            if isinstance(reader, StreamingShards):
+                continue  # streamed: nothing is held in memory
             examples = reader.read(
                 self.on_error, check_media=self._needs_media, allow_outside_paths=self.allow_outside_paths
             )
@@ -386,7 +426,7 @@ class MultitaskDataModule(LightningDataModule):
             kept.append(example)
         return kept
 
-    def _policy(self, reader: Reader) -> OnError:
+    def _policy(self, reader: Reader | StreamingShards) -> OnError:
         """The reader's own ``on_error`` if it has one, else the DataModule's: for records, lengths and media."""
         return reader.on_error or self.on_error
 
@@ -411,6 +451,8 @@ class MultitaskDataModule(LightningDataModule):
         collate = self._collate()
         if not self.readers["train"]:
             raise DataConfigError("data.train has no readers")
+        if self.streaming:
+            return self._streaming_train_dataloader(collate)
         pools: dict[str, list[tuple[Example, OnError]]] = {}
         for reader, examples in zip(self.readers["train"], self.examples("train")):
             pools.setdefault(reader.task, []).extend((e, self._policy(reader)) for e in examples)
@@ -443,11 +485,32 @@ class MultitaskDataModule(LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def _streaming_train_dataloader(self, collate: SkipFilteringCollate) -> DataLoader:
+        """litdata's loader over the shards (see the module docstring)."""
+        from data_modules.streaming_loader import EpochStreamingDataLoader
+
+        check_length = getattr(self.collate_fn, "check_length", None)
+        frames = FrameSampling(self.num_frames, self.video_fps, self.max_frames)
+        datasets = [
+            reader.dataset(DecodeShardItem(reader.task, self._policy(reader), self._needs_media, frames, check_length),
+                           seed=self.seed)
+            for reader in self.readers["train"]
+        ]
+        if len(datasets) == 1:
+            dataset = datasets[0]
+        else:
+            log.warning("data.train: %d StreamingShards readers are mixed by litdata, which does not resume the mix "
+                        "exactly mid-epoch; write them as one shard set (one `mmft optimize`) for exact resumes",
+                        len(datasets))
+            dataset = litdata().CombinedStreamingDataset(datasets, seed=self.seed)
+        return EpochStreamingDataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                                        collate_fn=collate)
+
     def state_dict(self) -> dict[str, int]:
         """Where training stands in its epoch, saved with every checkpoint: the epoch and the batches trained in it."""
         trainer = self.trainer
-        if trainer is None or trainer.state.fn != "fit":
-            return {}
+        if trainer is None or trainer.state.fn != "fit" or self.streaming:
+            return {}  # a streaming loader keeps its own state, which Lightning saves beside this
         trained = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {"epoch": trainer.current_epoch, "batches_trained": trained}
 

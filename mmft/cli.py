@@ -1,5 +1,5 @@
 """The ``mmft`` command: LightningCLI with fit / validate / test / predict over any mmft model and DataModule, plus
-tool subcommands over mmft's library code (sample-data, compare, extract-features, export).
+tool subcommands over mmft's library code (sample-data, compare, extract-features, export, optimize).
 
     mmft fit --config configs/tiny/llava_dora.yaml
     mmft fit --config configs/tiny/llava.yaml --config configs/methods/lora.yaml    # recipe + method overlay
@@ -44,6 +44,7 @@ TOOLS = {
     "compare": ("mmft.tools.compare", "put finished runs side by side (table, JSON, --plot PNG)"),
     "extract-features": ("mmft.tools.extract_features", "pre-extract VL-BART visual features from images or videos"),
     "export": ("mmft.tools.export", "write a checkpoint's adapter as a PEFT folder, or the merged model (--merged)"),
+    "optimize": ("mmft.tools.optimize", "write a config's readers to litdata shards for streaming"),
 }
 
 

@@ -27,6 +27,7 @@ MALFORMED = "malformed record"
 DUPLICATE = "duplicate id"
 OUTSIDE_FOLDER = "path outside its folder"
 NOT_UTF8 = "not UTF-8"
+TOO_LONG = "too long for the model"
 T = TypeVar("T")
 
 
