@@ -45,7 +45,7 @@ def llava(root: Path, **kwargs) -> LlavaInstruct:
 
 
 def msrvtt(root: Path) -> MSRVTTQA:
-    return MSRVTTQA(root / "msrvtt_qa" / "train_qa.json", root / "msrvtt_qa" / "videos")
+    return MSRVTTQA(root / "msrvtt_qa" / "val_qa.json", root / "msrvtt_qa" / "videos")
 
 
 def write_broken_llava(folder: Path) -> Path:
@@ -76,7 +76,7 @@ def shards(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
          "init_args": {"json_path": str(sample_data / "llava" / "llava_instruct_sample.json"),
                        "image_folder": str(sample_data)}},
         {"class_path": "data_modules.MSRVTTQA",
-         "init_args": {"json_path": str(sample_data / "msrvtt_qa" / "train_qa.json"),
+         "init_args": {"json_path": str(sample_data / "msrvtt_qa" / "val_qa.json"),
                        "video_folder": str(sample_data / "msrvtt_qa" / "videos")}},
         {"class_path": "data_modules.LlavaInstruct",
          "init_args": {"json_path": str(broken), "image_folder": str(broken.parent), "task": "broken"}},
@@ -129,13 +129,13 @@ def test_optimize_writes_every_task_and_counts_bad_records(shards: Path, sample_
     chunk, and the malformed record was counted in the printed report, never written."""
     printed = (shards / "printed.txt").read_text()
     assert "broken.json): skipped 1 of 3 (1 malformed record)" in printed and "broken.json#1 (id malformed)" in printed
-    assert f"wrote {shards / 'all'}: 218 examples (llava_instruct 200, msrvtt_qa 16, broken 2)" in printed
+    assert f"wrote {shards / 'all'}: 234 examples (llava_instruct 200, msrvtt_qa 32, broken 2)" in printed
     assert not list(shards.glob(".*.partial"))
     streamed = [sample.example for sample in streamed_samples(shards / "all", load_media=False)]
     expected = llava(sample_data).read() + msrvtt(sample_data).read()
     expected += LlavaInstruct(shards / "broken" / "broken.json", shards / "broken", task="broken",
                               on_error="skip").read()
-    assert len(streamed) == len(expected) == 218
+    assert len(streamed) == len(expected) == 234
     assert sorted(streamed, key=lambda e: (e.task, e.id)) == sorted(expected, key=lambda e: (e.task, e.id))
     assert len({e.task for e in streamed[:40]}) > 1  # written in a shuffled order
 
@@ -178,7 +178,7 @@ def test_bad_samples_are_raised_or_skipped_and_counted_as_in_memory(shards: Path
         list(data("raise", samples_of).train_dataloader())
     skipping = data("skip", FlagLong({"good"}))
     batches = [skipping.on_before_batch_transfer(batch, 0) for batch in skipping.train_dataloader()]
-    assert batches.count(None) == 2 and len(batches) == 218  # dropped: one undecodable, one too long
+    assert batches.count(None) == 2 and len(batches) == 234  # dropped: one undecodable, one too long
     assert skipping.media_skips.counts == {"corrupt media": 1, TOO_LONG: 1}
     assert {task for batch in batches if batch is not None for task in batch["task"]} == {"mine"}
     too_long = data("raise", FlagLong({"good", "undecodable"}))
@@ -276,7 +276,7 @@ def test_resume_mid_epoch_gives_the_losses_of_an_uninterrupted_run(shards: Path,
                 max_steps=max_steps, **kwargs).fit(model, datamodule=data, ckpt_path=ckpt_path)
         return model.losses
 
-    epoch = 216 // 8  # 200 LLaVA examples and 16 videos
+    epoch = 232 // 8  # 200 LLaVA examples and 32 MSRVTT-QA questions
     uninterrupted = fit(epoch + 3, enable_checkpointing=False)
     saved = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
     assert fit(epoch, callbacks=[saved]) == uninterrupted[:epoch]
