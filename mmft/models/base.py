@@ -40,6 +40,7 @@ from torchmetrics import Metric
 from data_modules.records import Example
 from mmft.adapters import AdapterConfig, AdapterReport, apply_adapters, frozen_weights_hash
 from mmft.checkpoint_io import install_atomic_checkpoint_io
+from mmft.fsdp import is_sharded, shard_model
 
 from .optim import ParamGroup, SchedulerCallable, build_param_groups
 
@@ -182,6 +183,25 @@ class AdapterModule(LightningModule):
                 "adapter": asdict(self.adapter_config) if self.adapter_config is not None else None,
             }
         return self.fingerprint
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The submodules FSDP shards as units of their own (each one's weights gathered together, one at a time):
+        the layers a transformers model names in ``_no_split_modules`` (its decoder and encoder layers)."""
+        names = {name for module in self.model.modules() for name in getattr(module, "_no_split_modules", None) or ()}
+        return [module for module in self.model.modules() if type(module).__name__ in names]
+
+    @property
+    def sharded(self) -> bool:
+        """Whether FSDP shards the network (every rank must then run the same forwards, generation included)."""
+        return is_sharded(self.model)
+
+    def configure_model(self) -> None:
+        """Under :class:`mmft.fsdp.AdapterFSDPStrategy` (a device mesh is set), shard the network with FSDP2, after
+        fingerprinting the frozen base while its weights are still whole; other strategies leave it as it is."""
+        if self.device_mesh is None or self.sharded:
+            return
+        self.base_fingerprint()
+        shard_model(self.model, self.device_mesh["data_parallel"], self.fsdp_units())
 
     def trainable_state_keys(self) -> list[str]:
         """State-dict keys of the trainable parameters: exactly what a checkpoint holds."""
