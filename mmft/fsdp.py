@@ -83,6 +83,13 @@ class AdapterFSDPStrategy(ModelParallelStrategy):
         super().setup_environment()
 
     @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        """False, as DDP: the module is sharded (``configure_model``) before the checkpoint is read, and the
+        DataModule learns where the epoch stopped before ``configure_optimizers`` builds the train loader (to count
+        its steps); restored after setup, the resumed epoch would start again from its first batch."""
+        return False
+
+    @property
     def lightning_restore_optimizer(self) -> bool:
         return True
 
