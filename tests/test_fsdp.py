@@ -191,5 +191,8 @@ def test_fsdp_checkpoint_is_adapter_only_and_exports_for_peft(fsdp_run, monkeypa
     batch = module.collate(vqa_samples())
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     with torch.no_grad():
-        torch.testing.assert_close(peft_model(**inputs).logits, module.eval().model(**inputs).logits,
-                                   rtol=1e-5, atol=1e-5)
+        expected = module.eval().model(**inputs).logits
+        with peft_model.disable_adapter():
+            assert (peft_model(**inputs).logits - expected).abs().max() > 0.1  # the adapter changed the model
+        # fp32 with PEFT's own DoRA arithmetic (a dense B A): agreement to rounding on logits of size ~10
+        torch.testing.assert_close(peft_model(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
