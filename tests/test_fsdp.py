@@ -23,9 +23,10 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from torch import nn
 
-from cli_helpers import make_workdir, run_command
+from cli_helpers import ROOT, make_workdir, run_command
 from test_llava import vqa_samples
 from mmft.adapters import AdaptedLinear, AdapterConfig, QuantizationConfig, apply_adapters, quantize_linear_layers
+from mmft.cli import resolve_config
 from mmft.fsdp import ShardingError, shard_model
 from mmft.models import LlavaFromConfig
 from mmft.tools.export import export_peft, load_module
@@ -196,3 +197,12 @@ def test_fsdp_checkpoint_is_adapter_only_and_exports_for_peft(fsdp_run, monkeypa
             assert (peft_model(**inputs).logits - expected).abs().max() > 0.1  # the adapter changed the model
         # fp32 with PEFT's own DoRA arithmetic (a dense B A): agreement to rounding on logits of size ~10
         torch.testing.assert_close(peft_model(**inputs).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_real_recipe_composes_with_the_fsdp_overlay(monkeypatch):
+    monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
+    monkeypatch.chdir(ROOT)
+    config = resolve_config(["--config", "configs/llava_dora.yaml", "--config", "configs/overlays/fsdp.yaml"])
+    assert config["trainer"]["strategy"]["class_path"] == "mmft.fsdp.AdapterFSDPStrategy"
+    assert config["trainer"]["precision"] == "bf16-mixed"  # the recipe's, which the strategy supports
+    assert config["model"]["init_args"]["adapter"]["method"] == "dora"
