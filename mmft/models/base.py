@@ -73,6 +73,13 @@ TRAINING_ONLY_FIELDS = ("dropout", "detach_norm", "dora_recompute")
 VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures", "use_cache"}
 
 
+def no_split_layers(root: nn.Module) -> list[nn.Module]:
+    """The layers inside ``root`` that its transformers models name in ``_no_split_modules`` (decoder and encoder
+    layers): the natural FSDP units."""
+    names = {name for module in root.modules() for name in getattr(module, "_no_split_modules", None) or ()}
+    return [module for module in root.modules() if type(module).__name__ in names]
+
+
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint's parameters, base model or adapter config are not those of the configured model."""
 
@@ -185,10 +192,8 @@ class AdapterModule(LightningModule):
         return self.fingerprint
 
     def fsdp_units(self) -> list[nn.Module]:
-        """The submodules FSDP shards as units of their own (each one's weights gathered together, one at a time):
-        the layers a transformers model names in ``_no_split_modules`` (its decoder and encoder layers)."""
-        names = {name for module in self.model.modules() for name in getattr(module, "_no_split_modules", None) or ()}
-        return [module for module in self.model.modules() if type(module).__name__ in names]
+        """The submodules FSDP shards as units of their own (each one's weights gathered together, one at a time)."""
+        return no_split_layers(self.model)
 
     @property
     def sharded(self) -> bool:

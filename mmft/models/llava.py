@@ -17,7 +17,7 @@ from torchmetrics import Metric
 
 from mmft.adapters import AdapterConfig
 
-from .base import AdapterModule, default_optimizer
+from .base import AdapterModule, default_optimizer, no_split_layers
 from .llava_backbones import BackboneConfigError, LlavaBackbone, find_language_model
 from .llava_collate import IGNORE_INDEX, LlavaCollate
 from .optim import ParamGroup, SchedulerCallable
@@ -96,8 +96,7 @@ class LlavaModule(AdapterModule):
     def fsdp_units(self) -> list[nn.Module]:
         """The language model's decoder layers only: the vision tower stays in the root unit, gathered on every rank
         at each forward, so a rank whose batch has no image does not skip the tower's collectives and hang."""
-        names = set(getattr(self.language_model, "_no_split_modules", None) or ())
-        return [module for module in self.language_model.modules() if type(module).__name__ in names]
+        return no_split_layers(self.language_model)
 
     def _check_trainable(self) -> None:
         report = self.adapter_report
