@@ -26,8 +26,9 @@ demo: install $(SAMPLE)/README.txt
 	$(VENV)/bin/mmft fit --config $(TINY)
 	$(VENV)/bin/mmft test --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt
 
+# one pytest worker per core, a test file per worker at a time (files share their expensive fixtures)
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: install
 	$(PY) scripts/bench_adapters.py

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmft.tools.sample_data import make_sample_data
 
@@ -21,6 +22,16 @@ def load_script(name: str):
         sys.modules[name] = module  # dataclasses look their module up in sys.modules
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """One intra-op thread for the whole suite: tiny matrices gain nothing from threads, and threads competing with
+    other processes (pytest-xdist workers, DDP tests) make them many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

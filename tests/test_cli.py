@@ -18,6 +18,8 @@ import yaml
 
 from cli_helpers import ROOT, make_workdir, run_command, run_mmft
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the CLI
+
 # A short run: 2 epochs of 3 batches; checkpoints after every validation, all kept (resume from epoch 0's). No output
 # path is set: every file lands in the run folder, runs/tiny_llava_dora.
 SHORT_RUN = {

@@ -13,6 +13,8 @@ import torch
 from cli_helpers import make_workdir, run_mmft
 from test_cli import SHORT_RUN, train_losses
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the CLI
+
 RECIPE = "configs/tiny/llava_dora.yaml"
 OVERLAY = "configs/tiny/overlays/base_4bit.yaml"
 RUN = Path("runs") / "tiny_llava_4bit"  # the overlay's run folder: every output lands there

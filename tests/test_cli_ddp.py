@@ -11,6 +11,8 @@ import pytest
 from cli_helpers import make_workdir
 from test_cli import LAST, RUN, SHORT_RUN, mmft
 
+pytestmark = pytest.mark.slow  # end-to-end runs of the CLI
+
 VAL_EXAMPLES = 161  # the sample VQAv2 val split
 
 

@@ -27,13 +27,6 @@ from mmft.models.vlbart import VLBartModule
 INPUTS = ("input_ids", "attention_mask", "pixel_values")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def trained(module, scale: float = 0.05, seed: int = 0):
     """Move every trainable tensor away from its (identity) initial value, as training would; DoRA magnitudes

@@ -49,6 +49,7 @@ def val_scores(workdir: Path) -> list[float]:
     return scores
 
 
+@pytest.mark.slow
 def test_a_fit_killed_while_saving_resumes_to_the_uninterrupted_score(sample_data, tmp_path):
     (tmp_path / "uninterrupted").mkdir()
     reference = make_workdir(tmp_path / "uninterrupted", sample_data, short_run())
@@ -142,6 +143,7 @@ def test_samples_skipped_for_bad_media_show_as_scored_of_total(tmp_path):
     assert table[1].split()[::3] == ["colours", "2/3"]
 
 
+@pytest.mark.slow
 def test_evaluating_without_a_checkpoint_warns_that_the_adapters_are_untrained(sample_data, tmp_path):
     run = {"trainer": {"limit_val_batches": 1, "callbacks": [
         {"class_path": "mmft.callbacks.CPUThreads", "init_args": {"num_threads": 1}}]}}

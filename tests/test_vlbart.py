@@ -47,14 +47,6 @@ def tiny_module(method: str = "dora", **overrides) -> VLBartModule:
     return VLBartModule(**kwargs)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices gain nothing from threads, and threads competing with other processes make them 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def module() -> VLBartModule:

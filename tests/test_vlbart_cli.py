@@ -50,6 +50,7 @@ def logged_columns(run: Path) -> set[str]:
         return set(next(csv.reader(file)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dora", "lora"])
 def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path, monkeypatch):
     workdir = make_workdir(tmp_path, sample_data, SHORT_RUN)
@@ -85,6 +86,7 @@ def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path, monkeypatch)
         assert table[4][0] == "average" and scores[4] == pytest.approx(sum(scores[:4]) / 4, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_tiny_video_config_fits_and_tests_end_to_end(sample_data, tmp_path):
     """Frames decoded from the sample videos (a caption's span for TVC), one token per frame, QA and captions."""
     workdir = make_workdir(tmp_path, sample_data, SHORT_RUN)
