@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
-import torch
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
@@ -50,8 +49,9 @@ def is_sharded(module: nn.Module) -> bool:
 
 def shard_model(model: nn.Module, mesh: DeviceMesh, units: Iterable[nn.Module]) -> None:
     """``fully_shard`` each of ``units`` (a unit's weights are gathered together, one unit at a time), then ``model``
-    itself, which holds everything outside the units and is gathered for its ``forward`` and ``generate``. Refuses a 4-bit base: bitsandbytes keeps its quantization
-    state beside the packed bytes, which FSDP would shard without it."""
+    itself, which holds everything outside the units and is gathered for its ``forward`` and ``generate``. Refuses
+    a 4-bit base: bitsandbytes keeps its quantization state beside the packed bytes, which FSDP would shard without
+    it."""
     quantized = [name for name, param in model.named_parameters() if is_4bit(param)]
     if quantized:
         raise ShardingError(
@@ -72,13 +72,13 @@ class AdapterFSDPStrategy(ModelParallelStrategy):
     The LightningModule shards itself in ``configure_model`` (:meth:`mmft.models.base.AdapterModule.configure_model`).
     """
 
-    strategy_name = "mmft_fsdp"
-
-    def __init__(self, process_group_backend: str | None = None, timeout: timedelta | None = default_pg_timeout) -> None:
+    def __init__(self, process_group_backend: str | None = None,
+                 timeout: timedelta | None = default_pg_timeout) -> None:
         super().__init__(data_parallel_size="auto", tensor_parallel_size=1, save_distributed_checkpoint=False,
                          process_group_backend=process_group_backend, timeout=timeout)
 
     def setup_environment(self) -> None:
+        # one data-parallel mesh over every process of every node (Lightning's "auto" would take the node count)
         self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 

@@ -109,7 +109,8 @@ def test_dora_under_fsdp_matches_one_process(tmp_path):
 def test_a_4bit_base_is_refused_with_the_config_key():
     pytest.importorskip("bitsandbytes")
     model = nn.Sequential(nn.Linear(64, 64))
-    quantize_linear_layers(model, QuantizationConfig(bits=4, compute_dtype="float32"), skip=[], device=torch.device("cpu"))
+    quantize_linear_layers(model, QuantizationConfig(bits=4, compute_dtype="float32"), skip=[],
+                           device=torch.device("cpu"))
     with pytest.raises(ShardingError, match=r"model\.init_args\.backbone\.init_args\.quantization"):
         shard_model(model, mesh=None, units=[])
 
