@@ -14,6 +14,7 @@ import csv
 import socket
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,8 +27,9 @@ from torch import nn
 from cli_helpers import ROOT, make_workdir, run_command
 from test_llava import vqa_samples
 from mmft.adapters import AdaptedLinear, AdapterConfig, QuantizationConfig, apply_adapters, quantize_linear_layers
+from mmft.callbacks import WeightUpdates
 from mmft.cli import resolve_config
-from mmft.fsdp import ShardingError, shard_model
+from mmft.fsdp import AdapterFSDPStrategy, ShardingError, shard_model
 from mmft.models import LlavaFromConfig
 from mmft.tools.export import export_peft, load_module
 
@@ -113,6 +115,12 @@ def test_a_4bit_base_is_refused_with_the_config_key():
                            device=torch.device("cpu"))
     with pytest.raises(ShardingError, match=r"model\.init_args\.backbone\.init_args\.quantization"):
         shard_model(model, mesh=None, units=[])
+
+
+def test_weight_updates_refuses_fsdp_with_the_callback_named():
+    trainer = SimpleNamespace(strategy=AdapterFSDPStrategy())
+    with pytest.raises(ValueError, match=r"WeightUpdates \(trainer\.callbacks\).*strategy ddp"):
+        WeightUpdates(modules=["0"]).setup(trainer, dora_net(), "fit")
 
 
 # ---------------------------------------------------------------------------------------------------------- the CLI

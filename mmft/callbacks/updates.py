@@ -38,7 +38,7 @@ class WeightUpdates(Callback):
         if stage != "fit":
             return
         self.points = []  # before a checkpoint's state is restored: a resumed run continues its record
-        if isinstance(trainer.strategy, ModelParallelStrategy):
+        if isinstance(getattr(trainer, "strategy", None), ModelParallelStrategy):
             raise ValueError("WeightUpdates (trainer.callbacks) reads whole weights on rank 0, which a model sharded "
                              "by FSDP does not hold: remove it from trainer.callbacks, or train with strategy ddp")
         try:  # a typo in ``modules`` fails now, not after the first epoch
