@@ -8,6 +8,7 @@ from data_modules.formats import (
     GQA,
     MSRVTTQA,
     NLVR2,
+    OCRVQA,
     TVQA,
     CocoKarpathy,
     DataFormatError,
@@ -24,7 +25,7 @@ from data_modules.formats import (
     VizWiz,
     VQAv2,
 )
-from data_modules.media import MediaError, load_image, load_video_frames, pad_to_square
+from data_modules.media import FrameSampling, MediaError, VideoFrames, load_image, load_video_frames, pad_to_square
 from data_modules.multitask import DataConfigError, MultitaskBatchSampler, MultitaskDataModule
 from data_modules.records import Example, Sample, Turn
 
@@ -32,6 +33,7 @@ __all__ = [
     "GQA",
     "MSRVTTQA",
     "NLVR2",
+    "OCRVQA",
     "POPE",
     "SKIPPED_KEY",
     "TVQA",
@@ -41,6 +43,7 @@ __all__ = [
     "DocVQA",
     "Example",
     "ExampleDataset",
+    "FrameSampling",
     "LlavaInstruct",
     "MMBench",
     "MediaError",
@@ -57,6 +60,7 @@ __all__ = [
     "Turn",
     "VQAv2",
     "VideoCaptions",
+    "VideoFrames",
     "VizWiz",
     "load_image",
     "load_video_frames",

@@ -15,7 +15,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from data_modules.formats.base import OnError
-from data_modules.media import MediaError, load_image, load_video_frames
+from data_modules.media import FrameSampling, MediaError, load_image, load_video_frames
 from data_modules.records import Example, Sample
 
 SKIPPED_KEY = "skipped_samples"
@@ -34,7 +34,9 @@ class ExampleDataset(Dataset):
     """Examples as :class:`Sample` objects with their images (PIL, RGB) and video frames decoded.
 
     ``load_media=False`` yields Samples without pixels (for text-only models or inspecting data).
-    ``num_frames`` frames are sampled uniformly from an Example's video, or from its ``video_span`` when set.
+    ``num_frames`` frames are sampled uniformly from an Example's video, or from its ``video_span`` when set; with
+    ``video_fps``, one frame every ``1 / video_fps`` seconds, at most ``max_frames`` (see :class:`FrameSampling`).
+    Each video Sample carries its frames' times in seconds (``frame_times``), for models with temporal positions.
     ``on_error`` is one policy for every example or one per example (the DataModule pools several readers, each with
     its own policy).
     """
@@ -45,6 +47,8 @@ class ExampleDataset(Dataset):
         load_media: bool = True,
         on_error: OnError | Sequence[OnError] = "raise",
         num_frames: int = 8,
+        video_fps: float | None = None,
+        max_frames: int | None = None,
     ) -> None:
         self.examples = list(examples)
         policies = [on_error] * len(self.examples) if isinstance(on_error, str) else list(on_error)
@@ -52,7 +56,7 @@ class ExampleDataset(Dataset):
             raise ValueError(f"on_error must be 'raise' or 'skip', or one of those per example, got {on_error!r:.80}")
         self.load_media = load_media
         self.on_error = policies
-        self.num_frames = num_frames
+        self.frame_sampling = FrameSampling(num_frames, video_fps, max_frames)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -63,14 +67,16 @@ class ExampleDataset(Dataset):
             return Sample(example)
         try:
             images = [load_image(path, example.source) for path in example.images]
-            frames = None
+            video = None
             if example.video is not None:
-                frames = load_video_frames(example.video, self.num_frames, example.source, span=example.video_span)
+                video = load_video_frames(example.video, self.frame_sampling, example.source, span=example.video_span)
         except MediaError as error:
             if self.on_error[index] == "raise":
                 raise
             return SkippedSample(example.source, error.reason, str(error))
-        return Sample(example, images, frames)
+        if video is None:
+            return Sample(example, images)
+        return Sample(example, images, video.frames, video.times)
 
 
 class SkipFilteringCollate:

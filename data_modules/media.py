@@ -7,8 +7,9 @@ dataset of a million records can be found; ``reason`` groups failures in skip re
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -92,6 +93,12 @@ def span_frame_indices(num_total: int, fps: float, span: tuple[float, float], nu
     run a little past the end (common in TVC and YouCook2) still work. A span wholly outside raises
     :class:`SpanOutsideVideo`.
     """
+    first, stop = _span_bounds(num_total, fps, span)
+    return first + uniform_frame_indices(stop - first, num_frames)
+
+
+def _span_bounds(num_total: int, fps: float, span: tuple[float, float]) -> tuple[int, int]:
+    """``[first, stop)``: the frames shown during ``span``, clamped to the video; SpanOutsideVideo when none are."""
     start, end = span
     # the 1e-6 absorbs float error: 0.7 s * 10 fps is 7.000000000000001, yet a span ending at 0.7 s excludes frame 7
     first = max(0, math.floor(start * fps + 1e-6))
@@ -99,7 +106,7 @@ def span_frame_indices(num_total: int, fps: float, span: tuple[float, float], nu
     if first >= stop:
         duration = num_total / fps if fps > 0 else 0.0
         raise SpanOutsideVideo(f"span {start:g}-{end:g} s lies outside the video ({duration:.2f} s long)")
-    return first + uniform_frame_indices(stop - first, num_frames)
+    return first, stop
 
 
 def sample_frame_indices(
@@ -112,14 +119,63 @@ def sample_frame_indices(
     return span_frame_indices(num_total, fps, span, num_frames)
 
 
+def rate_frame_indices(
+    num_total: int, fps: float, rate: float, max_frames: int, span: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Frames every ``1 / rate`` seconds from the start of the video (or of ``span``), as LLaVA-NeXT/OneVision
+    sample videos by ``video_fps``; when that gives more than ``max_frames``, ``max_frames`` spread uniformly instead
+    (their ``frames_upbound``). Raises :class:`SpanOutsideVideo` as :func:`span_frame_indices` does."""
+    if fps <= 0:
+        raise ValueError(f"the video reports {fps} frames per second, so frames cannot be picked by time")
+    first, stop = (0, num_total) if span is None else _span_bounds(num_total, fps, span)
+    step = fps / rate  # video frames per sampled frame
+    count = math.ceil((stop - first) / step - 1e-6)
+    if count > max_frames:
+        return first + uniform_frame_indices(stop - first, max_frames)
+    return first + np.floor(np.arange(count) * step + 1e-6).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """Which frames a video example takes: ``num_frames`` spread uniformly (the default), or, with ``fps`` set,
+    one frame every ``1 / fps`` seconds, at most ``max_frames`` (then spread uniformly). Either way inside the
+    example's ``video_span`` when it has one."""
+
+    num_frames: int = 8
+    fps: float | None = None
+    max_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.fps is not None and (self.fps <= 0 or self.max_frames is None or self.max_frames < 1):
+            raise ValueError(
+                f"sampling by fps needs fps > 0 and max_frames >= 1 (the cap), got fps={self.fps}, "
+                f"max_frames={self.max_frames}"
+            )
+
+    def indices(self, num_total: int, fps: float, span: tuple[float, float] | None = None) -> np.ndarray:
+        """The frame indices to decode from a video of ``num_total`` frames at ``fps``."""
+        if self.fps is None:
+            return sample_frame_indices(num_total, fps, self.num_frames, span)
+        return rate_frame_indices(num_total, fps, self.fps, int(self.max_frames), span)  # type: ignore[arg-type]
+
+
+class VideoFrames(NamedTuple):
+    """Decoded frames, uint8 ``[T, H, W, C]`` RGB, and the time of each in seconds (when it starts to show)."""
+
+    frames: torch.Tensor
+    times: tuple[float, ...]
+
+
 def load_video_frames(
     path: Path | str,
-    num_frames: int,
+    sampling: FrameSampling | int,
     source: str = "",
     size: tuple[int, int] | None = None,
     span: tuple[float, float] | None = None,
-) -> torch.Tensor:
-    """Decode ``num_frames`` uniformly spaced frames with decord: a uint8 tensor ``[T, H, W, C]`` (RGB).
+) -> VideoFrames:
+    """Decode the frames ``sampling`` picks (an int: that many, uniformly spaced) with decord, with their times.
 
     ``size`` is ``(height, width)`` to resize while decoding (cheaper than resizing afterwards). ``span`` is
     ``(start, end)`` in seconds: sample inside that moment only (TVC / YouCook2 captions describe a part of a video);
@@ -128,21 +184,22 @@ def load_video_frames(
     """
     import decord  # imported here: decord loads ffmpeg libraries, which image-only users need not pay for
 
+    if isinstance(sampling, int):
+        sampling = FrameSampling(num_frames=sampling)
     path = Path(path)
     if not path.is_file():
         raise MediaError("video file not found", path=path, source=source, reason=MISSING)
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if span is not None and not span[0] < span[1]:
         raise ValueError(f"span must be (start, end) seconds with start < end, got {span!r}")
     height, width = size if size is not None else (-1, -1)
     try:
         reader = decord.VideoReader(str(path), width=width, height=height, num_threads=1)
-        indices = sample_frame_indices(len(reader), reader.get_avg_fps(), num_frames, span)
+        fps = reader.get_avg_fps()
+        indices = sampling.indices(len(reader), fps, span)
         frames = reader.get_batch(indices.tolist()).asnumpy()
     except SpanOutsideVideo as error:
         raise MediaError(str(error), path=path, source=source, reason=OUTSIDE) from None
     except (RuntimeError, ValueError, decord.DECORDError) as error:
         problem = f"corrupt or unreadable video ({str(error).splitlines()[0]})"
         raise MediaError(problem, path=path, source=source) from error
-    return torch.from_numpy(frames)
+    return VideoFrames(torch.from_numpy(frames), tuple(float(i) / fps for i in indices))

@@ -41,6 +41,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from data_modules.datasets import SKIPPED_KEY, ExampleDataset, SkipFilteringCollate
 from data_modules.formats.base import DataFormatError, OnError, Reader, SkipReport
+from data_modules.media import FrameSampling
 from data_modules.records import Example, LengthCheck, Sample
 
 log = logging.getLogger("data_modules")
@@ -224,7 +225,11 @@ class MultitaskDataModule(LightningDataModule):
         allow_outside_paths: accept media paths in dataset files that leave the reader's folder (``../``, absolute
             paths); refused by default, as malformed records.
         collate_fn: the model's collate (Samples -> batch dict); the CLI links it from the model.
-        num_frames: frames sampled per video.
+        num_frames: frames sampled per video, spread uniformly over it (or over the example's span).
+        video_fps: sample one frame every ``1 / video_fps`` seconds instead (LLaVA-NeXT/OneVision's ``video_fps``);
+            needs ``max_frames``.
+        max_frames: with ``video_fps``, the most frames per video (LLaVA-NeXT's ``frames_upbound``): a longer
+            video gets that many, spread uniformly.
         group_by_modality_length: LLaVA-1.5's option (its LoRA recipe turns it on): each training batch holds
             examples of one modality (with images or video, or text-only) and of similar lengths; see
             :class:`MultitaskBatchSampler`.
@@ -244,6 +249,8 @@ class MultitaskDataModule(LightningDataModule):
         on_error: OnError = "raise",
         collate_fn: Callable[[list[Sample]], dict] | None = None,
         num_frames: int = 8,
+        video_fps: float | None = None,
+        max_frames: int | None = None,
         group_by_modality_length: bool = False,
         allow_outside_paths: bool = False,
     ) -> None:
@@ -262,6 +269,8 @@ class MultitaskDataModule(LightningDataModule):
         self.on_error = on_error
         self.collate_fn = collate_fn
         self.num_frames = num_frames
+        self.video_fps = video_fps
+        self.max_frames = max_frames
         self.group_by_modality_length = group_by_modality_length
         self.allow_outside_paths = allow_outside_paths
         self._check_arguments()
@@ -272,7 +281,14 @@ class MultitaskDataModule(LightningDataModule):
         self.media_skips = SkipReport("media decoded by the DataLoaders")
         self.eval_skips: Counter[tuple[str, int]] = Counter()
 
+    def _frame_options(self) -> dict[str, Any]:
+        return {"num_frames": self.num_frames, "video_fps": self.video_fps, "max_frames": self.max_frames}
+
     def _check_arguments(self) -> None:
+        try:
+            FrameSampling(self.num_frames, self.video_fps, self.max_frames)
+        except ValueError as error:
+            raise DataConfigError(f"data.num_frames / data.video_fps / data.max_frames: {error}") from None
         if self.sampling not in ("round_robin", "proportional", "concat"):
             raise DataConfigError(f"data.sampling must be round_robin, proportional or concat, not {self.sampling!r}")
         if self.on_error not in ("raise", "skip"):
@@ -403,7 +419,7 @@ class MultitaskDataModule(LightningDataModule):
             [e for e, _ in pooled],
             load_media=self._needs_media,
             on_error=[policy for _, policy in pooled],
-            num_frames=self.num_frames,
+            **self._frame_options(),
         )
         if self.sampling == "concat":
             task_sizes, batch_sizes = [len(dataset)], [self.batch_size]  # one int: checked in __init__
@@ -449,7 +465,7 @@ class MultitaskDataModule(LightningDataModule):
         for reader, examples in zip(self.readers[split], self.examples(split)):
             batch_size = self.eval_batch_size or self._task_batch_size(reader.task)
             dataset = ExampleDataset(
-                examples, load_media=self._needs_media, on_error=self._policy(reader), num_frames=self.num_frames
+                examples, load_media=self._needs_media, on_error=self._policy(reader), **self._frame_options()
             )
             loaders.append(
                 DataLoader(

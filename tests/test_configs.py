@@ -16,7 +16,9 @@ from mmft.models.llava_backbones import BackboneConfigError
 from mmft.run_folder import run_name
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ["tiny/llava", "tiny/vlbart_image", "tiny/vlbart_video", "llava", "vlbart_image", "vlbart_video"]
+RECIPES = ["tiny/llava", "tiny/llava_ocr", "tiny/vlbart_image", "tiny/vlbart_video", "tiny/qwen2_5_vl",
+           "tiny/smolvlm", "tiny/llava_onevision_video", "llava", "vlbart_image", "vlbart_video", "qwen2_5_vl_7b",
+           "llava_onevision_7b_video"]
 METHODS = ["lora", "dora", "vera", "dvora"]
 # where a named config departs from recipe + overlay on purpose, with the reason in its header
 DEPARTURES = {
@@ -178,7 +180,8 @@ def assert_overrides(printed, overlay, key: str) -> None:
         assert printed == overlay, f"{key}: {printed!r} != {overlay!r}"
 
 
-@pytest.mark.parametrize("name", ["llava_dora.yaml", "llava_lora.yaml"])
+@pytest.mark.parametrize("name", ["llava_dora.yaml", "llava_lora.yaml", "qwen2_5_vl_7b_dora.yaml",
+                                  "llava_onevision_7b_video_dora.yaml"])
 def test_real_recipe_asks_for_the_checkpoint_path(name, monkeypatch):
     with pytest.raises(BackboneConfigError, match=r"model\.init_args\.backbone\.init_args\.path is not set"):
         mmft(monkeypatch, "fit", "--config", str(ROOT / "configs" / name))

@@ -151,7 +151,7 @@ EMPTY_ANSWER = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": " "}]
             {"id": "r", "image": "a.png", "conversations": LATE_MARKER},
             "turn 2: <image> marker outside the first human turn",
         ),
-        ({"id": "r", "image": ["a.png", "b.png"], "conversations": GOOD_TURNS}, "multi-image records are not"),
+        ({"id": "r", "image": ["a.png", "b.png"], "conversations": GOOD_TURNS}, "has 2 images but 1 <image> marker"),
         ({"id": "r", "conversations": EMPTY_ANSWER}, "turn 1: empty"),
         ("just a string", "expected a JSON object"),
     ],

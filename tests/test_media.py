@@ -9,11 +9,13 @@ import pytest
 from PIL import Image
 
 from data_modules.media import (
+    FrameSampling,
     MediaError,
     SpanOutsideVideo,
     load_image,
     load_video_frames,
     pad_to_square,
+    rate_frame_indices,
     span_frame_indices,
     uniform_frame_indices,
 )
@@ -100,13 +102,14 @@ def write_gray_ramp_video(path: Path, num_frames: int, size: int = 64) -> list[i
 def test_load_video_frames_samples_uniformly(tmp_path: Path) -> None:
     path = tmp_path / "ramp.mp4"
     levels = write_gray_ramp_video(path, 10)
-    frames = load_video_frames(path, 4, source="v.json#0")
+    frames, times = load_video_frames(path, 4, source="v.json#0")
+    assert times == (1 / 8, 3 / 8, 6 / 8, 8 / 8)  # 8 fps: frame t starts at t / 8 s
     assert frames.dtype.is_floating_point is False and tuple(frames.shape) == (4, 64, 64, 3)
     expected = [levels[i] for i in (1, 3, 6, 8)]
     measured = frames.float().mean(dim=(1, 2, 3)).tolist()
     assert measured == pytest.approx(expected, abs=4)
 
-    resized = load_video_frames(path, 2, size=(48, 80))
+    resized = load_video_frames(path, 2, size=(48, 80)).frames
     assert tuple(resized.shape) == (2, 48, 80, 3)
 
 
@@ -140,7 +143,7 @@ def test_load_video_frames_samples_inside_a_span(tmp_path: Path) -> None:
     levels = write_gray_ramp_video(path, 10)  # 8 fps: frame t is shown during [t / 8, (t + 1) / 8) s
 
     def measured(span: tuple[float, float], num_frames: int) -> list[float]:
-        frames = load_video_frames(path, num_frames, source="v.json#5", span=span)
+        frames = load_video_frames(path, num_frames, source="v.json#5", span=span).frames
         return frames.float().mean(dim=(1, 2, 3)).tolist()
 
     assert measured((0.5, 1.0), 4) == pytest.approx([levels[t] for t in (4, 5, 6, 7)], abs=4)
@@ -154,3 +157,41 @@ def test_load_video_frames_samples_inside_a_span(tmp_path: Path) -> None:
     assert error.value.reason == "span outside video"
     with pytest.raises(ValueError, match=r"start < end, got \(1.0, 1.0\)"):
         load_video_frames(path, 4, span=(1.0, 1.0))
+
+
+def test_rate_frame_indices() -> None:
+    # 30 fps video, 2 frames a second: every 15th frame from the start; 100 frames = 3.33 s -> 0, 15, ..., 90
+    assert rate_frame_indices(100, 30.0, 2.0, max_frames=64).tolist() == [0, 15, 30, 45, 60, 75, 90]
+    # 25 fps at 10 per second: a step of 2.5 frames, floored
+    assert rate_frame_indices(10, 25.0, 10.0, max_frames=64).tolist() == [0, 2, 5, 7]
+    # more than max_frames: max_frames spread uniformly instead (centres of 3 segments of 100 / 3 frames)
+    assert rate_frame_indices(100, 30.0, 2.0, max_frames=3).tolist() == [16, 50, 83]
+    # inside a span: frames shown during 1-2 s of a 10 fps video are 10-19, then every 5th
+    assert rate_frame_indices(100, 10.0, 2.0, max_frames=64, span=(1.0, 2.0)).tolist() == [10, 15]
+    with pytest.raises(SpanOutsideVideo):
+        rate_frame_indices(10, 10.0, 2.0, max_frames=8, span=(3.0, 4.0))
+    with pytest.raises(ValueError, match="0.0 frames per second"):
+        rate_frame_indices(10, 0.0, 2.0, max_frames=8)
+
+
+def test_frame_sampling_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="needs fps > 0 and max_frames"):
+        FrameSampling(fps=1.0)
+    with pytest.raises(ValueError, match="num_frames must be >= 1"):
+        FrameSampling(0)
+
+
+def test_load_video_frames_by_fps_inside_a_span_with_times(tmp_path: Path) -> None:
+    path = tmp_path / "ramp.mp4"
+    levels = write_gray_ramp_video(path, 10)  # 8 fps, 1.25 s
+    sampling = FrameSampling(fps=4.0, max_frames=8)  # every 2nd frame
+    frames, times = load_video_frames(path, sampling, source="v.json#6")
+    assert times == (0.0, 0.25, 0.5, 0.75, 1.0)
+    assert frames.float().mean(dim=(1, 2, 3)).tolist() == pytest.approx([levels[t] for t in (0, 2, 4, 6, 8)], abs=4)
+    frames, times = load_video_frames(path, sampling, span=(0.5, 1.0))
+    assert times == (0.5, 0.75) and frames.shape[0] == 2
+    capped = load_video_frames(path, FrameSampling(fps=8.0, max_frames=2))
+    assert capped.times == (2 / 8, 7 / 8)  # 10 frames > 2: centres of 2 segments of 5 frames
+    with pytest.raises(MediaError) as error:
+        load_video_frames(path, sampling, source="v.json#6", span=(2.0, 3.0))
+    assert error.value.reason == "span outside video" and "v.json#6" in str(error.value)

@@ -8,6 +8,7 @@ from data_modules.formats.llava import LlavaInstruct
 from data_modules.formats.mmbench import MMBench
 from data_modules.formats.msrvtt_qa import MSRVTTQA
 from data_modules.formats.nlvr2 import NLVR2
+from data_modules.formats.ocrvqa import OCRVQA
 from data_modules.formats.pope import POPE
 from data_modules.formats.scienceqa import ScienceQA
 from data_modules.formats.textvqa import TextVQA
@@ -19,6 +20,7 @@ __all__ = [
     "GQA",
     "MSRVTTQA",
     "NLVR2",
+    "OCRVQA",
     "POPE",
     "TVQA",
     "CocoKarpathy",

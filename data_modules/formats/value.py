@@ -147,7 +147,7 @@ class VideoCaptions(Reader):
         source = with_id(location, record, "clip_id")
         clip_id = require(record, "clip_id", (int, str), source)
         vid_name = require_text(record, "vid_name", source)
-        span = _span(record, source)
+        span = time_span(record, source)
         descs = require(record, "descs", list, source)
         if not descs:
             raise DataFormatError(f"{source}: no captions in 'descs'")
@@ -170,7 +170,7 @@ class VideoCaptions(Reader):
         return f"[Subs] {join_texts(overlapping)}"
 
 
-def _span(record: dict, source: str) -> tuple[float, float]:
+def time_span(record: dict, source: str) -> tuple[float, float]:
     """``ts`` as ``(start, end)`` seconds, checked: two numbers with 0 <= start < end."""
     ts = require(record, "ts", list, source)
     if len(ts) != 2 or not all(isinstance(t, NUMBER) and not isinstance(t, bool) for t in ts) or not 0 <= ts[0] < ts[1]:

@@ -8,9 +8,14 @@ from .optim import ParamGroup, WarmupCosine, WarmupLinear
 from .visual_features import FeatureStore, VisualConfig, VisualEncoder
 from .vlbart import VisualEmbedding, VLBart, VLBartModule
 from .vlbart_collate import VLBartCollate
+from .vlm import VisionLanguageModule
+from .vlm_backbones import HFVisionLanguage, VisionLanguageBackbone, VisionLanguageFromConfig
+from .chat_collate import ChatCollate
 
 __all__ = [
     "AdapterModule",
+    "ChatCollate",
+    "HFVisionLanguage",
     "FeatureStore",
     "CheckpointMismatchError",
     "HFLlava",
@@ -23,7 +28,10 @@ __all__ = [
     "VLBart",
     "VLBartCollate",
     "VLBartModule",
+    "VisionLanguageBackbone",
+    "VisionLanguageFromConfig",
     "VisionLanguageModel",
+    "VisionLanguageModule",
     "VisualConfig",
     "VisualEmbedding",
     "VisualEncoder",

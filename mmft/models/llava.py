@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
+from PIL import Image
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -22,6 +23,7 @@ from .llava_backbones import BackboneConfigError, LlavaBackbone, find_language_m
 from .llava_collate import IGNORE_INDEX, LlavaCollate
 from .optim import ParamGroup, SchedulerCallable
 from .templates import TemplateName
+from .vision_dummy import dummy_vision_loss
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
@@ -85,6 +87,7 @@ class LlavaModule(AdapterModule):
             instructions=instructions,
             pad_images_to_square=pad_images_to_square,
         )
+        self.dummy_vision_inputs = {"pixel_values": built.image_transform([Image.new("RGB", (32, 32))])}
         if gradient_checkpointing:
             enable_activation_checkpointing(self.language_model)
 
@@ -132,7 +135,10 @@ class LlavaModule(AdapterModule):
             logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
         )
         # a batch whose replies were all cut by max_length contributes zero loss, not NaN
-        return loss / (labels != IGNORE_INDEX).sum().clamp_min(1)
+        loss = loss / (labels != IGNORE_INDEX).sum().clamp_min(1)
+        if batch.get("pixel_values") is None:  # text-only: the tower still runs, for the other ranks' sake
+            loss = loss + dummy_vision_loss(self.model, self.dummy_vision_inputs)
+        return loss
 
     @torch.no_grad()
     def generate_answers(self, batch: dict[str, Any]) -> list[str]:

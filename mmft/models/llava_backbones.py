@@ -287,13 +287,17 @@ class VisionLanguageModel(nn.Module):
         self.vision_tower.eval()
         return self
 
+    def get_image_features(self, pixel_values: Tensor) -> Tensor:
+        """Projected visual tokens ``[images, tokens, text hidden]`` (as transformers' Llava names it)."""
+        weight = next(self.vision_tower.parameters())
+        return self.multi_modal_projector(self._vision_features(pixel_values.to(weight.dtype)))
+
     def embed(self, input_ids: Tensor, pixel_values: Tensor | None) -> Tensor:
         is_image = input_ids == self.image_token_id
         embeds = self.language_model.get_input_embeddings()(input_ids.masked_fill(is_image, 0))
         if pixel_values is None:
             return embeds
-        weight = next(self.vision_tower.parameters())
-        features = self.multi_modal_projector(self._vision_features(pixel_values.to(weight.dtype)))
+        features = self.get_image_features(pixel_values)
         if features.shape[0] * features.shape[1] != int(is_image.sum()):
             raise ValueError(
                 f"{int(is_image.sum())} image tokens in the batch but {features.shape[0]} images x "

@@ -22,7 +22,11 @@ is in, so the DataModule drops or refuses such examples when it reads them, neve
 
 Images are padded to square with the processor's mean colour (LLaVA-1.5 ``image_aspect_ratio: pad``), then
 preprocessed by the model's image transform. The ``<image>`` placeholder goes at the start of the first user turn
-and is expanded to the number of visual tokens the model produces per image.
+and is expanded to the number of visual tokens the model produces per image. An example with several images already
+has one ``<image>`` marker per image in its turns (the Example contract): each expands in place, in order, and such
+a conversation is never shortened (dropping a turn would drop its images). A video is its frames treated as images,
+LLaVA-1.5 having no video input: one ``<image>`` per frame at the start of the first user turn, as LLaVA-NeXT's
+image-only models are fed video; the frame count a length check assumes is ``video_frames``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from data_modules.media import pad_to_square
@@ -46,12 +51,20 @@ UNANSWERABLE_SUFFIX = (
     f"When the provided information is insufficient, respond with 'Unanswerable'.\n{SHORT_ANSWER_SUFFIX}"
 )
 LETTER_SUFFIX = "Answer with the option's letter from the given choices directly."
+# the VALUE readers' targets are the choice labels a0..a4, listed in the prompt as "a0: <choice>"
+CHOICE_SUFFIX = "Answer with the option's label (a0 to a4) from the given choices directly."
+CAPTION_SUFFIX = "Describe what happens in the video in one sentence."
 # LLaVA-1.5's evaluation instructions (its eval question files; the same strings as lmms-eval's task configs)
 LLAVA_INSTRUCTIONS = {
     **{task: SHORT_ANSWER_SUFFIX for task in ("vqav2", "gqa", "textvqa", "pope", "okvqa", "ocrvqa", "docvqa")},
     "vizwiz": UNANSWERABLE_SUFFIX,
     "scienceqa": LETTER_SUFFIX,
     "mmbench": LETTER_SUFFIX,
+    "msrvtt_qa": SHORT_ANSWER_SUFFIX,
+    "tvqa": CHOICE_SUFFIX,
+    "how2qa": CHOICE_SUFFIX,
+    "tvc": CAPTION_SUFFIX,
+    "yc2c": CAPTION_SUFFIX,
 }
 
 
@@ -119,6 +132,8 @@ class LlavaCollate:
         instructions: task -> text appended (after a newline) to every question of that task's examples, in
             both views; ``None`` means LLaVA-1.5's short-answer instruction for the VQA-style tasks.
         pad_images_to_square: pad with the mean colour before preprocessing, as LLaVA-1.5 does.
+        video_frames: the most frames a video brings (the DataModule's ``num_frames``, or ``max_frames`` when it
+            samples by fps): what :meth:`check_length` counts for a video example; more decoded frames are an error.
     """
 
     def __init__(
@@ -130,8 +145,10 @@ class LlavaCollate:
         max_length: int = 2048,
         instructions: dict[str, str] | None = None,
         pad_images_to_square: bool = True,
+        video_frames: int = 8,
     ) -> None:
         self.tokenizer = tokenizer
+        self.video_frames = video_frames
         self.image_transform = image_transform
         self.num_image_tokens = num_image_tokens
         self.template = template
@@ -153,31 +170,50 @@ class LlavaCollate:
             raise CollateError("empty batch")
         examples = [s.example for s in samples]
         batch: dict[str, Any] = batch_metadata(examples)
-        images = [image for s in samples for image in self._images(s)]
+        per_sample = [self._images(s) for s in samples]
+        images = [image for sample_images in per_sample for image in sample_images]
         if images:
             batch["pixel_values"] = self.image_transform(images)
+        counts = [len(sample_images) for sample_images in per_sample]
         encoded = None
         if all(e.turns and e.turns[-1].role == "assistant" for e in examples):
-            encoded = [self._fit(s.example, len(s.images), prompt=False) for s in samples]
+            encoded = [self._fit(e, n, prompt=False) for e, n in zip(examples, counts)]
         if encoded is not None and all(e is not None for e in encoded):  # eval examples may fit as prompts only
             ids, mask = self._pad([ids for ids, _, _ in encoded], left=False)
             labels, _ = self._pad([labels for _, labels, _ in encoded], left=False, value=IGNORE_INDEX)
             batch.update(input_ids=ids, attention_mask=mask, labels=labels)
-        prompts = [self.encode_prompt(s.example, len(s.images)) for s in samples]
+        prompts = [self.encode_prompt(e, n) for e, n in zip(examples, counts)]
         batch["prompt_input_ids"], batch["prompt_attention_mask"] = self._pad(prompts, left=True)
         return batch
 
     def _images(self, sample: Sample) -> list:
+        """The sample's images, or its video's frames as images."""
         example = sample.example
         if example.video is not None:
-            raise CollateError(f"{self._name(example)}: has a video; the LLaVA collate handles images only")
-        if len(sample.images) != len(example.images):
+            images = self._frames(sample)
+        elif len(sample.images) != len(example.images):
             raise CollateError(
                 f"{self._name(example)}: {len(example.images)} image paths but {len(sample.images)} decoded images"
             )
+        else:
+            images = list(sample.images)
         if self.pad_images_to_square:
-            return [pad_to_square(image, self.image_transform.fill) for image in sample.images]
-        return list(sample.images)
+            return [pad_to_square(image, self.image_transform.fill) for image in images]
+        return images
+
+    def _frames(self, sample: Sample) -> list:
+        if sample.frames is None:
+            raise CollateError(f"{self._name(sample.example)}: a video example without decoded frames")
+        if len(sample.frames) > self.video_frames:
+            raise CollateError(
+                f"{self._name(sample.example)}: {len(sample.frames)} video frames, more than video_frames="
+                f"{self.video_frames}: lower the data's num_frames (or max_frames) or raise video_frames"
+            )
+        return [Image.fromarray(frame) for frame in sample.frames.numpy()]
+
+    def _num_images(self, example: Example) -> int:
+        """Images an example brings, counted without decoding (a video: the most frames it can bring)."""
+        return self.video_frames if example.video is not None else len(example.images)
 
     @staticmethod
     def _name(example: Example) -> str:
@@ -197,7 +233,7 @@ class LlavaCollate:
     def check_length(self, example: Example, training: bool) -> LengthCheck:
         """Whether ``example`` fits ``max_length`` (text tokenised, images counted, nothing decoded): as a training
         example (both views) or, with ``training=False``, as an evaluation prompt."""
-        num_images = len(example.images)
+        num_images = self._num_images(example)
         views = [self._fit(example, num_images, prompt=True)]
         if training:
             views.append(self._fit(example, num_images, prompt=False))
@@ -212,9 +248,12 @@ class LlavaCollate:
         return fitted
 
     def _too_long(self, example: Example, num_images: int, prompt: bool) -> str:
-        turns = self._view_turns(example, prompt)[-(1 if prompt else 2):]
+        turns = self._view_turns(example, prompt)[-self._turns_kept(example, prompt):]
         length = len(self._encode_turns(example, turns, num_images, prompt)[0])
-        what = "its last question" if prompt else "its last question and answer"
+        if len(example.images) > 1:
+            what = "its whole conversation (several images)"
+        else:
+            what = "its last question" if prompt else "its last question and answer"
         return (f"{self._name(example)}: {length} tokens with only {what} (images included), more than "
                 f"max_length={self.max_length}: raise model.init_args.max_length, or drop such examples with "
                 "data.on_error: skip")
@@ -230,7 +269,7 @@ class LlavaCollate:
         """``(ids, labels, truncated)`` of a view within ``max_length``, dropping whole earlier exchanges; None when
         even the last exchange is too long."""
         turns = self._view_turns(example, prompt)
-        keep = 1 if prompt else 2
+        keep = self._turns_kept(example, prompt)
         dropped = 0
         while True:
             ids, labels = self._encode_turns(example, turns[2 * dropped :], num_images, prompt)
@@ -240,11 +279,18 @@ class LlavaCollate:
                 return None
             dropped += 1
 
+    def _turns_kept(self, example: Example, prompt: bool) -> int:
+        """The turns a view cannot lose: the last exchange, or every turn when markers in them place the images."""
+        if len(example.images) > 1:
+            return len(self._view_turns(example, prompt))
+        return 1 if prompt else 2
+
     def _encode_turns(
         self, example: Example, turns: Sequence[Turn], num_images: int, prompt: bool
     ) -> tuple[list[int], list[int]]:
         turns = with_instruction(turns, self.instructions.get(example.task))
-        turns = with_image_placeholders(turns, num_images)
+        if len(example.images) <= 1:  # several images: their markers are already in the turns
+            turns = with_image_placeholders(turns, num_images)
         rendered = render(
             self.template, turns, self.tokenizer.eos_token, self.tokenizer, add_generation_prompt=prompt,
             source=self._name(example),

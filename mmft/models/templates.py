@@ -8,7 +8,7 @@ greedy decoding must produce after the eval prompt, whatever the tokenizer does 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -112,6 +112,17 @@ def _render_chat_template(turns: Sequence[Turn], tokenizer: Any, add_generation_
     def chat(msgs: list[dict], generation_prompt: bool) -> str:
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
 
+    return render_messages(messages, chat, add_generation_prompt, source)
+
+
+def render_messages(
+    messages: Sequence[dict], chat: Callable[[list[dict], bool], str], add_generation_prompt: bool, source: str
+) -> Rendered:
+    """Render chat ``messages`` with ``chat(messages, add_generation_prompt)`` (a tokenizer's or processor's chat
+    template), locating each assistant reply by rendering the prefixes: a reply starts where the generation prompt
+    of the conversation before it ends, and ends where the template's text for that message ends (its end-of-turn
+    marker and whatever the template writes after it, e.g. ChatML's newline)."""
+    messages = list(messages)
     text = chat(messages, add_generation_prompt)
     spans = []
     for i, message in enumerate(messages):
@@ -121,7 +132,7 @@ def _render_chat_template(turns: Sequence[Turn], tokenizer: Any, add_generation_
         end_text = chat(messages[: i + 1], False)
         if not (text.startswith(start_text) and text.startswith(end_text)):
             raise TemplateError(
-                f"{source}: the tokenizer's chat template does not render conversations prefix by prefix, so the "
+                f"{source}: the chat template does not render conversations prefix by prefix, so the "
                 "assistant replies cannot be located for label masking: use template: vicuna_v1"
             )
         spans.append((len(start_text), len(end_text)))

@@ -6,12 +6,13 @@ the answers vary enough that always giving the most common answer scores far bel
 
     mmft sample-data --out data/sample
 
-Deterministic for a given seed (the same bytes every run), about 1 MB, well under a few seconds.
+Deterministic for a given seed (the same bytes every run, but for the mp4 files), about 7 MB, a few seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 COLORS = {
     "red": (220, 40, 40),
@@ -251,6 +252,59 @@ def make_llava(root: Path, rng: random.Random, scenes: dict[int, Scene], text_on
         records.append({"id": f"text-{k:05d}", "conversations": conversation})
     rng.shuffle(records)
     write_json(root / "llava" / "llava_instruct_sample.json", records, indent=2)
+
+
+def make_llava_multi_image(root: Path, rng: random.Random, scenes: dict[int, Scene], n: int) -> None:
+    """LLaVA-OneVision-style records with two or three images each, their ``<image>`` markers in the order of
+    ``image``: interleaved with the question text, and a third image introduced in a later turn."""
+    ids = sorted(scenes)
+    records = []
+    for k in range(n):
+        chosen = rng.sample(ids, rng.choice((2, 3)))
+        first, second = scenes[chosen[0]], scenes[chosen[1]]
+        conversation = [
+            {"from": "human", "value": "Image 1: <image>\nImage 2: <image>\nWhat color is the shape in image 2?"},
+            {"from": "gpt", "value": second.color},
+            {"from": "human", "value": "Do both images show the same shape?"},
+            {"from": "gpt", "value": "Yes" if first.shape == second.shape else "No"},
+        ]
+        if len(chosen) == 3:
+            conversation += [
+                {"from": "human", "value": "<image>\nWhat shape is in this new image?"},
+                {"from": "gpt", "value": scenes[chosen[2]].shape},
+            ]
+        images = [f"coco/train2014/COCO_train2014_{image_id:012d}.jpg" for image_id in chosen]
+        records.append({"id": f"multi-{k:04d}", "image": images, "conversations": conversation})
+    write_json(root / "llava" / "llava_multi_image_sample.json", records, indent=2)
+
+
+def make_llava_video(root: Path) -> None:
+    """LLaVA-Video-178K-style records over the MSRVTT-QA and TVC sample videos (paths relative to the sample
+    folder): a conversation per MSRVTT-QA video, and one per TVC moment with its ``ts`` span."""
+    records = []
+    by_video: dict[int, list[dict]] = {}
+    for qa in json.loads((root / "msrvtt_qa" / "train_qa.json").read_text(encoding="utf-8")):
+        by_video.setdefault(qa["video_id"], []).append(qa)
+    for video_id, questions in by_video.items():
+        conversation = []
+        for qa in questions:
+            conversation += [{"from": "human", "value": qa["question"]}, {"from": "gpt", "value": qa["answer"]}]
+        conversation[0]["value"] = "<video>\n" + conversation[0]["value"]
+        records.append({"id": f"msrvtt-{video_id}", "video": f"msrvtt_qa/videos/video{video_id}.mp4",
+                        "conversations": conversation, "data_source": "msrvtt_qa"})
+    for line in (root / "tvc" / "tvc_train.jsonl").read_text(encoding="utf-8").splitlines():
+        moment = json.loads(line)
+        records.append(
+            {
+                "id": f"tvc-{moment['clip_id']}",
+                "video": f"tvc/videos/{moment['vid_name']}.mp4",
+                "ts": moment["ts"],
+                "conversations": [{"from": "human", "value": "<image>\nWhat happens in this part of the video?"},
+                                  {"from": "gpt", "value": moment["descs"][0]["desc"]}],
+                "data_source": "tvc",
+            }
+        )
+    write_json(root / "llava" / "llava_video_sample.json", records, indent=2)
 
 
 def make_gqa(root: Path, rng: random.Random, name: str, first_id: int, n: int) -> None:
@@ -712,13 +766,152 @@ def make_textvqa(root: Path, rng: random.Random, n: int) -> None:
     write_json(root / "textvqa" / "TextVQA_Rosetta_OCR_v0.2_val.json", {"dataset_type": "val", "data": ocr})
 
 
+# ---------------------------------------------------------------- OCR: rendered words to read
+
+OCR_WORDS = ("STOP", "OPEN", "SALE", "EXIT", "CAFE", "BANK", "TAXI", "HOTEL", "PARK", "MILK", "BOOK", "FISH")
+OCR_NUMBERS = ("12", "25", "38", "47", "56", "63", "74", "89")
+OCR_SIZE = 64
+# OCR-VQA genre of a cover, told by its colour
+GENRES = {"Travel": (40, 80, 225), "Comics": (40, 170, 60), "Romance": (220, 40, 40), "History": (145, 60, 185)}
+
+
+@functools.lru_cache(maxsize=None)
+def ocr_font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's built-in scalable font (the same glyphs on every machine with the same Pillow)."""
+    return ImageFont.load_default(size=size)
+
+
+def draw_lines(lines: list[tuple[str, int]], background: tuple, ink: tuple, rng: random.Random) -> Image.Image:
+    """``OCR_SIZE`` square image with each ``(text, font size)`` line centred, stacked, moved a few pixels at random."""
+    image = Image.new("RGB", (OCR_SIZE, OCR_SIZE), background)
+    draw = ImageDraw.Draw(image)
+    fonts = [ocr_font(size) for _, size in lines]
+    boxes = [draw.textbbox((0, 0), text, font=font) for (text, _), font in zip(lines, fonts)]
+    gap = 4
+    height = sum(box[3] - box[1] for box in boxes) + gap * (len(lines) - 1)
+    y = (OCR_SIZE - height) // 2 + rng.randint(-2, 2)
+    for (text, _), font, box in zip(lines, fonts, boxes):
+        x = (OCR_SIZE - (box[2] - box[0])) // 2 + rng.randint(-2, 2)
+        draw.text((x - box[0], y - box[1]), text, fill=ink, font=font)
+        y += box[3] - box[1] + gap
+    return image
+
+
+def sign_colors(rng: random.Random) -> tuple[tuple, tuple]:
+    """Dark letters on a white or yellow sign, or white letters on a blue one."""
+    background = rng.choice([BACKGROUNDS["white"], COLORS["yellow"], COLORS["blue"]])
+    ink = (250, 250, 250) if background == COLORS["blue"] else (12, 12, 12)
+    return background, ink
+
+
+def noisy_answers(answer: str, pool: tuple[str, ...], rng: random.Random) -> list[str]:
+    """Ten TextVQA-style answers: mostly the word (sometimes as written, in capitals), a few misreadings."""
+    correct = rng.choices([10, 9, 8, 7], weights=[50, 25, 15, 10])[0]
+    answers = [answer.upper() if rng.random() < 0.1 else answer.lower() for _ in range(correct)]
+    answers += [rng.choice([w for w in pool if w != answer]).lower() for _ in range(10 - correct)]
+    rng.shuffle(answers)
+    return answers
+
+
+def make_ocr_textvqa(root: Path, rng: random.Random, counts: dict[str, int]) -> None:
+    """TextVQA train and val: signs with one word of ``OCR_WORDS`` written on them."""
+    questions_asked = ("what does the sign say?", "what word is written on the sign?", "what is written here?")
+    first = 0
+    for split, n in counts.items():
+        questions = []
+        for k in range(first, first + n):
+            image_id = f"{k:016x}"
+            word = rng.choice(OCR_WORDS)
+            save(draw_lines([(word, 18)], *sign_colors(rng), rng), root / "train_images" / f"{image_id}.jpg")
+            question = rng.choice(questions_asked)
+            questions.append(
+                {
+                    "question": question,
+                    "image_id": image_id,
+                    "image_classes": ["Street sign"],
+                    "image_width": OCR_SIZE,
+                    "image_height": OCR_SIZE,
+                    "answers": noisy_answers(word, OCR_WORDS, rng),
+                    "question_tokens": question.rstrip("?").split(),
+                    "question_id": k,
+                    "set_name": split,
+                }
+            )
+        first += n
+        header = {"dataset_type": split, "dataset_name": "textvqa", "dataset_version": "0.5.1"}
+        write_json(root / f"TextVQA_0.5.1_{split}.json", {**header, "data": questions})
+
+
+def make_ocr_docvqa(root: Path, rng: random.Random, counts: dict[str, int]) -> None:
+    """DocVQA train and val: forms with a title word and a number line, a question about each."""
+    first = 0
+    for split, n in counts.items():
+        records = []
+        for k in range(first, first + n):
+            word, number = rng.choice(OCR_WORDS), rng.choice(OCR_NUMBERS)
+            name = f"documents/doc{k:05d}_1.png"
+            save(draw_lines([(word, 16), (f"NO. {number}", 12)], (250, 250, 250), (12, 12, 12), rng), root / name)
+            asked = [("What is the title of the document?", word, "layout"),
+                     ("What is the number written below the title?", number, "form")]
+            for q, (question, answer, kind) in enumerate(asked):
+                records.append(
+                    {
+                        "questionId": 2 * k + q,
+                        "question": question,
+                        "question_types": [kind],
+                        "image": name,
+                        "docId": k,
+                        "ucsf_document_id": f"mmft{k:05d}",
+                        "ucsf_document_page_no": "1",
+                        "answers": [answer.lower(), answer] if answer.isalpha() else [answer],
+                        "data_split": split,
+                    }
+                )
+        first += n
+        header = {"dataset_name": "docvqa", "dataset_split": split, "dataset_version": "1.0"}
+        write_json(root / f"{split}_v1.0.json", {**header, "data": records})
+
+
+def make_ocr_vqa(root: Path, rng: random.Random, counts: dict[str, int]) -> None:
+    """OCR-VQA's ``dataset.json``: book covers with a title word on a genre's colour."""
+    books, first = {}, 0
+    for split_number, n in enumerate(counts.values(), start=1):
+        for k in range(first, first + n):
+            book_id = f"B{k:09d}"
+            title, genre = rng.choice(OCR_WORDS).lower(), rng.choice(list(GENRES))
+            save(draw_lines([(title.upper(), 16)], GENRES[genre], (250, 250, 250), rng), root / "images" / f"{book_id}.jpg")
+            other = genre if rng.random() < 0.5 else rng.choice([g for g in GENRES if g != genre])
+            books[book_id] = {
+                "imageURL": f"http://images.example.invalid/images/I/{book_id}.jpg",
+                "questions": ["What is the title of this book?", "What is the genre of this book?",
+                              f"Is this book related to {other}?"],
+                "answers": [title, genre.lower(), "yes" if other == genre else "no"],
+                "title": title,
+                "authorName": "Anonymous",
+                "genre": genre,
+                "split": split_number,
+            }
+        first += n
+    write_json(root / "dataset.json", books)
+
+
+def make_ocr(root: Path, rng: random.Random, scale: int) -> dict[str, int]:
+    """The OCR sample: TextVQA, DocVQA and OCR-VQA files whose answers are words written in the images (in capitals),
+    answered in lower case in all three, so that a model learns one spelling of each word."""
+    make_ocr_textvqa(root / "textvqa", rng, {"train": 240 * scale, "val": 60 * scale})
+    make_ocr_docvqa(root / "docvqa", rng, {"train": 120 * scale, "val": 30 * scale})
+    make_ocr_vqa(root / "ocrvqa", rng, {"train": 120 * scale, "val": 30 * scale})
+    return {"textvqa_train_questions": 240 * scale, "docvqa_train_questions": 240 * scale,
+            "ocrvqa_train_questions": 360 * scale}
+
+
 # ---------------------------------------------------------------- entry points
 
 
 def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: bool = True) -> dict[str, Any]:
     """Write the sample data under ``out`` and return a summary (also written to ``out/manifest.json``).
 
-    ``scale`` multiplies the number of images and questions (1: about 1,000 images, 1 MB). Every dataset draws from
+    ``scale`` multiplies the number of images and questions (1: about 1,400 files, 7 MB). Every dataset draws from
     its own seeded generator, so changing one leaves the others' bytes unchanged.
     """
     root = Path(out)
@@ -744,11 +937,14 @@ def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: boo
     make_pope(root, rng("pope"), coco["val2014"], 20 * scale)
     make_mmbench(root, rng("mmbench"), 16 * scale)
     make_textvqa(root, rng("textvqa"), 30 * scale)
+    make_llava_multi_image(root, rng("llava-multi-image"), coco["train2014"], 24 * scale)
+    ocr = make_ocr(root / "ocr", rng("ocr"), scale)
     video_counts = {}
     if videos:
         make_msrvtt_qa(root, rng("msrvtt"), {"train": 8 * scale, "val": 4 * scale})
         video_counts["tvqa"] = make_tvqa(root, rng("tvqa"), {"train": 12 * scale, "val": 6 * scale})
         video_counts["tvc"] = make_tvc(root, rng("tvc"), {"train": 12 * scale, "val": 6 * scale})
+        make_llava_video(root)
 
     majority, _ = Counter(train_answers).most_common(1)[0]
     summary = {
@@ -772,6 +968,7 @@ def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: boo
         "pope": {"questions_per_split": 20 * scale},
         "mmbench": {"questions": 16 * scale},
         "textvqa": {"val_questions": 30 * scale},
+        "ocr": ocr,
         "videos": videos,
         **video_counts,
     }
@@ -787,6 +984,8 @@ tvqa/tvqa_{train,val}.jsonl, tvqa/tvqa_subtitles.jsonl              VALUE TVQA f
 tvqa/videos/<vid_name>.mp4                                          clips (64x64, 16 frames at 8 fps), subtitles
 tvc/tvc_{train,val}.jsonl, tvc/tvc_subtitles.jsonl                  VALUE TVC format: two 1 s moments per video,
 tvc/videos/<vid_name>.mp4                                           2 captions each (ts = the moment's seconds)
+llava/llava_video_sample.json                                       LLaVA-Video-178K records over those videos
+                                                                    (TVC moments with their ts span)
 """
     video_line = video if summary["videos"] else ""
     return f"""mmft sample data (synthetic; made by mmft sample-data, seed {summary['seed']})
@@ -799,6 +998,7 @@ vqav2/v2_OpenEnded_mscoco_<split>_questions.json                    VQAv2 questi
 vqav2/v2_mscoco_<split>_annotations.json                            VQAv2 annotations, 10 answers each
 llava/llava_instruct_sample.json                                    LLaVA instruct JSON (multi-turn, some text-only;
                                                                     image paths relative to this sample folder)
+llava/llava_multi_image_sample.json                                 LLaVA-OneVision multi-image records (2-3 images)
 gqa/{{train,testdev}}_balanced_questions.json, gqa/images/<id>.jpg    GQA balanced questions
 nlvr2/{{train,dev}}.json, nlvr2/images/{{train/<directory>,dev}}/*.png  NLVR2 JSON lines, image pairs
 coco_karpathy/dataset_coco.json                                     COCO captions, Karpathy split (5 captions each;
@@ -809,6 +1009,9 @@ pope/coco_pope_{{random,popular,adversarial}}.json                    POPE in LL
 mmbench/mmbench_dev_20230712.tsv                                    MMBench dev TSV (images inline, base64)
 textvqa/TextVQA_0.5.1_val.json, textvqa/train_images/<id>.jpg       TextVQA val (a written colour name) and its
 textvqa/TextVQA_Rosetta_OCR_v0.2_val.json                           Rosetta OCR tokens
+ocr/textvqa/TextVQA_0.5.1_{{train,val}}.json, ocr/textvqa/train_images/  OCR sample: a word of 12 written on a sign,
+ocr/docvqa/{{train,val}}_v1.0.json, ocr/docvqa/documents/*.png        a form (title word, number), a book cover
+ocr/ocrvqa/dataset.json, ocr/ocrvqa/images/<id>.jpg                   (title word; genre by colour), 64x64
 {video_line}manifest.json                                                       counts and the numbers below
 
 VQAv2: {vqa['train_questions']} train / {vqa['val_questions']} val questions; train and val images are disjoint.

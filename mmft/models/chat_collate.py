@@ -1,0 +1,240 @@
+"""The processor collate: list[Sample] -> batch tensors for a transformers image-text-to-text family, prompts from
+the model's own chat template. Runs in DataLoader workers.
+
+The same two views as :class:`~mmft.models.llava_collate.LlavaCollate`: the training view (``input_ids``,
+``attention_mask``, ``labels``; right padding), labels -100 except the assistant replies and their end-of-turn
+token, and the generation view (``prompt_input_ids``, ``prompt_attention_mask``; left padding). The processor
+expands the media placeholders the template writes (Qwen's ``<|image_pad|>`` by the image's grid, OneVision's
+``<image>`` by its AnyRes tiles, SmolVLM's ``<image>`` by its tiles and pixel-shuffled tokens); reply spans found in
+the rendered text (prefix rendering, :func:`~mmft.models.templates.render_messages`) are carried over the expansion
+with the processor's replacement offsets, and tokens overlapping a reply are supervised. The prompt view is the
+training view cut where the last reply starts, so the images are processed once for both. Media tensors
+(``pixel_values``, ``image_grid_thw``, ``pixel_values_videos``, ...) are returned under ``media``.
+
+Media placement follows the Example contract: several images stay where their ``<image>`` markers are; one image
+or a video goes at the start of the first user turn. A video is passed as the processor's video input with its
+frame times (frames without times are taken as sampled at ``default_fps``); families that read video as images
+(SmolVLM) get its frames as images. Conversations longer than ``max_length`` are refused, not cut:
+:meth:`ChatCollate.check_length` estimates each example's length from its text and a probe image's visual tokens,
+so the DataModule drops or refuses it when it reads the data (an estimate: dynamic-resolution images and videos may
+come out longer, and the collate then refuses the batch, naming the record).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from data_modules.records import IMAGE_MARKER, Example, LengthCheck, Sample, Turn
+
+from .base import batch_metadata
+from .llava_collate import IGNORE_INDEX, LLAVA_INSTRUCTIONS, CollateError, with_instruction
+from .templates import check_turns, render_messages
+from .vlm_families import Family
+
+MEDIA_KEYS_SKIPPED = ("input_ids", "attention_mask", "offset_mapping", "text_replacement_offsets", "mm_token_type_ids")
+def media_messages(turns: Sequence[Turn], num_images: int, has_video: bool, frames: int = 0) -> list[dict]:
+    """Chat messages with media parts: several images where their markers are, one image or a video (or its
+    ``frames`` as images) at the start of the first user turn."""
+    messages = []
+    for i, turn in enumerate(turns):
+        parts: list[dict] = []
+        if i == 0 and num_images == 1:
+            parts.append({"type": "image"})
+        if i == 0 and has_video:
+            parts += [{"type": "image"}] * frames if frames else [{"type": "video"}]
+        pieces = turn.text.split(IMAGE_MARKER) if num_images > 1 else [turn.text]
+        for j, piece in enumerate(pieces):
+            if j:
+                parts.append({"type": "image"})
+            if piece:
+                parts.append({"type": "text", "text": piece})
+        messages.append({"role": turn.role, "content": parts})
+    return messages
+
+
+class ChatCollate:
+    """Conversations through a processor's chat template, labels on the assistant replies, media batched.
+
+    Args:
+        processor: the family's processor (tokenizer, image / video processor, chat template).
+        family: the family's entry (whether video goes in as images).
+        max_length: longest sequence, visual tokens included.
+        instructions: task -> text appended (after a newline) to every question; ``None`` means the LLaVA collate's
+            (LLaVA-1.5's evaluation instructions, and the video tasks' short-answer, choice-label and caption ones).
+        default_fps: frame rate assumed for videos whose frame times are unknown.
+    """
+
+    def __init__(
+        self,
+        processor: Any,
+        family: Family,
+        max_length: int = 2048,
+        instructions: dict[str, str] | None = None,
+        default_fps: float = 1.0,
+    ) -> None:
+        self.processor = processor
+        self.family = family
+        self.tokenizer = processor.tokenizer
+        self.max_length = max_length
+        self.instructions = dict(LLAVA_INSTRUCTIONS if instructions is None else instructions)
+        self.default_fps = default_fps
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self._probe_tokens: int | None = None
+
+    # ---------------------------------------------------------------------------------------------------- batches
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        if not samples:
+            raise CollateError("empty batch")
+        examples = [s.example for s in samples]
+        batch: dict[str, Any] = batch_metadata(examples)
+        training = all(e.turns and e.turns[-1].role == "assistant" for e in examples)
+        rendered = [self._render(s, prompt=not training) for s in samples]
+        images = [self._images(s) for s in samples]  # one list per sample: SmolVLM checks them per prompt
+        videos = [s.frames for s in samples if s.example.video is not None and not self.family.video_as_images]
+        kwargs: dict[str, Any] = {"return_offsets_mapping": True, "return_text_replacement_offsets": True,
+                                  "return_tensors": "pt", "padding": True, "padding_side": "right"}
+        if videos:
+            kwargs["videos_kwargs"] = {"video_metadata": [self._metadata(s) for s in samples if s.example.video
+                                                          is not None], "do_sample_frames": False}
+        encoded = self.processor(text=[text for text, _ in rendered], images=images if any(images) else None, videos=videos or None,
+                                 **kwargs)
+        batch["media"] = {k: v for k, v in encoded.items() if k not in MEDIA_KEYS_SKIPPED}
+        rows, labels, prompt_lengths = [], [], []
+        for i, (sample, (text, spans)) in enumerate(zip(samples, rendered)):
+            length = int(encoded["attention_mask"][i].sum())
+            ids = encoded["input_ids"][i, :length].tolist()
+            name = self._name(sample.example)
+            if len(ids) > self.max_length:
+                raise CollateError(f"{name}: {len(ids)} tokens (visual tokens included), more than max_length="
+                                   f"{self.max_length}: raise model.init_args.max_length")
+            shifted = _shift_spans(spans, encoded["text_replacement_offsets"][i])
+            offsets = encoded["offset_mapping"][i, :length].tolist()
+            rows.append(ids)
+            labels.append([tok if any(s < b and e > a for a, b in shifted) else IGNORE_INDEX
+                           for tok, (s, e) in zip(ids, offsets)])
+            prompt_lengths.append(_prompt_length(offsets, shifted[-1][0], name) if training else len(ids))
+        if training:
+            batch["input_ids"], batch["attention_mask"] = self._pad(rows, left=False)
+            batch["labels"], _ = self._pad(labels, left=False, value=IGNORE_INDEX)
+            self._token_types(batch, "input_ids", "mm_token_type_ids")
+        prompts = [row[:n] for row, n in zip(rows, prompt_lengths)]
+        batch["prompt_input_ids"], batch["prompt_attention_mask"] = self._pad(prompts, left=True)
+        self._token_types(batch, "prompt_input_ids", "prompt_mm_token_type_ids")
+        return batch
+
+    def _render(self, sample: Sample, prompt: bool) -> tuple[str, tuple[tuple[int, int], ...]]:
+        example = sample.example
+        turns = list(example.turns)
+        if prompt and turns[-1].role == "assistant":
+            turns = turns[:-1]
+        check_turns(turns, self._name(example))
+        turns = with_instruction(turns, self.instructions.get(example.task))
+        frames = 0
+        if example.video is not None and self.family.video_as_images:
+            frames = len(sample.frames) if sample.frames is not None else 1
+        messages = media_messages(turns, len(example.images), example.video is not None, frames)
+        rendered = render_messages(messages, self._chat, add_generation_prompt=prompt, source=self._name(example))
+        return rendered.text, rendered.supervised
+
+    def _chat(self, messages: list[dict], generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _images(self, sample: Sample) -> list:
+        example = sample.example
+        if example.video is not None:
+            if sample.frames is None:
+                raise CollateError(f"{self._name(example)}: has a video but no decoded frames")
+            if self.family.video_as_images:
+                return [Image.fromarray(frame.numpy()) for frame in sample.frames]
+            return []
+        if len(sample.images) != len(example.images):
+            raise CollateError(
+                f"{self._name(example)}: {len(example.images)} image paths but {len(sample.images)} decoded images"
+            )
+        return list(sample.images)
+
+    def _metadata(self, sample: Sample) -> Any:
+        """The frames' times as transformers' VideoMetadata: a millisecond clock, the frames its sampled ticks."""
+        from transformers.video_utils import VideoMetadata
+
+        count = len(sample.frames)
+        times = sample.frame_times
+        if times is None:
+            times = tuple(i / self.default_fps for i in range(count))
+        step = (times[-1] - times[0]) / (count - 1) if count > 1 else 1 / self.default_fps
+        duration = times[-1] + step
+        return VideoMetadata(total_num_frames=round(duration * 1000), fps=1000.0, duration=duration,
+                             frames_indices=[round(t * 1000) for t in times])
+
+    def _token_types(self, batch: dict[str, Any], ids_key: str, out_key: str) -> None:
+        if getattr(self.processor, "return_mm_token_type_ids", False):
+            types = self.processor.create_mm_token_type_ids(batch[ids_key].tolist())
+            batch[out_key] = torch.tensor(types, dtype=torch.long)
+
+    # ----------------------------------------------------------------------------------------------------- length
+    def check_length(self, example: Example, training: bool) -> LengthCheck:
+        """Whether ``example`` fits ``max_length``, estimated from its text (tokenised) and a probe image's tokens per
+        image, a video counting as one image (its frames are not known before decoding); never truncated. A batch
+        that turns out longer is refused by the collate, naming the record."""
+        turns = list(example.turns)
+        if not training and turns and turns[-1].role == "assistant":
+            turns = turns[:-1]
+        turns = with_instruction(turns, self.instructions.get(example.task))
+        count = len(example.images) + (1 if example.video is not None else 0)
+        messages = media_messages(turns, len(example.images), False)
+        text = self._chat(messages, not training)
+        length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + count * self.probe_tokens()
+        if length > self.max_length:
+            return LengthCheck(problem=f"{self._name(example)}: about {length} tokens (visual tokens included), "
+                                       f"more than max_length={self.max_length}: raise model.init_args.max_length, "
+                                       "or drop such examples with data.on_error: skip")
+        return LengthCheck()
+
+    def probe_tokens(self) -> int:
+        """Tokens one 64-pixel probe image adds to a prompt (the template's markers and the visual tokens)."""
+        if self._probe_tokens is None:
+            with_image = self._chat(media_messages([Turn("user", "x")], 1, False), True)
+            without = self._chat(media_messages([Turn("user", "x")], 0, False), True)
+            probe = Image.new("RGB", (64, 64))
+            expanded = self.processor(text=[with_image], images=[probe])["input_ids"][0]
+            self._probe_tokens = len(expanded) - len(self.tokenizer(without, add_special_tokens=False)["input_ids"])
+        return self._probe_tokens
+
+    # ------------------------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _name(example: Example) -> str:
+        return example.source or f"{example.task} example {example.id}"
+
+    def _pad(self, rows: list[list[int]], left: bool, value: int | None = None) -> tuple[Tensor, Tensor]:
+        value = self.pad_token_id if value is None else value
+        width = max(len(r) for r in rows)
+        out = torch.full((len(rows), width), value, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if left else slice(0, len(row))
+            out[i, span] = torch.tensor(row, dtype=torch.long)
+            mask[i, span] = 1
+        return out, mask
+
+
+def _shift_spans(spans: Sequence[tuple[int, int]], replacements: Sequence[dict]) -> list[tuple[int, int]]:
+    """Carry character spans of the rendered text over the processor's placeholder expansion."""
+    ends = [r["span"][1] for r in replacements]
+    gained = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]
+    return [tuple(char + gained[bisect.bisect_right(ends, char)] for char in span) for span in spans]
+
+
+def _prompt_length(offsets: Sequence[tuple[int, int]], reply_start: int, name: str) -> int:
+    """Tokens before the last reply; its first token must start exactly there (prefix-stable tokenisation)."""
+    starts = [int(s) for s, e in offsets if e > s]
+    index = bisect.bisect_left(starts, reply_start)
+    if index == len(starts) or starts[index] != reply_start:
+        raise CollateError(f"{name}: the last reply does not start on a token boundary; its prompt cannot be cut")
+    return next(i for i, (s, e) in enumerate(offsets) if e > s and int(s) == reply_start)

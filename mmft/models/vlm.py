@@ -1,0 +1,120 @@
+"""Fine-tuning any transformers image-text-to-text family (Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT,
+SmolVLM, ...) with adapters: the LightningModule.
+
+The network and its processor come from a backbone (:mod:`mmft.models.vlm_backbones`), prompts from the
+processor's chat template (:class:`~mmft.models.chat_collate.ChatCollate`). Adapters go wherever
+``target_modules`` reach, the vision tower included.
+
+Several processes: a rank whose batch has no image or video still runs the vision tower and projector
+(:mod:`mmft.models.vision_dummy`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from PIL import Image
+from torch import Tensor
+from torchmetrics import Metric
+
+from mmft.adapters import AdapterConfig
+
+from .base import AdapterModule, default_optimizer
+from .chat_collate import ChatCollate
+from .llava import enable_activation_checkpointing
+from .llava_collate import IGNORE_INDEX
+from .optim import ParamGroup, SchedulerCallable
+from .vision_dummy import dummy_vision_loss
+from .vlm_backbones import VisionLanguageBackbone
+
+VISUAL_INPUTS = ("pixel_values", "pixel_values_videos")
+
+
+class VisionLanguageModule(AdapterModule):
+    """Adapters on a transformers image-text-to-text model, prompts from its chat template.
+
+    Loss: next-token cross-entropy over the assistant replies and their end-of-turn token. Evaluation: greedy
+    generation from the prompt view, scored with the task's metric.
+
+    Args:
+        backbone: :class:`HFVisionLanguage` (a local checkpoint) or :class:`VisionLanguageFromConfig` (tiny).
+        adapter: the adapter config (targets may include the vision tower); ``null`` for a merged model.
+        max_length: longest sequence, visual tokens included.
+        instructions: task -> instruction appended to each question (see :class:`ChatCollate`).
+        default_fps: frame rate assumed for videos whose frame times are unknown.
+        gradient_checkpointing: recompute activations in backward (non-reentrant: frozen inputs are fine).
+        max_new_tokens: generation length at evaluation.
+    """
+
+    def __init__(
+        self,
+        backbone: VisionLanguageBackbone,
+        adapter: AdapterConfig | None,
+        max_length: int = 2048,
+        instructions: dict[str, str] | None = None,
+        default_fps: float = 1.0,
+        gradient_checkpointing: bool = False,
+        max_new_tokens: int = 16,
+        optimizer: OptimizerCallable = default_optimizer,
+        scheduler: SchedulerCallable | None = None,
+        param_groups: list[ParamGroup] | None = None,
+        metrics: dict[str, Metric] | None = None,
+        allow_base_mismatch: bool = False,
+    ) -> None:
+        super().__init__(adapter, optimizer, scheduler, param_groups, metrics, allow_base_mismatch)
+        self.save_hyperparameters(logger=False)
+        built = backbone.build()
+        self.attach_model(built.model)
+        self.processor = built.processor
+        self.tokenizer = built.processor.tokenizer
+        self.family = built.family
+        self.end_of_turn_id = built.end_of_turn_id
+        self.base_model_name_or_path = built.name_or_path
+        self.max_new_tokens = max_new_tokens
+        self.collate = ChatCollate(built.processor, built.family, max_length, instructions, default_fps)
+        dummy = built.processor.image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")
+        self.dummy_vision_inputs = {k: torch.as_tensor(v) for k, v in dummy.items()}
+        if gradient_checkpointing:
+            enable_activation_checkpointing(self.model)
+
+    def _inputs(self, batch: dict[str, Any], prompt: bool) -> dict[str, Any]:
+        prefix = "prompt_" if prompt else ""
+        inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
+                  **batch["media"]}
+        if f"{prefix}mm_token_type_ids" in batch:
+            inputs["mm_token_type_ids"] = batch[f"{prefix}mm_token_type_ids"]
+        return inputs
+
+    def training_loss(self, batch: dict[str, Any]) -> Tensor:
+        if "labels" not in batch:
+            raise ValueError(
+                f"training batch without labels (examples {batch['ids'][:3]}): training examples need an "
+                "assistant reply as their last turn"
+            )
+        output = self.model(**self._inputs(batch, prompt=False), use_cache=False)
+        logits = output.logits[:, :-1].float()
+        labels = batch["labels"][:, 1:]
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        loss = loss / (labels != IGNORE_INDEX).sum().clamp_min(1)
+        if not any(key in batch["media"] for key in VISUAL_INPUTS):
+            loss = loss + dummy_vision_loss(self.model, self.dummy_vision_inputs)
+        return loss
+
+    @torch.no_grad()
+    def generate_answers(self, batch: dict[str, Any]) -> list[str]:
+        inputs = self._inputs(batch, prompt=True)
+        output = self.model.generate(
+            **inputs,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.collate.pad_token_id,
+            eos_token_id=self.end_of_turn_id,
+        )
+        new = output[:, inputs["input_ids"].shape[1]:]
+        return [answer.strip() for answer in self.tokenizer.batch_decode(new, skip_special_tokens=True)]

@@ -1,0 +1,277 @@
+"""VisionLanguageModule and ChatCollate on each family's tiny model: label masks token by token against the
+family's published format, fit / exact resume / test / predict / PEFT export, batched generation (M-RoPE with left
+padding), video and several images, the zero-weight vision dummy, and adapters on the vision tower."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from data_modules.records import Example, Sample, Turn
+from mmft.adapters import save_adapters
+from mmft.metrics import VQAAccuracy
+from mmft.models import VisionLanguageModule
+from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
+
+RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
+# the two-turn conversation of the mask test, as each family's published format writes it: (text, supervised); a
+# reply is supervised with its end-of-turn token and the newline the template writes after it
+TWO_TURNS = {
+    "qwen2_5_vl": [
+        ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
+         "<|im_start|>assistant\n", False),
+        ("a red circle<|im_end|>\n", True),
+        ("<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("blue<|im_end|>\n", True),
+    ],
+    "llava_onevision": [
+        ("<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("a red circle<|im_end|>\n", True),
+        ("<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("blue<|im_end|>\n", True),
+    ],
+    "smolvlm": [
+        ("<|im_start|>User:<image>What is it?<end_of_utterance>\nAssistant:", False),
+        (" a red circle<end_of_utterance>\n", True),
+        ("User: And the square?<end_of_utterance>\nAssistant:", False),
+        (" blue<end_of_utterance>\n", True),
+    ],
+}
+
+
+def two_turn_sample() -> Sample:
+    turns = (Turn("user", "What is it?"), Turn("assistant", "a red circle"), Turn("user", "And the square?"),
+             Turn("assistant", "blue"))
+    return Sample(Example("instruct", "c1", turns, images=(Path("c1.jpg"),)), [RED])
+
+
+def vqa_samples(n: int = 8) -> list[Sample]:
+    rows = [("red", RED, "What color is it?"), ("blue", BLUE, "What color is the shape?")]
+    samples = []
+    for i in range(n):
+        answer, image, question = rows[i % 2]
+        question = f"{question} ({i} of {n})"  # every batch differs: a resume that replays the wrong batch fails
+        samples.append(Sample(Example("vqav2", str(i), (Turn("user", question), Turn("assistant", answer)),
+                                      images=(Path(f"{i}.jpg"),), references=(answer,) * 10), [image]))
+    return samples
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def module(family) -> VisionLanguageModule:
+    return VisionLanguageModule(tiny_backbone(family), lm_adapter(family), max_new_tokens=4)
+
+
+def test_labels_are_the_assistant_replies_with_their_end_of_turn_token(family, module):
+    processor = module.processor
+    segments = TWO_TURNS[family]
+    first = processor(text=[segments[0][0]], images=[[RED]])["input_ids"][0]
+    pieces = [list(first)] + [processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+                              for text, _ in segments[1:]]
+    expected_ids = [t for piece in pieces for t in piece]
+    expected_labels = [t if supervised else -100 for piece, (_, supervised) in zip(pieces, segments) for t in piece]
+    batch = module.collate([two_turn_sample()])
+    assert batch["input_ids"][0].tolist() == expected_ids
+    assert batch["labels"][0].tolist() == expected_labels
+    # the prompt view ends where the last reply starts
+    prompt = [t for piece in pieces[:3] for t in piece]
+    assert batch["prompt_input_ids"][0].tolist() == prompt
+    end_of_turn = processor.tokenizer.convert_tokens_to_ids(module.family.end_of_turn)
+    assert module.end_of_turn_id == end_of_turn and expected_labels.count(end_of_turn) == 2
+
+
+def test_loss_is_transformers_own_loss_over_the_replies(module):
+    batch = module.collate(vqa_samples(2))
+    module.eval()
+    with torch.no_grad():
+        ours = module.training_loss(batch)
+        reference = module.model(**module._inputs(batch, prompt=False), labels=batch["labels"]).loss
+    torch.testing.assert_close(ours, reference)
+
+
+def test_batched_left_padded_generation_equals_one_by_one(module):
+    module.eval()
+    samples = [vqa_samples(2)[0], Sample(Example("vqav2", "long", (Turn("user", "Is there a blue square in the "
+                                                                           "picture? Look carefully."),),
+                                                 images=(Path("x.jpg"),), references=("no",)), [BLUE])]
+    together = module.generate_answers(module.collate(samples))
+    alone = [module.generate_answers(module.collate([s]))[0] for s in samples]
+    assert together == alone
+
+
+def test_text_only_batch_runs_the_vision_tower_with_zero_weight(family, module):
+    module.train()
+    batch = module.collate([Sample(Example("instruct", "t", (Turn("user", "Hi"), Turn("assistant", "hello"))))])
+    assert not any(k.startswith("pixel_values") for k in batch["media"])
+    module.zero_grad()
+    loss = module.training_loss(batch)
+    with torch.no_grad():
+        plain = module.model(**module._inputs(batch, prompt=False), labels=batch["labels"]).loss
+    assert loss.item() == plain.item()  # the dummy adds exactly zero
+    loss.backward()
+    projector = [p for n, p in module.named_parameters() if PROJECTORS[family] in n and p.requires_grad]
+    assert projector and all(p.grad is not None for p in projector)  # reached: every rank reduces the same grads
+
+
+def fit_trainer(root: Path, steps: int, **kwargs) -> Trainer:
+    return Trainer(default_root_dir=root, max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+                   enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+
+
+def test_fit_resume_test_predict_and_peft_export(family, tmp_path):
+    data = vqa_samples(4)  # two batches an epoch: the checkpoint after two steps ends an epoch
+
+    def loader(module):
+        return DataLoader(data, batch_size=2, shuffle=False, collate_fn=module.collate)
+
+    def new_module():
+        return VisionLanguageModule(tiny_backbone(family), lm_adapter(family, dropout=0.1), max_new_tokens=3,
+                                    metrics={"vqav2": VQAAccuracy()},
+                                    optimizer=lambda params: torch.optim.AdamW(params, lr=1e-2))
+
+    seed_everything(0)
+    straight = new_module()
+    # saved after validation, as the tiny configs save them: Lightning resumes those exactly
+    every_epoch = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, save_on_train_epoch_end=False)
+    fit_trainer(tmp_path / "a", 4, callbacks=[every_epoch], limit_val_batches=1).fit(
+        straight, loader(straight), loader(straight))
+    checkpoint = tmp_path / "ckpt" / "epoch=0-step=2.ckpt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert set(saved["state_dict"]) == {n for n, p in straight.named_parameters() if p.requires_grad}
+    seed_everything(0)
+    resumed = new_module()
+    fit_trainer(tmp_path / "b", 4, limit_val_batches=1).fit(resumed, loader(resumed), loader(resumed),
+                                                            ckpt_path=checkpoint)
+    for (name, a), (_, b) in zip(straight.named_parameters(), resumed.named_parameters()):
+        if a.requires_grad:
+            assert torch.equal(a, b), name
+
+    tester = fit_trainer(tmp_path / "a", 1)
+    (scores,) = tester.test(straight, loader(straight), verbose=False)
+    assert "test/vqav2/VQAAccuracy" in scores
+    predictions = [row for rows in tester.predict(straight, loader(straight)) for row in rows]
+    assert [row["id"] for row in predictions] == [s.example.id for s in data]
+
+    save_adapters(straight.model, tmp_path / "adapter")
+    from peft import PeftModel
+
+    base = tiny_backbone(family).build().model
+    peft_model = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    straight.eval()
+    batch = straight.collate(data[:2])
+    with torch.no_grad():
+        expected = straight.model(**straight._inputs(batch, prompt=False)).logits
+        got = peft_model(**straight._inputs(batch, prompt=False)).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+VISION_TARGETS = {
+    "qwen2_5_vl": r".*visual\.blocks.*\.(qkv|proj)",
+    # the encoder layers' linears (SigLIP's pooling head is an nn.MultiheadAttention, whose out_proj it reads directly)
+    "llava_onevision": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
+    "smolvlm": r".*vision_model.*layers.*\.(q_proj|v_proj|out_proj)",
+}
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_vision_tower_adapters_get_gradients_under_checkpointing(family, method):
+    module = VisionLanguageModule(tiny_backbone(family), lm_adapter(family, method, targets=VISION_TARGETS[family]),
+                                  gradient_checkpointing=True)
+    module.train()
+    assert module.model.is_gradient_checkpointing
+    module.training_loss(module.collate(vqa_samples(2))).backward()
+    adapted = [(n, p) for n, p in module.named_parameters() if p.requires_grad and ".lora_" in n]
+    tower = {"qwen2_5_vl": ".visual.", "llava_onevision": ".vision_tower.", "smolvlm": ".vision_model."}[family]
+    assert adapted and all(tower in n for n, _ in adapted)
+    # B starts at zero, so A's first gradient is zero by construction; B's (and DoRA's magnitude's) must not be
+    receiving = [(n, p) for n, p in adapted if "lora_A" not in n]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in receiving), [
+        n for n, p in receiving if p.grad is None or p.grad.abs().sum() == 0]
+
+
+def video_sample(frame_times) -> Sample:
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (4, 24, 32, 3), generator=g, dtype=torch.uint8)
+    example = Example("msrvtt_qa", "v1", (Turn("user", "What is the man doing?"), Turn("assistant", "cooking")),
+                      video=Path("video1.mp4"), references=("cooking",))
+    return Sample(example, frames=frames, frame_times=frame_times)
+
+
+@pytest.mark.parametrize("times, seconds_per_grid", [((0.0, 0.5, 1.0, 1.5), 1.0), (None, 2.0)])
+def test_qwen_video_input_carries_the_frame_times(times, seconds_per_grid):
+    module = VisionLanguageModule(tiny_backbone("qwen2_5_vl"), lm_adapter("qwen2_5_vl"))
+    batch = module.collate([video_sample(times)])
+    media = batch["media"]
+    # 4 frames of 24 x 32 px, 4 px patches, 2 frames a temporal patch, 2 x 2 merged: grid (2, 6, 8), 24 tokens
+    assert media["video_grid_thw"].tolist() == [[2, 6, 8]]
+    video_pad = module.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    assert int((batch["input_ids"] == video_pad).sum()) == 2 * 6 * 8 // 4
+    # 2 frames per temporal patch at 2 frames/s (the times) or at the default 1 frame/s
+    assert media["second_per_grid_ts"].tolist() == [seconds_per_grid]
+    assert torch.isfinite(module.training_loss(batch))
+
+
+def test_onevision_video_frames_and_smolvlm_frames_as_images():
+    onevision = VisionLanguageModule(tiny_backbone("llava_onevision"), lm_adapter("llava_onevision"))
+    batch = onevision.collate([video_sample(None)])
+    assert batch["media"]["pixel_values_videos"].shape == (1, 4, 3, 16, 16)
+    video = onevision.tokenizer.convert_tokens_to_ids("<video>")
+    # a 16 px frame gives a 2 x 2 grid, pooled to 1 x 1 per frame, plus one newline token for the video
+    assert int((batch["input_ids"] == video).sum()) == 4 * 1 + 1
+    assert torch.isfinite(onevision.training_loss(batch))
+
+    smolvlm = VisionLanguageModule(tiny_backbone("smolvlm"), lm_adapter("smolvlm"))
+    batch = smolvlm.collate([video_sample(None)])
+    assert batch["media"]["pixel_values"].shape[:2] == (1, 4)  # the 4 frames as 4 images
+    image = smolvlm.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((batch["input_ids"] == image).sum()) == 4 * 4  # image_seq_len tokens per frame
+    assert torch.isfinite(smolvlm.training_loss(batch))
+
+
+MULTI_IMAGE_TEXT = {
+    "qwen2_5_vl": "<|im_start|>user\nLeft: <|vision_start|><|image_pad|><|vision_end|> right: "
+                  "<|vision_start|><|image_pad|><|vision_end|> same colour?<|im_end|>\n<|im_start|>assistant\n"
+                  "no<|im_end|>\n",
+    "llava_onevision": "<|im_start|>user\nLeft: <image>\n right: <image>\n same colour?<|im_end|>\n"
+                       "<|im_start|>assistant\nno<|im_end|>\n",
+    "smolvlm": "<|im_start|>User: Left: <image> right: <image> same colour?<end_of_utterance>\nAssistant: no"
+               "<end_of_utterance>\n",
+}
+
+
+def test_several_images_stay_where_their_markers_are(family, module):
+    example = Example("instruct", "m1", (Turn("user", "Left: <image> right: <image> same colour?"),
+                                         Turn("assistant", "no")), images=(Path("a.jpg"), Path("b.jpg")))
+    batch = module.collate([Sample(example, [RED, BLUE])])
+    expected = module.processor(text=[MULTI_IMAGE_TEXT[family]], images=[[RED, BLUE]], return_tensors="pt")
+    assert batch["input_ids"][0].tolist() == expected["input_ids"][0].tolist()
+    torch.testing.assert_close(batch["media"]["pixel_values"], expected["pixel_values"])
+
+
+def test_local_checkpoint_folder_loads_offline_with_its_processor(tmp_path):
+    from mmft.models import HFVisionLanguage
+
+    built = tiny_backbone("qwen2_5_vl", seed=1).build()
+    built.model.save_pretrained(tmp_path)
+    built.processor.save_pretrained(tmp_path)
+    loaded = VisionLanguageModule(HFVisionLanguage(path=str(tmp_path)), lm_adapter("qwen2_5_vl"))
+    assert loaded.base_model_name_or_path == str(tmp_path)
+    assert loaded.end_of_turn_id == built.end_of_turn_id
+    reference = VisionLanguageModule(tiny_backbone("qwen2_5_vl", seed=1), lm_adapter("qwen2_5_vl"))
+    batch = reference.collate(vqa_samples(2))
+    assert torch.equal(loaded.collate(vqa_samples(2))["input_ids"], batch["input_ids"])  # same processor, template
+    loaded.eval(), reference.eval()
+    with torch.no_grad():
+        got = loaded.model(**loaded._inputs(batch, prompt=False)).logits
+        expected = reference.model(**reference._inputs(batch, prompt=False)).logits
+    torch.testing.assert_close(got, expected)

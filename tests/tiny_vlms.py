@@ -1,0 +1,57 @@
+"""Tiny image-text-to-text models of each family, built from configs (no downloads), shared by the VLM tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mmft.adapters import AdapterConfig
+from mmft.models import VisionLanguageFromConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = str(ROOT / "configs" / "tiny" / "tokenizer")
+TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2}
+VIT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+QWEN_PIXELS = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 16 * 16,
+               "max_pixels": 32 * 32}
+FAMILY_SIZES: dict[str, dict[str, Any]] = {
+    "qwen2_5_vl": {
+        "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                          "out_hidden_size": 32, "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                          "window_size": 16, "fullatt_block_indexes": [1]},
+        "text_config": {**TEXT, "rope_scaling": {"type": "mrope", "mrope_section": [2, 1, 1]}},
+        "image_processor": QWEN_PIXELS,
+        "video_processor": QWEN_PIXELS,
+    },
+    "llava_onevision": {
+        "vision_config": {**VIT, "image_size": 16, "patch_size": 8},
+        "text_config": TEXT,
+        "config": {"image_grid_pinpoints": [[16, 16], [16, 32], [32, 16], [32, 32]]},
+        "image_processor": {"size": {"height": 16, "width": 16},
+                            "image_grid_pinpoints": [[16, 16], [16, 32], [32, 16], [32, 32]]},
+        "video_processor": {"size": {"height": 16, "width": 16}},
+        "processor": {"num_image_tokens": 4, "vision_feature_select_strategy": "full"},
+    },
+    "smolvlm": {
+        "vision_config": {**VIT, "image_size": 16, "patch_size": 4},
+        "text_config": TEXT,
+        "config": {"scale_factor": 2},
+        "image_processor": {"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 16},
+                            "do_image_splitting": False},
+        "video_processor": {"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 16}},
+        "processor": {"image_seq_len": 4},
+    },
+}
+FAMILIES = list(FAMILY_SIZES)
+LM_TARGETS = r".*(language_model|text_model).*\.(q_proj|v_proj|o_proj|down_proj)"
+PROJECTORS = {"qwen2_5_vl": "merger", "llava_onevision": "multi_modal_projector", "smolvlm": "connector"}
+
+
+def tiny_backbone(family: str, seed: int = 0) -> VisionLanguageFromConfig:
+    return VisionLanguageFromConfig(family=family, tokenizer=TOKENIZER, seed=seed, **FAMILY_SIZES[family])
+
+
+def lm_adapter(family: str, method: str = "dora", dropout: float = 0.0, targets: Any = LM_TARGETS) -> AdapterConfig:
+    return AdapterConfig(method=method, r=4, alpha=8, dropout=dropout, target_modules=targets,
+                         modules_to_save=[PROJECTORS[family]])
