@@ -10,7 +10,7 @@ from .fingerprint import frozen_weights_hash
 from .inject import AdapterError, AdapterReport, adapter_config_of, apply_adapters, find_adapted_modules
 from .layers import AdaptedLinear, dora_weight_norm
 from .merge import merge_adapters, unmerge_adapters
-from .peft_format import adapter_state_dict, load_adapters, read_adapter_config, save_adapters
+from .peft_format import adapter_state_dict, load_adapters, peft_tensors, read_adapter_config, save_adapters
 from .quantize import QuantizationConfig, quantize_linear_layers
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "frozen_weights_hash",
     "load_adapters",
     "merge_adapters",
+    "peft_tensors",
     "quantize_linear_layers",
     "read_adapter_config",
     "save_adapters",

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from .config import AdapterConfig
 from .methods import method_of_peft_folder
@@ -107,13 +108,19 @@ def _peft_config(model: nn.Module, config: AdapterConfig, base_model_name_or_pat
     }
 
 
-def save_adapters(model: nn.Module, folder: str | Path, base_model_name_or_path: str | None = None) -> Path:
-    """Write the adapter of ``model`` as a PEFT folder that `peft.PeftModel.from_pretrained` and mmft both load."""
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on the CPU, whole: a parameter sharded by FSDP (a ``DTensor``) is gathered from every rank."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().to("cpu").contiguous()
+
+
+def peft_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors of ``model``'s PEFT adapter file, under PEFT's names, whole and on the CPU. For a model sharded by
+    FSDP this gathers every adapter tensor: every rank must call it (then one writes, with `save_adapters`)."""
     config = adapter_config_of(model)
     if not find_adapted_modules(model):
         raise AdapterError("save_adapters: the adapters are merged; call unmerge_adapters before saving them")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for name, tensor in adapter_state_dict(model).items():
         if name.startswith(f"{VERA_ATTRIBUTE}."):
@@ -123,10 +130,19 @@ def save_adapters(model: nn.Module, folder: str | Path, base_model_name_or_path:
     for name, layer in find_adapted_modules(model).items():
         # PEFT has no magnitude-only modules: in a PEFT LoRA folder they are DoRA modules with a zero rank-1 update
         if layer.magnitude_only and config.method_spec.peft_type == "LORA":
-            weight = layer.base_layer.weight
-            tensors[f"{PREFIX}{name}.lora_A.weight"] = weight.new_zeros(1, layer.in_features, dtype=torch.float32)
-            tensors[f"{PREFIX}{name}.lora_B.weight"] = weight.new_zeros(layer.out_features, 1, dtype=torch.float32)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+            tensors[f"{PREFIX}{name}.lora_A.weight"] = torch.zeros(1, layer.in_features)
+            tensors[f"{PREFIX}{name}.lora_B.weight"] = torch.zeros(layer.out_features, 1)
+    return {k: _whole(v) for k, v in tensors.items()}
+
+
+def save_adapters(model: nn.Module, folder: str | Path, base_model_name_or_path: str | None = None,
+                  tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the adapter of ``model`` as a PEFT folder that `peft.PeftModel.from_pretrained` and mmft both load.
+    ``tensors``: `peft_tensors` already gathered (a sharded model); by default they are read from ``model``."""
+    config = adapter_config_of(model)
+    tensors = peft_tensors(model) if tensors is None else tensors
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     peft_config = _peft_config(model, config, base_model_name_or_path)
     (folder / CONFIG_FILE).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")

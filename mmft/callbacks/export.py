@@ -7,7 +7,7 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmft.adapters import save_adapters
+from mmft.adapters import peft_tensors, save_adapters
 
 
 class PeftExport(Callback):
@@ -22,10 +22,9 @@ class PeftExport(Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        tensors = peft_tensors(pl_module.model)  # on every rank: a model sharded by FSDP gathers its adapter here
         if not trainer.is_global_zero:
             return
         folder = Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "adapter"
-        save_adapters(
-            pl_module.model, folder, base_model_name_or_path=getattr(pl_module, "base_model_name_or_path", None)
-        )
+        save_adapters(pl_module.model, folder, getattr(pl_module, "base_model_name_or_path", None), tensors)
         rank_zero_info(f"adapter exported in the PEFT format to {folder}")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmft.analysis import direction_magnitude_trend, select_adapted, weight_updates
@@ -37,6 +38,9 @@ class WeightUpdates(Callback):
         if stage != "fit":
             return
         self.points = []  # before a checkpoint's state is restored: a resumed run continues its record
+        if isinstance(getattr(trainer, "strategy", None), ModelParallelStrategy):
+            raise ValueError("WeightUpdates (trainer.callbacks) reads whole weights on rank 0, which a model sharded "
+                             "by FSDP does not hold: remove it from trainer.callbacks, or train with strategy ddp")
         try:  # a typo in ``modules`` fails now, not after the first epoch
             select_adapted(pl_module, self.modules)
         except ValueError as error:

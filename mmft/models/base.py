@@ -40,6 +40,7 @@ from torchmetrics import Metric
 from data_modules.records import Example
 from mmft.adapters import AdapterConfig, AdapterReport, apply_adapters, frozen_weights_hash
 from mmft.checkpoint_io import install_atomic_checkpoint_io
+from mmft.fsdp import is_sharded, shard_model
 
 from .optim import ParamGroup, SchedulerCallable, build_param_groups
 
@@ -70,6 +71,13 @@ FINGERPRINT_KEY = "mmft"
 TRAINING_ONLY_FIELDS = ("dropout", "detach_norm", "dora_recompute")
 # config entries that say how or where a model was loaded, not what it is
 VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "architectures", "use_cache"}
+
+
+def no_split_layers(root: nn.Module) -> list[nn.Module]:
+    """The layers inside ``root`` that its transformers models name in ``_no_split_modules`` (decoder and encoder
+    layers): the natural FSDP units."""
+    names = {name for module in root.modules() for name in getattr(module, "_no_split_modules", None) or ()}
+    return [module for module in root.modules() if type(module).__name__ in names]
 
 
 class CheckpointMismatchError(RuntimeError):
@@ -182,6 +190,23 @@ class AdapterModule(LightningModule):
                 "adapter": asdict(self.adapter_config) if self.adapter_config is not None else None,
             }
         return self.fingerprint
+
+    def fsdp_units(self) -> list[nn.Module]:
+        """The submodules FSDP shards as units of their own (each one's weights gathered together, one at a time)."""
+        return no_split_layers(self.model)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether FSDP shards the network (every rank must then run the same forwards, generation included)."""
+        return is_sharded(self.model)
+
+    def configure_model(self) -> None:
+        """Under :class:`mmft.fsdp.AdapterFSDPStrategy` (a device mesh is set), shard the network with FSDP2, after
+        fingerprinting the frozen base while its weights are still whole; other strategies leave it as it is."""
+        if self.device_mesh is None or self.sharded:
+            return
+        self.base_fingerprint()
+        shard_model(self.model, self.device_mesh["data_parallel"], self.fsdp_units())
 
     def trainable_state_keys(self) -> list[str]:
         """State-dict keys of the trainable parameters: exactly what a checkpoint holds."""

@@ -18,7 +18,7 @@ from torchmetrics import Metric
 
 from mmft.adapters import AdapterConfig
 
-from .base import AdapterModule, default_optimizer
+from .base import AdapterModule, default_optimizer, no_split_layers
 from .llava_backbones import BackboneConfigError, LlavaBackbone, find_language_model
 from .llava_collate import IGNORE_INDEX, LlavaCollate
 from .optim import ParamGroup, SchedulerCallable
@@ -96,6 +96,11 @@ class LlavaModule(AdapterModule):
         """The language model inside ``self.model`` (``model.language_model`` for HF Llava, ``language_model``)."""
         return find_language_model(self.model)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The language model's decoder layers only: the vision tower stays in the root unit, gathered on every rank
+        at each forward, so a rank whose batch has no image does not skip the tower's collectives and hang."""
+        return no_split_layers(self.language_model)
+
     def _check_trainable(self) -> None:
         report = self.adapter_report
         adapted = report.adapted + report.magnitude_only if report is not None else []
@@ -147,6 +152,7 @@ class LlavaModule(AdapterModule):
             num_beams=1,
             pad_token_id=self.collate.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
+            synced_gpus=self.sharded,  # sharded: every rank runs as many forwards as the longest answer needs
         )
         answers = self.tokenizer.batch_decode(output[:, prompt.shape[1] :], skip_special_tokens=True)
         return [answer.strip() for answer in answers]

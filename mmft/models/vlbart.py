@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from mmft.adapters import AdapterConfig
+from mmft.fsdp import ShardingError
 
 from .base import AdapterModule
 from .optim import ParamGroup, SchedulerCallable
@@ -339,6 +340,14 @@ class VLBartModule(AdapterModule):
                 "model's collate"
             )
         return self.visual_encoder(batch["pixel_values"])
+
+    def configure_model(self) -> None:
+        """VL-BART is not sharded: BART-base fits on any device many times over, and its generation runs outside the
+        network's ``forward``, where FSDP gathers weights."""
+        if self.device_mesh is not None:
+            raise ShardingError(
+                "trainer.strategy: VL-BART does not run under FSDP (mmft.fsdp.AdapterFSDPStrategy); use strategy ddp"
+            )
 
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
         if "labels" not in batch:
