@@ -49,6 +49,8 @@ class LlavaModule(AdapterModule):
         instructions: task -> instruction appended to each question (default: LLaVA-1.5's short-answer one for VQA
             tasks); see :class:`LlavaCollate`.
         pad_images_to_square: pad images with the mean colour before preprocessing (LLaVA-1.5).
+        video_frames: the most frames a video brings, each fed as an image (the DataModule's ``num_frames``, or
+            ``max_frames`` when it samples by fps); see :class:`LlavaCollate`.
         gradient_checkpointing: recompute the language model's activations in backward (less memory).
         max_new_tokens: generation length at evaluation.
         allow_base_mismatch: load checkpoints trained on another base or adapter config (see AdapterModule).
@@ -62,6 +64,7 @@ class LlavaModule(AdapterModule):
         max_length: int = 2048,
         instructions: dict[str, str] | None = None,
         pad_images_to_square: bool = True,
+        video_frames: int = 8,
         gradient_checkpointing: bool = False,
         max_new_tokens: int = 16,
         optimizer: OptimizerCallable = default_optimizer,
@@ -86,6 +89,7 @@ class LlavaModule(AdapterModule):
             max_length=max_length,
             instructions=instructions,
             pad_images_to_square=pad_images_to_square,
+            video_frames=video_frames,
         )
         self.dummy_vision_inputs = {"pixel_values": built.image_transform([Image.new("RGB", (32, 32))])}
         if gradient_checkpointing:
