@@ -28,12 +28,11 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch import Tensor
 
 from data_modules.records import IMAGE_MARKER, Example, LengthCheck, Sample, Turn
 
 from .base import batch_metadata
-from .llava_collate import IGNORE_INDEX, LLAVA_INSTRUCTIONS, CollateError, with_instruction
+from .llava_collate import IGNORE_INDEX, LLAVA_INSTRUCTIONS, CollateError, pad_rows, with_instruction
 from .templates import check_turns, render_messages
 from .vlm_families import Family
 
@@ -121,11 +120,11 @@ class ChatCollate:
                            for tok, (s, e) in zip(ids, offsets)])
             prompt_lengths.append(_prompt_length(offsets, shifted[-1][0], name) if training else len(ids))
         if training:
-            batch["input_ids"], batch["attention_mask"] = self._pad(rows, left=False)
-            batch["labels"], _ = self._pad(labels, left=False, value=IGNORE_INDEX)
+            batch["input_ids"], batch["attention_mask"] = pad_rows(rows, self.pad_token_id, left=False)
+            batch["labels"], _ = pad_rows(labels, IGNORE_INDEX, left=False)
             self._token_types(batch, "input_ids", "mm_token_type_ids")
         prompts = [row[:n] for row, n in zip(rows, prompt_lengths)]
-        batch["prompt_input_ids"], batch["prompt_attention_mask"] = self._pad(prompts, left=True)
+        batch["prompt_input_ids"], batch["prompt_attention_mask"] = pad_rows(prompts, self.pad_token_id, left=True)
         self._token_types(batch, "prompt_input_ids", "prompt_mm_token_type_ids")
         return batch
 
@@ -211,17 +210,6 @@ class ChatCollate:
     @staticmethod
     def _name(example: Example) -> str:
         return example.source or f"{example.task} example {example.id}"
-
-    def _pad(self, rows: list[list[int]], left: bool, value: int | None = None) -> tuple[Tensor, Tensor]:
-        value = self.pad_token_id if value is None else value
-        width = max(len(r) for r in rows)
-        out = torch.full((len(rows), width), value, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(width - len(row), width) if left else slice(0, len(row))
-            out[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
-        return out, mask
 
 
 def _shift_spans(spans: Sequence[tuple[int, int]], replacements: Sequence[dict]) -> list[tuple[int, int]]:

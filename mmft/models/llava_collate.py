@@ -120,6 +120,19 @@ def with_image_placeholders(turns: Sequence[Turn], num_images: int) -> list[Turn
     return turns
 
 
+def pad_rows(rows: list[list[int]], value: int, left: bool) -> tuple[Tensor, Tensor]:
+    """Token rows as one tensor, padded with ``value`` on the left (generation) or the right (training), and the
+    attention mask."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        out[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return out, mask
+
+
 class LlavaCollate:
     """Tokenise conversations with a template, mask non-assistant tokens, expand image tokens, batch images.
 
@@ -179,11 +192,11 @@ class LlavaCollate:
         if all(e.turns and e.turns[-1].role == "assistant" for e in examples):
             encoded = [self._fit(e, n, prompt=False) for e, n in zip(examples, counts)]
         if encoded is not None and all(e is not None for e in encoded):  # eval examples may fit as prompts only
-            ids, mask = self._pad([ids for ids, _, _ in encoded], left=False)
-            labels, _ = self._pad([labels for _, labels, _ in encoded], left=False, value=IGNORE_INDEX)
+            ids, mask = pad_rows([ids for ids, _, _ in encoded], self.pad_token_id, left=False)
+            labels, _ = pad_rows([labels for _, labels, _ in encoded], IGNORE_INDEX, left=False)
             batch.update(input_ids=ids, attention_mask=mask, labels=labels)
         prompts = [self.encode_prompt(e, n) for e, n in zip(examples, counts)]
-        batch["prompt_input_ids"], batch["prompt_attention_mask"] = self._pad(prompts, left=True)
+        batch["prompt_input_ids"], batch["prompt_attention_mask"] = pad_rows(prompts, self.pad_token_id, left=True)
         return batch
 
     def _images(self, sample: Sample) -> list:
@@ -321,14 +334,3 @@ class LlavaCollate:
                 f"tokenisation (does the text contain {IMAGE_PLACEHOLDER} itself?)"
             )
         return ids, labels
-
-    def _pad(self, rows: list[list[int]], left: bool, value: int | None = None) -> tuple[Tensor, Tensor]:
-        value = self.pad_token_id if value is None else value
-        width = max(len(r) for r in rows)
-        out = torch.full((len(rows), width), value, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            span = slice(width - len(row), width) if left else slice(0, len(row))
-            out[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
-        return out, mask
