@@ -317,16 +317,17 @@ def test_several_images_stay_where_their_markers_are(family, module):
     torch.testing.assert_close(batch["media"]["pixel_values"], expected["pixel_values"])
 
 
-def test_local_checkpoint_folder_loads_offline_with_its_processor(tmp_path):
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_next_video", "idefics3"])
+def test_local_checkpoint_folder_loads_offline_with_its_processor(name, tmp_path):
     from mmft.models import HFVisionLanguage
 
-    built = tiny_backbone("qwen2_5_vl", seed=1).build()
+    built = tiny_backbone(name, seed=1).build()
     built.model.save_pretrained(tmp_path)
     built.processor.save_pretrained(tmp_path)
-    loaded = VisionLanguageModule(HFVisionLanguage(path=str(tmp_path)), lm_adapter("qwen2_5_vl"))
+    loaded = VisionLanguageModule(HFVisionLanguage(path=str(tmp_path)), lm_adapter(name))
     assert loaded.base_model_name_or_path == str(tmp_path)
     assert loaded.end_of_turn_id == built.end_of_turn_id
-    reference = VisionLanguageModule(tiny_backbone("qwen2_5_vl", seed=1), lm_adapter("qwen2_5_vl"))
+    reference = VisionLanguageModule(tiny_backbone(name, seed=1), lm_adapter(name))
     batch = reference.collate(vqa_samples(2))
     assert torch.equal(loaded.collate(vqa_samples(2))["input_ids"], batch["input_ids"])  # same processor, template
     loaded.eval(), reference.eval()
