@@ -1,4 +1,4 @@
-"""Side-by-side benchmark of mmft's LoRA/DoRA against PEFT's on a Llama-style model (issue 5).
+"""Side-by-side benchmark of mmft's LoRA/DoRA against PEFT's on a Llama-style model.
 
     .venv/bin/python scripts/bench_adapters.py                     # default size: 2-3 minutes on 2 idle CPU cores
     .venv/bin/python scripts/bench_adapters.py --preset 1b --json bench_1b.json   # ~1B parameters, on a GPU
@@ -712,7 +712,7 @@ def device_name(args: argparse.Namespace) -> str:
 
 def collect_results(args: argparse.Namespace, variants: dict[str, Variant], base: nn.Module,
                     checks: dict, base_eval: list[float], base_merged_eval: list[float]) -> dict:
-    """Medians, ratios against the issue's targets, and the setup, as one JSON-ready dict."""
+    """Medians, ratios against the README's targets, and the setup, as one JSON-ready dict."""
     import peft
     import transformers
 
