@@ -17,27 +17,48 @@ from data_modules.records import Example, Sample, Turn
 from mmft.adapters import save_adapters
 from mmft.metrics import VQAAccuracy
 from mmft.models import VisionLanguageModule
+from mmft.models.templates import VICUNA_V1_SYSTEM
 from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
 
 RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
 # the two-turn conversation of the mask test, as each family's published format writes it: (text, supervised); a
 # reply is supervised with its end-of-turn token and the newline the template writes after it
+QWEN_TWO_TURNS = [
+    ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
+     "<|im_start|>assistant\n", False),
+    ("a red circle<|im_end|>\n", True),
+    ("<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
+    ("blue<|im_end|>\n", True),
+]
 TWO_TURNS = {
-    "qwen2_5_vl": [
-        ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
-         "<|im_start|>assistant\n", False),
-        ("a red circle<|im_end|>\n", True),
-        ("<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
-        ("blue<|im_end|>\n", True),
-    ],
+    "qwen2_5_vl": QWEN_TWO_TURNS,
+    "qwen2_vl": QWEN_TWO_TURNS,
     "llava_onevision": [
         ("<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n", False),
         ("a red circle<|im_end|>\n", True),
         ("<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
         ("blue<|im_end|>\n", True),
     ],
+    "llava_next": [
+        ("[INST] <image>\nWhat is it? [/INST]", False),
+        (" a red circle</s>", True),
+        ("[INST] And the square? [/INST]", False),
+        (" blue</s>", True),
+    ],
+    "llava_next_video": [
+        (f"{VICUNA_V1_SYSTEM} USER: <image>\nWhat is it? ASSISTANT:", False),
+        (" a red circle</s>", True),
+        ("USER: And the square? ASSISTANT:", False),
+        (" blue</s>", True),
+    ],
     "smolvlm": [
         ("<|im_start|>User:<image>What is it?<end_of_utterance>\nAssistant:", False),
+        (" a red circle<end_of_utterance>\n", True),
+        ("User: And the square?<end_of_utterance>\nAssistant:", False),
+        (" blue<end_of_utterance>\n", True),
+    ],
+    "idefics3": [
+        ("<|begin_of_text|>User:<image>What is it?<end_of_utterance>\nAssistant:", False),
         (" a red circle<end_of_utterance>\n", True),
         ("User: And the square?<end_of_utterance>\nAssistant:", False),
         (" blue<end_of_utterance>\n", True),
@@ -175,8 +196,14 @@ def test_fit_resume_test_predict_and_peft_export(family, tmp_path):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+CLIP_FEATURE_LAYER_TARGETS = r".*vision_tower.*layers\.0\..*\.(q_proj|v_proj|out_proj)"
 VISION_TARGETS = {
     "qwen2_5_vl": r".*visual\.blocks.*\.(qkv|proj)",
+    "qwen2_vl": r".*visual\.blocks.*\.(qkv|proj)",
+    # LLaVA-NeXT reads the second-to-last layer (vision_feature_layer -2): the tiny tower's last layer is unused
+    "llava_next": CLIP_FEATURE_LAYER_TARGETS,
+    "llava_next_video": CLIP_FEATURE_LAYER_TARGETS,
+    "idefics3": r".*vision_model.*layers.*\.(q_proj|v_proj|out_proj)",
     # the encoder layers' linears (SigLIP's pooling head is an nn.MultiheadAttention, whose out_proj it reads directly)
     "llava_onevision": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
     "smolvlm": r".*vision_model.*layers.*\.(q_proj|v_proj|out_proj)",
@@ -191,7 +218,9 @@ def test_vision_tower_adapters_get_gradients_under_checkpointing(family, method)
     assert module.model.is_gradient_checkpointing
     module.training_loss(module.collate(vqa_samples(2))).backward()
     adapted = [(n, p) for n, p in module.named_parameters() if p.requires_grad and ".lora_" in n]
-    tower = {"qwen2_5_vl": ".visual.", "llava_onevision": ".vision_tower.", "smolvlm": ".vision_model."}[family]
+    tower = {"qwen2_5_vl": ".visual.", "qwen2_vl": ".visual.", "llava_onevision": ".vision_tower.",
+             "llava_next": ".vision_tower.", "llava_next_video": ".vision_tower.", "smolvlm": ".vision_model.",
+             "idefics3": ".vision_model."}[family]
     assert adapted and all(tower in n for n, _ in adapted)
     # B starts at zero, so A's first gradient is zero by construction; B's (and DoRA's magnitude's) must not be
     receiving = [(n, p) for n, p in adapted if "lora_A" not in n]
@@ -221,7 +250,7 @@ def test_qwen_video_input_carries_the_frame_times(times, seconds_per_grid):
     assert torch.isfinite(module.training_loss(batch))
 
 
-def test_onevision_video_frames_and_smolvlm_frames_as_images():
+def test_onevision_video_frames_and_smolvlm_idefics3_frames_as_images():
     onevision = VisionLanguageModule(tiny_backbone("llava_onevision"), lm_adapter("llava_onevision"))
     batch = onevision.collate([video_sample(None)])
     assert batch["media"]["pixel_values_videos"].shape == (1, 4, 3, 16, 16)
@@ -230,18 +259,48 @@ def test_onevision_video_frames_and_smolvlm_frames_as_images():
     assert int((batch["input_ids"] == video).sum()) == 4 * 1 + 1
     assert torch.isfinite(onevision.training_loss(batch))
 
-    smolvlm = VisionLanguageModule(tiny_backbone("smolvlm"), lm_adapter("smolvlm"))
-    batch = smolvlm.collate([video_sample(None)])
-    assert batch["media"]["pixel_values"].shape[:2] == (1, 4)  # the 4 frames as 4 images
-    image = smolvlm.tokenizer.convert_tokens_to_ids("<image>")
-    assert int((batch["input_ids"] == image).sum()) == 4 * 4  # image_seq_len tokens per frame
-    assert torch.isfinite(smolvlm.training_loss(batch))
+    for family in ("smolvlm", "idefics3"):
+        module = VisionLanguageModule(tiny_backbone(family), lm_adapter(family))
+        batch = module.collate([video_sample(None)])
+        assert batch["media"]["pixel_values"].shape[:2] == (1, 4)  # the 4 frames as 4 images
+        image = module.tokenizer.convert_tokens_to_ids("<image>")
+        assert int((batch["input_ids"] == image).sum()) == 4 * 4  # image_seq_len tokens per frame
+        assert torch.isfinite(module.training_loss(batch))
 
 
+def test_llava_next_video_takes_the_video_input_and_learns_only_the_reply():
+    module = VisionLanguageModule(tiny_backbone("llava_next_video"), lm_adapter("llava_next_video"), max_new_tokens=3)
+    sample = video_sample(None)
+    batch = module.collate([sample])
+    assert batch["media"]["pixel_values_videos"].shape == (1, 4, 3, 16, 16)
+    assert "pixel_values" not in batch["media"]
+    video = module.tokenizer.convert_tokens_to_ids("<video>")
+    # a 16 px frame: a 2 x 2 grid of 8 px patches (CLS dropped), average-pooled by 2 to 1 token a frame
+    assert int((batch["input_ids"] == video).sum()) == 4
+    supervised = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert module.tokenizer.decode(supervised) == module.tokenizer.decode(
+        module.tokenizer(" cooking</s>", add_special_tokens=False)["input_ids"])
+    module.eval()
+    with torch.no_grad():
+        reference = module.model(**module._inputs(batch, prompt=False), labels=batch["labels"]).loss
+        torch.testing.assert_close(module.training_loss(batch), reference)
+    question = Turn("user", "What is the man in the kitchen doing with the pan?")
+    prompts = [Sample(Example("msrvtt_qa", "v2", sample.example.turns[:1], video=Path("v.mp4")), frames=sample.frames),
+               Sample(Example("msrvtt_qa", "v3", (question,), video=Path("v.mp4")), frames=sample.frames.flip(0))]
+    together = module.generate_answers(module.collate(prompts))
+    assert together == [module.generate_answers(module.collate([p]))[0] for p in prompts]
+
+
+QWEN_MULTI_IMAGE_TEXT = (
+    "<|im_start|>user\nLeft: <|vision_start|><|image_pad|><|vision_end|> right: "
+    "<|vision_start|><|image_pad|><|vision_end|> same colour?<|im_end|>\n<|im_start|>assistant\nno<|im_end|>\n")
 MULTI_IMAGE_TEXT = {
-    "qwen2_5_vl": "<|im_start|>user\nLeft: <|vision_start|><|image_pad|><|vision_end|> right: "
-                  "<|vision_start|><|image_pad|><|vision_end|> same colour?<|im_end|>\n<|im_start|>assistant\n"
-                  "no<|im_end|>\n",
+    "qwen2_5_vl": QWEN_MULTI_IMAGE_TEXT,
+    "qwen2_vl": QWEN_MULTI_IMAGE_TEXT,
+    "llava_next": "[INST] Left: <image>\n right: <image>\n same colour? [/INST] no</s>",
+    "llava_next_video": f"{VICUNA_V1_SYSTEM} USER: Left: <image>\n right: <image>\n same colour? ASSISTANT: no</s>",
+    "idefics3": "<|begin_of_text|>User: Left: <image> right: <image> same colour?<end_of_utterance>\nAssistant: no"
+                "<end_of_utterance>\n",
     "llava_onevision": "<|im_start|>user\nLeft: <image>\n right: <image>\n same colour?<|im_end|>\n"
                        "<|im_start|>assistant\nno<|im_end|>\n",
     "smolvlm": "<|im_start|>User: Left: <image> right: <image> same colour?<end_of_utterance>\nAssistant: no"
@@ -258,16 +317,17 @@ def test_several_images_stay_where_their_markers_are(family, module):
     torch.testing.assert_close(batch["media"]["pixel_values"], expected["pixel_values"])
 
 
-def test_local_checkpoint_folder_loads_offline_with_its_processor(tmp_path):
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_next_video", "idefics3"])
+def test_local_checkpoint_folder_loads_offline_with_its_processor(name, tmp_path):
     from mmft.models import HFVisionLanguage
 
-    built = tiny_backbone("qwen2_5_vl", seed=1).build()
+    built = tiny_backbone(name, seed=1).build()
     built.model.save_pretrained(tmp_path)
     built.processor.save_pretrained(tmp_path)
-    loaded = VisionLanguageModule(HFVisionLanguage(path=str(tmp_path)), lm_adapter("qwen2_5_vl"))
+    loaded = VisionLanguageModule(HFVisionLanguage(path=str(tmp_path)), lm_adapter(name))
     assert loaded.base_model_name_or_path == str(tmp_path)
     assert loaded.end_of_turn_id == built.end_of_turn_id
-    reference = VisionLanguageModule(tiny_backbone("qwen2_5_vl", seed=1), lm_adapter("qwen2_5_vl"))
+    reference = VisionLanguageModule(tiny_backbone(name, seed=1), lm_adapter(name))
     batch = reference.collate(vqa_samples(2))
     assert torch.equal(loaded.collate(vqa_samples(2))["input_ids"], batch["input_ids"])  # same processor, template
     loaded.eval(), reference.eval()

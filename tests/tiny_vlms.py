@@ -15,6 +15,25 @@ TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num
 VIT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 QWEN_PIXELS = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 16 * 16,
                "max_pixels": 32 * 32}
+PINPOINTS = [[16, 16], [16, 32], [32, 16], [32, 32]]
+# LLaVA-NeXT: 16 px tiles of 8 px patches; the processor must count what the model keeps, the CLS token CLIP adds
+# (num_additional_image_tokens) and drops again ("default" strategy), or it writes one <image> fewer per image
+LLAVA_NEXT = {
+    "vision_config": {**VIT, "image_size": 16, "patch_size": 8},
+    "text_config": TEXT,
+    "config": {"image_grid_pinpoints": PINPOINTS},
+    "image_processor": {"size": {"shortest_edge": 16}, "crop_size": {"height": 16, "width": 16},
+                        "image_grid_pinpoints": PINPOINTS},
+    "processor": {"patch_size": 8, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
+}
+SIGLIP_SHUFFLED = {  # SmolVLM / Idefics3: one 16 px tile of 4 px patches, pixel-shuffled by 2: 4 tokens
+    "vision_config": {**VIT, "image_size": 16, "patch_size": 4},
+    "text_config": TEXT,
+    "config": {"scale_factor": 2},
+    "image_processor": {"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 16},
+                        "do_image_splitting": False},
+    "processor": {"image_seq_len": 4},
+}
 FAMILY_SIZES: dict[str, dict[str, Any]] = {
     "qwen2_5_vl": {
         "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
@@ -24,28 +43,33 @@ FAMILY_SIZES: dict[str, dict[str, Any]] = {
         "image_processor": QWEN_PIXELS,
         "video_processor": QWEN_PIXELS,
     },
+    "qwen2_vl": {
+        "vision_config": {"depth": 2, "embed_dim": 32, "hidden_size": 32, "mlp_ratio": 2, "num_heads": 2,
+                          "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        "text_config": {**TEXT, "rope_scaling": {"type": "mrope", "mrope_section": [2, 1, 1]}},
+        "image_processor": QWEN_PIXELS,
+        "video_processor": QWEN_PIXELS,
+    },
     "llava_onevision": {
         "vision_config": {**VIT, "image_size": 16, "patch_size": 8},
         "text_config": TEXT,
-        "config": {"image_grid_pinpoints": [[16, 16], [16, 32], [32, 16], [32, 32]]},
-        "image_processor": {"size": {"height": 16, "width": 16},
-                            "image_grid_pinpoints": [[16, 16], [16, 32], [32, 16], [32, 32]]},
+        "config": {"image_grid_pinpoints": PINPOINTS},
+        "image_processor": {"size": {"height": 16, "width": 16}, "image_grid_pinpoints": PINPOINTS},
         "video_processor": {"size": {"height": 16, "width": 16}},
         "processor": {"num_image_tokens": 4, "vision_feature_select_strategy": "full"},
     },
-    "smolvlm": {
-        "vision_config": {**VIT, "image_size": 16, "patch_size": 4},
-        "text_config": TEXT,
-        "config": {"scale_factor": 2},
-        "image_processor": {"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 16},
-                            "do_image_splitting": False},
-        "video_processor": {"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 16}},
-        "processor": {"image_seq_len": 4},
-    },
+    "llava_next": LLAVA_NEXT,
+    "llava_next_video": {**LLAVA_NEXT, "video_processor": {"size": {"shortest_edge": 16},
+                                                           "crop_size": {"height": 16, "width": 16}}},
+    "smolvlm": {**SIGLIP_SHUFFLED,
+                "video_processor": {"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 16}}},
+    "idefics3": SIGLIP_SHUFFLED,
 }
 FAMILIES = list(FAMILY_SIZES)
 LM_TARGETS = r".*(language_model|text_model).*\.(q_proj|v_proj|o_proj|down_proj)"
-PROJECTORS = {"qwen2_5_vl": "merger", "llava_onevision": "multi_modal_projector", "smolvlm": "connector"}
+PROJECTORS = {"qwen2_5_vl": "merger", "qwen2_vl": "merger", "llava_onevision": "multi_modal_projector",
+              "llava_next": "multi_modal_projector", "llava_next_video": "multi_modal_projector",
+              "smolvlm": "connector", "idefics3": "connector"}
 
 
 def tiny_backbone(family: str, seed: int = 0) -> VisionLanguageFromConfig:

@@ -105,6 +105,7 @@ class ChatCollate:
         encoded = self.processor(text=[text for text, _ in rendered], images=images if any(images) else None, videos=videos or None,
                                  **kwargs)
         batch["media"] = {k: v for k, v in encoded.items() if k not in MEDIA_KEYS_SKIPPED}
+        replacements = _replacement_offsets(encoded, len(samples), bool(any(images) or videos))
         rows, labels, prompt_lengths = [], [], []
         for i, (sample, (text, spans)) in enumerate(zip(samples, rendered)):
             length = int(encoded["attention_mask"][i].sum())
@@ -113,7 +114,7 @@ class ChatCollate:
             if len(ids) > self.max_length:
                 raise CollateError(f"{name}: {len(ids)} tokens (visual tokens included), more than max_length="
                                    f"{self.max_length}: raise model.init_args.max_length")
-            shifted = _shift_spans(spans, encoded["text_replacement_offsets"][i])
+            shifted = _shift_spans(spans, replacements[i])
             offsets = encoded["offset_mapping"][i, :length].tolist()
             rows.append(ids)
             labels.append([tok if any(s < b and e > a for a, b in shifted) else IGNORE_INDEX
@@ -210,6 +211,17 @@ class ChatCollate:
     @staticmethod
     def _name(example: Example) -> str:
         return example.source or f"{example.task} example {example.id}"
+
+
+def _replacement_offsets(encoded: Any, rows: int, has_media: bool) -> Sequence[Sequence[dict]]:
+    """The processor's placeholder replacements per row; Idefics3's processor leaves them out of text-only batches,
+    which have none."""
+    if "text_replacement_offsets" in encoded:
+        return encoded["text_replacement_offsets"]
+    if has_media:
+        raise CollateError("the processor returned no text_replacement_offsets for a batch with media: the reply "
+                           "spans cannot be carried over its placeholder expansion")
+    return [[] for _ in range(rows)]
 
 
 def _shift_spans(spans: Sequence[tuple[int, int]], replacements: Sequence[dict]) -> list[tuple[int, int]]:

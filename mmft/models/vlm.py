@@ -1,5 +1,5 @@
 """Fine-tuning any transformers image-text-to-text family (Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT,
-SmolVLM, ...) with adapters: the LightningModule.
+LLaVA-NeXT-Video, SmolVLM, Idefics3) with adapters: the LightningModule.
 
 The network and its processor come from a backbone (:mod:`mmft.models.vlm_backbones`), prompts from the
 processor's chat template (:class:`~mmft.models.chat_collate.ChatCollate`). Adapters go wherever

@@ -4,13 +4,17 @@ its processor from parts, the special tokens a tokenizer needs, the end-of-turn 
 Only tiny models built from a config need this table (a checkpoint folder carries its own classes, processor and
 template). Chat templates: SmolVLM's is transformers' own constant; the others follow each family's published
 format (ChatML with Qwen's vision tokens for Qwen2-VL / Qwen2.5-VL, ChatML with ``<image>`` / ``<video>`` for
-LLaVA-OneVision, Mistral's ``[INST]`` for LLaVA-NeXT), written here and rendering media parts where they stand.
+LLaVA-OneVision, Mistral's ``[INST]`` for LLaVA-NeXT, vicuna_v1 for LLaVA-NeXT-Video-7B, which LLaVA-NeXT's video
+code trains with, Idefics3-8B-Llama3's ``User:`` / ``Assistant:`` turns ending in ``<end_of_utterance>``), written
+here and rendering media parts where they stand.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from .templates import VICUNA_V1_SYSTEM
 
 
 def _chatml(image: str, video: str) -> str:
@@ -38,6 +42,27 @@ MISTRAL_INST = (
     "{% endfor %}{{ ' [/INST]' }}"
     "{% else %}{{ ' ' + message['content'][0]['text'] + '</s>' }}{% endif %}"
     "{% endfor %}"
+)
+
+VICUNA_V1_MEDIA = (
+    f'{{{{ "{VICUNA_V1_SYSTEM} " }}}}'
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ 'USER: ' }}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>\\n' }}{% elif part['type'] == 'video' %}{{ '<video>\\n' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{{ ' ' }}"
+    "{% else %}{{ 'ASSISTANT: ' + message['content'][0]['text'] + '</s>' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+IDEFICS3 = (
+    "<|begin_of_text|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% elif part['type'] == 'image' %}{{ '<image>' }}{% endif %}"
+    "{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
 
@@ -98,6 +123,18 @@ FAMILIES: dict[str, Family] = {
         "LlavaNextForConditionalGeneration", "LlavaNextConfig", "LlavaNextProcessor", "LlavaNextImageProcessor",
         None, "llama", "clip_vision_model", ("<image>",), {"image_token_id": "<image>"}, "</s>",
         MISTRAL_INST,
+    ),
+    "llava_next_video": Family(
+        "LlavaNextVideoForConditionalGeneration", "LlavaNextVideoConfig", "LlavaNextVideoProcessor",
+        "LlavaNextImageProcessor", "LlavaNextVideoVideoProcessor", "llama", "clip_vision_model",
+        ("<image>", "<video>"), {"image_token_id": "<image>", "video_token_id": "<video>"}, "</s>",
+        VICUNA_V1_MEDIA,
+    ),
+    "idefics3": Family(
+        "Idefics3ForConditionalGeneration", "Idefics3Config", "Idefics3Processor", "Idefics3ImageProcessor", None,
+        "llama", "idefics3_vision",
+        ("<|begin_of_text|>", "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"),
+        {"image_token_id": "<image>"}, "<end_of_utterance>", IDEFICS3, video_as_images=True,
     ),
     "smolvlm": Family(
         "SmolVLMForConditionalGeneration", "SmolVLMConfig", "SmolVLMProcessor", "SmolVLMImageProcessor",
