@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -47,7 +49,7 @@ def test_tvqa_sample(sample_data: Path) -> None:
     folder = sample_data / "tvqa"
     train = TVQA(folder / "tvqa_train.jsonl", folder / "tvqa_subtitles.jsonl", folder / "videos").read()
     val = TVQA(folder / "tvqa_val.jsonl", folder / "tvqa_subtitles.jsonl", folder / "videos").read()
-    assert (len(train), len(val)) == (96, 48)
+    assert (len(train), len(val)) == (192, 48)
     raw = json.loads((folder / "tvqa_val.jsonl").read_text().splitlines()[0])
     subtitles = {s["vid_name"]: s["sub"] for s in map(json.loads, (folder / "tvqa_subtitles.jsonl").open())}
     subs = " ".join(line["text"] for line in subtitles.get(raw["vid_name"], []))
@@ -69,6 +71,18 @@ def test_tvqa_sample(sample_data: Path) -> None:
                       ("what", ("red", "green", "blue", "yellow", "purple"))}
     # every answer occurs in training, so no val label is unseen
     assert {e.target for e in train} == {e.target for e in train + val} == {f"a{k}" for k in range(5)}
+    # the baseline the README's tiny video rows quote: each question type's commonest training label (best of ties)
+    kinds = ("which way", "what color")
+    best = 0
+    for labels in itertools.product(*(most_common_labels(train, kind) for kind in kinds)):
+        choice = dict(zip(kinds, labels))
+        best = max(best, sum(e.target == choice[kind] for e in val for kind in kinds if kind in e.prompt))
+    assert best / len(val) == pytest.approx(0.229, abs=5e-4)
+
+
+def most_common_labels(examples: list, kind: str) -> list[str]:
+    counts = Counter(e.target for e in examples if kind in e.prompt)
+    return [label for label, n in counts.items() if n == max(counts.values())]
 
 
 def test_video_captions_sample(sample_data: Path) -> None:
