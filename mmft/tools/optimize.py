@@ -7,10 +7,11 @@ The readers are ``data.init_args.<stage>`` of the configs as the CLI composes th
 for ``mmft fit``), read with the config's ``data.init_args.on_error``: bad records are dropped and counted under
 ``skip`` (the report is printed), or stop the run under ``raise``, naming the file and record. Each shard item is an
 Example and its media files' bytes (:mod:`data_modules.shards`), written by litdata's ``optimize`` in parallel
-workers with its progress bar. A local folder is written beside its final name and renamed into place; an
-object-store URI goes to litdata unchanged. Train on the shards with one ``data_modules.StreamingShards`` reader
-(README: Streaming): its examples keep their tasks and are shuffled together each epoch, as ``sampling: concat``
-does in memory, and litdata resumes one shard set exactly (several, mixed by litdata, it does not).
+workers with its progress bar, in reader order, with the shard index beside them (each item's task, id and length:
+:mod:`data_modules.shard_index`). A local folder is written beside its final name and renamed into place; an
+object-store URI goes to litdata (and the index to fsspec) unchanged. Train on the shards with a
+``data_modules.StreamingShards`` reader (README: Streaming): its examples keep their tasks and are batched exactly
+as the same readers' examples in memory.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from data_modules.formats.base import DataFormatError, Reader, SkipReport
+from data_modules.multitask import modality_length
 from data_modules.records import Example
+from data_modules.shard_index import ShardIndex, is_uri, write_shard_index
 from data_modules.shards import example_to_item
 from data_modules.streaming import litdata
 
@@ -74,11 +75,6 @@ def read_all(readers: Sequence[Reader], on_error: str, allow_outside_paths: bool
     return examples, reports
 
 
-def is_uri(out: str) -> bool:
-    """Whether ``out`` names an object store (``s3://``, ``gs://``, ...) rather than a local folder."""
-    return "://" in out
-
-
 class ShardItems:
     """The shard items of a run of ``examples`` (given as a ``range`` of their indices), for litdata's workers.
 
@@ -92,13 +88,12 @@ class ShardItems:
             yield example_to_item(self.examples[index])
 
 
-def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int, chunk_bytes: str,
-                 seed: int = 0) -> None:
-    """``examples`` as litdata shards in ``output_dir``, in a seeded random order so that every chunk mixes the tasks
-    (litdata shuffles chunks and items within a window of chunks, not the whole set); a local folder is replaced
-    only once whole."""
+def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int, chunk_bytes: str) -> None:
+    """``examples`` as litdata shards in ``output_dir``, in order (litdata keeps it: ``keep_data_ordered``), with
+    their shard index; a local folder is replaced only once whole. The order does not shape training: the
+    DataModule's sampler shuffles by index."""
     optimize = litdata().optimize
-    examples = [examples[i] for i in np.random.default_rng(seed).permutation(len(examples))]
+    index = ShardIndex.of(examples, modality_length)
     run = max(1, min(256, math.ceil(len(examples) / (4 * num_workers))))
     inputs = [range(start, min(start + run, len(examples))) for start in range(0, len(examples), run)]
     # fork where there is one: spawned workers would import torch again, seconds each
@@ -107,6 +102,7 @@ def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int,
                "keep_data_ordered": True, "start_method": start_method}
     if is_uri(output_dir):
         optimize(ShardItems(examples), inputs, output_dir, mode="overwrite", **options)
+        write_shard_index(output_dir, index)
         return
     target = Path(output_dir)
     partial = target.with_name(f".{target.name}.partial")
@@ -114,6 +110,7 @@ def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int,
     partial.mkdir(parents=True)
     try:
         optimize(ShardItems(examples), inputs, str(partial), **options)
+        write_shard_index(str(partial), index)
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)
