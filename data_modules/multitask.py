@@ -462,11 +462,12 @@ class MultitaskDataModule(LightningDataModule):
 
     def _training_dataset(self) -> tuple[Dataset, dict[str, list[int]], list[int] | None]:
         """Every training example as one Dataset whose indices run task by task (tasks in the order of their first
-        reader, each task's examples in reader order), each task's indices into the readers' items, and each
-        example's modality length (None without ``group_by_modality_length``).
+        reader, each task's examples in reader order), each task's items, and each example's modality length (None
+        without ``group_by_modality_length``).
 
-        In-memory examples form one :class:`ExampleDataset`, in that order; each shard set is one
-        :class:`~data_modules.streaming.ShardDataset` after it, and a ``Subset`` puts every item in its place.
+        In-memory examples form one :class:`ExampleDataset`, already in that order; each shard set is one
+        :class:`~data_modules.streaming.ShardDataset` after it; ``pools`` index their concatenation, and a ``Subset``
+        puts every item in its place.
         """
         in_memory: dict[str, list[tuple[Example, OnError]]] = {}
         spans: list[tuple[str, int, int]] = []  # each in-memory reader's task and place in that task's pool
