@@ -217,9 +217,9 @@ class ChatCollate:
 
 
 def _as_tensors(encoded: Any) -> BatchFeature:
-    """The processor's output as tensors, its replacement offsets left as lists of dicts. Asking the processor for
-    tensors does not do: Idefics3's judges the offsets by the first row, and a text-only first row's empty list
-    passes for array-like, so it then tries to make a tensor of the other rows' dicts."""
+    """The processor's output (lists) as tensors, its replacement offsets left as lists of dicts. The processor
+    itself is not asked for tensors: Idefics3's judges the offsets by the first row, where a text-only row's empty
+    list passes for array-like, and then fails to make a tensor of the other rows' dicts."""
     from transformers import BatchFeature
 
     return BatchFeature(dict(encoded), tensor_type="pt", skip_tensor_conversion={"text_replacement_offsets"})
