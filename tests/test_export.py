@@ -16,7 +16,7 @@ import yaml
 from safetensors import safe_open
 from test_llava import adapter, tiny_backbone, vqa_samples
 from test_vlm import vqa_samples as chat_samples
-from tiny_vlms import FAMILIES, lm_adapter
+from tiny_vlms import FAMILIES, FAMILY_SIZES, TOKENIZER, lm_adapter
 from tiny_vlms import tiny_backbone as tiny_vlm_backbone
 from transformers import (
     AutoModelForImageTextToText,
@@ -27,8 +27,16 @@ from transformers import (
 )
 
 from data_modules import ExampleDataset, VQAv2
-from mmft.adapters import find_adapted_modules
-from mmft.models import HFLlava, HFVisionLanguage, LlavaModule, TimmLlava, VisionLanguageModule
+from mmft.adapters import QuantizationConfig, find_adapted_modules
+from mmft.adapters.base_weight import is_4bit
+from mmft.models import (
+    HFLlava,
+    HFVisionLanguage,
+    LlavaModule,
+    TimmLlava,
+    VisionLanguageFromConfig,
+    VisionLanguageModule,
+)
 from mmft.models.export import MERGED_CONFIG, ExportError, export_merged
 from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX
 from mmft.models.vlbart import VLBartModule
@@ -300,6 +308,21 @@ def test_vision_language_bf16_merged_folder_stays_bf16_and_is_as_close_as_the_ad
     # the merge rounds W + delta to bf16 once, where the adapted model rounds W and the update apart: measured over 3
     # seeds, the merged model's largest logit error is 0.85x to 1.10x the adapted model's (about 3e-3)
     assert (got - exact).abs().max() <= 1.5 * (adapted - exact).abs().max()
+
+
+def test_vision_language_4bit_base_merges_into_plain_weights(tmp_path):
+    """QDoRA: every 4-bit layer, adapted (q, v, o, down) or not (k, gate, up), is saved dequantized, so plain
+    transformers loads the folder and computes what the adapted 4-bit model computes."""
+    backbone = VisionLanguageFromConfig(family="qwen2_5_vl", tokenizer=TOKENIZER, seed=2,
+                                        quantization=QuantizationConfig(compute_dtype="float32"),
+                                        **FAMILY_SIZES["qwen2_5_vl"])
+    torch.manual_seed(0)
+    module = trained(VisionLanguageModule(backbone, lm_adapter("qwen2_5_vl", "dora")))
+    assert any(is_4bit(m.weight) for n, m in module.model.named_modules() if n.endswith("k_proj"))
+    merged, _ = export_and_reload(module, tmp_path / "merged")
+    inputs = module._inputs(module.collate(chat_samples(2)), prompt=False)
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**inputs).logits, module.model(**inputs).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_vision_language_merged_config_rebuilds_the_merged_model_without_adapters(tmp_path):

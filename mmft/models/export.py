@@ -31,6 +31,7 @@ import yaml
 from torch import nn
 
 from mmft.adapters import merge_adapters
+from mmft.adapters.merge import dequantize_4bit_layers
 
 from .base import AdapterModule
 from .llava import LlavaModule
@@ -74,10 +75,12 @@ def base_dtype(model: nn.Module) -> torch.dtype:
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every adapter merged (plain ``nn.Linear`` layers again), cast to the base dtype."""
+    """A copy of ``model`` with every adapter merged (plain ``nn.Linear`` layers again, the 4-bit layers of a QLoRA
+    base dequantized, with or without an adapter), cast to the base dtype."""
     dtype = base_dtype(model)
     merged = copy.deepcopy(model)
     merge_adapters(merged)
+    dequantize_4bit_layers(merged)
     return merged.to(dtype)
 
 
