@@ -1,5 +1,6 @@
-"""VisionLanguageModule (tiny Qwen2.5-VL, DoRA on the language model and the vision tower) sharded by FSDP2 on two
-CPU processes (gloo), as :class:`mmft.fsdp.AdapterFSDPStrategy` shards it: the training losses, every gradient, the
+"""VisionLanguageModule (tiny Qwen2.5-VL and SmolVLM: M-RoPE and a ``language_model``, a Llama ``text_model`` and a
+SigLIP tower; DoRA on the language model and the vision tower) sharded by FSDP2 on two CPU processes (gloo), as
+:class:`mmft.fsdp.AdapterFSDPStrategy` shards it: the training losses, every gradient, the
 evaluation logits and the generated answers after each optimizer step equal one process's, in float32, with one
 rank's batch text-only and the other's with an image, then a video; the checkpoint holds exactly the trainable
 tensors, gathered whole, equal to one process's after training."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
@@ -17,20 +19,22 @@ from data_modules.records import Example, Sample, Turn
 from mmft.adapters import AdaptedLinear, AdapterConfig
 from mmft.fsdp import AdapterFSDPStrategy
 from mmft.models import VisionLanguageModule
-from test_vlm import BLUE, RED, video_sample
+from test_vlm import BLUE, RED, VISION_TARGETS, video_sample
 from tiny_vlms import LM_TARGETS, PROJECTORS, tiny_backbone
 
 WORLD = 2
-FAMILY = "qwen2_5_vl"
-TARGETS = rf"({LM_TARGETS})|(.*visual\.blocks.*\.(qkv|proj))"
+# each family's decoder layer: the FSDP units, found through the model's get_decoder()
+DECODER_LAYERS = {"qwen2_5_vl": "Qwen2_5_VLDecoderLayer", "smolvlm": "LlamaDecoderLayer"}
+VISION_TOWERS = ("visual", "vision_model", "vision_tower")
 
 
-def build_module() -> VisionLanguageModule:
-    """The tiny Qwen2.5-VL with DoRA on its language model and vision blocks, direction updates already non-zero (so
+def build_module(family: str) -> VisionLanguageModule:
+    """The tiny model with DoRA on its language model and vision tower, direction updates already non-zero (so
     DoRA's norm of ``W + s B A`` depends on every row of the sharded ``W``)."""
     torch.manual_seed(0)
-    adapter = AdapterConfig(method="dora", r=4, alpha=8, target_modules=TARGETS, modules_to_save=[PROJECTORS[FAMILY]])
-    module = VisionLanguageModule(tiny_backbone(FAMILY), adapter, max_new_tokens=3)
+    adapter = AdapterConfig(method="dora", r=4, alpha=8, target_modules=rf"({LM_TARGETS})|({VISION_TARGETS[family]})",
+                            modules_to_save=[PROJECTORS[family]])
+    module = VisionLanguageModule(tiny_backbone(family), adapter, max_new_tokens=3)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for layer in module.modules():
@@ -81,13 +85,13 @@ def train_and_evaluate(module: VisionLanguageModule, ranks: list[int]) -> dict[s
     return record
 
 
-def sharded_rank(rank: int, init_file: str, out: str) -> None:
+def sharded_rank(rank: int, family: str, init_file: str, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        module = build_module()
+        module = build_module(family)
         # as ModelParallelStrategy.setup_environment hands the mesh to the module before configure_model
         module._device_mesh = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
         module.configure_model()
@@ -102,9 +106,11 @@ def sharded_rank(rank: int, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_qwen2_5_vl_with_dora_under_fsdp_matches_one_process(tmp_path):
+@pytest.mark.parametrize("family", sorted(DECODER_LAYERS))
+def test_dora_under_fsdp_matches_one_process(family, tmp_path):
     context = multiprocessing.get_context("fork")  # the children need no fresh imports
-    ranks = [context.Process(target=sharded_rank, args=(r, str(tmp_path / "init"), str(tmp_path))) for r in range(2)]
+    ranks = [context.Process(target=sharded_rank, args=(r, family, str(tmp_path / "init"), str(tmp_path)))
+             for r in range(WORLD)]
     for process in ranks:
         process.start()
     for process in ranks:
@@ -115,11 +121,12 @@ def test_qwen2_5_vl_with_dora_under_fsdp_matches_one_process(tmp_path):
             process.terminate()
     assert not hung and [process.exitcode for process in ranks] == [0, 0]
 
-    reference_module = build_module()
+    reference_module = build_module(family)
     reference = train_and_evaluate(reference_module, list(range(WORLD)))
     got = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
     # the decoder layers are units of their own; the vision tower stays in the root unit (fsdp_units' docstring)
-    assert sorted(got[0]["units"]) == ["FSDPQwen2_5_VLDecoderLayer"] * 2 + ["FSDPQwen2_5_VLForConditionalGeneration"]
+    root = f"FSDP{type(reference_module.model).__name__}"
+    assert sorted(got[0]["units"]) == sorted([f"FSDP{DECODER_LAYERS[family]}"] * 2 + [root])
     for rank in range(WORLD):
         for step in range(len(RANK_SAMPLES)):
             torch.testing.assert_close(got[rank]["losses"][step][0], reference["losses"][step][rank],
@@ -131,7 +138,8 @@ def test_qwen2_5_vl_with_dora_under_fsdp_matches_one_process(tmp_path):
             for name, grad in reference["grads"][step].items():
                 torch.testing.assert_close(got[rank]["grads"][step][name], grad, rtol=1e-5, atol=1e-6)
     grads = reference["grads"][0]
-    assert any(".visual." in n and "magnitude" in n and grads[n].abs().sum() > 0 for n in grads)  # the tower learns
+    vision = [n for n in grads if "magnitude" in n and any(f".{tower}." in n for tower in VISION_TOWERS)]
+    assert vision and all(grads[n].abs().sum() > 0 for n in vision)  # the tower's adapters learn
     checkpoint = got[0]["checkpoint"]
     assert sorted(checkpoint) == sorted(reference_module.trainable_state_keys()) and got[1]["checkpoint"] == {}
     trained = dict(reference_module.named_parameters())
