@@ -31,7 +31,7 @@ from data_modules.formats.base import TOO_LONG, DataFormatError, OnError
 from data_modules.media import FrameSampling, MediaError, decode_image, load_video_frames
 from data_modules.records import Example, LengthCheck, Sample
 from data_modules.shard_index import ShardIndex, ShardIndexError, read_shard_index
-from data_modules.shards import item_to_example
+from data_modules.shards import StoredFrames, item_to_example
 
 
 def litdata() -> Any:
@@ -161,7 +161,8 @@ class DecodeShardItem:
         self.frame_sampling = frame_sampling
         self.check_length = check_length
 
-    def __call__(self, example: Example, images: list[bytes], video_bytes: bytes | None) -> Sample | SkippedSample:
+    def __call__(self, example: Example, images: list[bytes],
+                 stored_video: bytes | StoredFrames | None) -> Sample | SkippedSample:
         if self.task is not None and example.task != self.task:
             example = replace(example, task=self.task)
         try:
@@ -173,9 +174,11 @@ class DecodeShardItem:
                 return Sample(example)
             pixels = [decode_image(data, path, example.source) for data, path in zip(images, example.images)]
             video = None
-            if video_bytes is not None:
+            if isinstance(stored_video, StoredFrames):  # pre-extracted: refused if sampled otherwise, never skipped
+                video = stored_video.decode(example, self.frame_sampling)
+            elif stored_video is not None:
                 video = load_video_frames(example.video, self.frame_sampling, example.source, span=example.video_span,
-                                          data=video_bytes)
+                                          data=stored_video)
         except (MediaError, DataFormatError) as error:
             if self.on_error == "raise":
                 raise

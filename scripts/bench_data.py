@@ -6,7 +6,9 @@ the training DataLoader of each source at each worker count (samples per second 
 first, so worker start-up is left out) and the model's training steps (forward, backward, AdamW) on batches
 collated beforehand. Loading is not the bottleneck when the loader's samples/s exceed the step's. The shards are
 timed twice: in the training order (random access by index, as training reads them) and in the order they were
-written (sequential reads), to show what chunk locality is worth on local shards.
+written (sequential reads), to show what chunk locality is worth on local shards. The video recipe is also streamed
+from shards holding pre-extracted frames (``mmft optimize --video-frames png|jpeg``); each shard set's size on disk
+is reported beside it.
 
     .venv/bin/mmft sample-data --out data/sample          # the tiny recipes read it
     .venv/bin/python scripts/bench_data.py --workers 0 2 --batches 12 --json bench_data.json
@@ -76,21 +78,32 @@ def step_samples_per_second(model: torch.nn.Module, batches: Sequence[dict]) -> 
     return samples / (time.perf_counter() - start)
 
 
-def bench(kind: str, config: str, workers: Sequence[int], count: int, folder: Path) -> list[dict]:
+def folder_megabytes(folder: Path) -> float:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 2**20
+
+
+def bench(kind: str, config: str, workers: Sequence[int], count: int, folder: Path,
+          video_frames: Sequence[str]) -> list[dict]:
     model, data = build(config)
-    shards = folder / kind
-    optimize_config([Path(config)], "train", str(shards), num_workers=2)
+    shard_sets = {"shards": None, **{f"shards of {codec} frames": codec for codec in video_frames
+                                     if kind == "video"}}
+    sizes = {}
+    for source, codec in shard_sets.items():
+        shards = folder / kind / (codec or "bytes")
+        optimize_config([Path(config)], "train", str(shards), num_workers=2, video_frames=codec)
+        sizes[source] = folder_megabytes(shards)
     rows = []
     for number in workers:
         data.num_workers = number
         data.setup("fit")
         rows.append({"kind": kind, "source": "in memory", "workers": number,
                      "samples_per_s": samples_per_second(data.train_dataloader(), count)})
-        streaming = streaming_twin(data, shards, number).train_dataloader()
-        rows.append({"kind": kind, "source": "shards, random", "workers": number,
-                     "samples_per_s": samples_per_second(streaming, count)})
-        rows.append({"kind": kind, "source": "shards, in order", "workers": number,
-                     "samples_per_s": samples_per_second(in_written_order(streaming), count)})
+        for source, codec in shard_sets.items():
+            streaming = streaming_twin(data, folder / kind / (codec or "bytes"), number).train_dataloader()
+            rows.append({"kind": kind, "source": f"{source}, random", "workers": number, "shard_mb": sizes[source],
+                         "samples_per_s": samples_per_second(streaming, count)})
+            rows.append({"kind": kind, "source": f"{source}, in order", "workers": number, "shard_mb": sizes[source],
+                         "samples_per_s": samples_per_second(in_written_order(streaming), count)})
     data.num_workers = 0
     batches = [batch for _, batch in zip(range(min(count, 6) + 1), data.train_dataloader())]
     rows.append({"kind": kind, "source": "training step", "workers": None,
@@ -104,17 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to time")
     parser.add_argument("--batches", type=int, default=12, help="batches timed per loader (after the first)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the main process")
+    parser.add_argument("--video-frames", nargs="*", choices=("png", "jpeg"), default=["png", "jpeg"],
+                        help="also stream the video recipe from shards of pre-extracted frames in these codecs")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_data_") as folder:
         for kind in args.kinds:
-            rows += bench(kind, RECIPES[kind], args.workers, args.batches, Path(folder))
-    print(f"{'kind':<6} {'source':<16} {'workers':>7} {'samples/s':>10}")
+            rows += bench(kind, RECIPES[kind], args.workers, args.batches, Path(folder), args.video_frames)
+    print(f"{'kind':<6} {'source':<32} {'workers':>7} {'samples/s':>10} {'shards MB':>10}")
     for row in rows:
         workers = "-" if row["workers"] is None else row["workers"]
-        print(f"{row['kind']:<6} {row['source']:<16} {workers:>7} {row['samples_per_s']:>10.1f}")
+        size = f"{row['shard_mb']:.2f}" if "shard_mb" in row else "-"
+        print(f"{row['kind']:<6} {row['source']:<32} {workers:>7} {row['samples_per_s']:>10.1f} {size:>10}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0
