@@ -131,7 +131,7 @@ def test_format_1_items_still_read_and_unknown_formats_are_refused(sample_data: 
     assert record["video_frames"] is None
     del record["video_frames"]
     old = {"record": json.dumps({**record, "format": 1}), "media": item["media"]}
-    sample = DecodeShardItem(None, "raise", frame_sampling=3)(old)
+    sample = DecodeShardItem(None, "raise", frame_sampling=3)(*item_to_example(old))
     expected = load_video_frames(example.video, 3, span=example.video_span)
     assert torch.equal(sample.frames, expected.frames) and sample.frame_times == expected.times
     with pytest.raises(ValueError, match=r"format 3, expected one of \(1, 2\): rewrite the shards"):

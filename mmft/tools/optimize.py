@@ -8,14 +8,15 @@ The readers are ``data.init_args.<stage>`` of the configs as the CLI composes th
 for ``mmft fit``), read with the config's ``data.init_args.on_error``: bad records are dropped and counted under
 ``skip`` (the report is printed), or stop the run under ``raise``, naming the file and record. Each shard item is an
 Example and its media files' bytes (:mod:`data_modules.shards`), written by litdata's ``optimize`` in parallel
-workers with its progress bar. ``--video-frames png|jpeg`` stores each video as its frames instead, decoded once in
-those workers with the config's frame sampling (``data.init_args.num_frames`` or ``video_fps`` + ``max_frames``,
+workers with its progress bar, in reader order, with the shard index beside them (each item's task, id and length:
+:mod:`data_modules.shard_index`). ``--video-frames png|jpeg`` stores each video as its frames instead, decoded once
+in those workers with the config's frame sampling (``data.init_args.num_frames`` or ``video_fps`` + ``max_frames``,
 inside the example's span): training then decodes small images rather than a video, and refuses a config that
-samples frames otherwise. A video that cannot be decoded then is found here, raised or skipped and counted under
-its reader's ``on_error`` as a bad record is. A local folder is written beside its final name and renamed into place; an
-object-store URI goes to litdata unchanged. Train on the shards with one ``data_modules.StreamingShards`` reader
-(README: Streaming): its examples keep their tasks and are shuffled together each epoch, as ``sampling: concat``
-does in memory, and litdata resumes one shard set exactly (several, mixed by litdata, it does not).
+samples frames otherwise. A video that cannot be decoded then is found here, raised or skipped and counted under its
+reader's ``on_error`` as a bad record is. A local folder is written beside its final name and renamed into place; an
+object-store URI goes to litdata (and the index to fsspec) unchanged. Train on the shards with a
+``data_modules.StreamingShards`` reader (README: Streaming): its examples keep their tasks and are batched exactly
+as the same readers' examples in memory.
 """
 
 from __future__ import annotations
@@ -34,11 +35,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from data_modules.formats.base import DataFormatError, OnError, Reader, SkipReport
 from data_modules.media import FrameSampling, MediaError
+from data_modules.multitask import modality_length
 from data_modules.records import Example
+from data_modules.shard_index import ShardIndex, is_uri, write_shard_index
 from data_modules.shards import FrameCodec, FrameExtraction, example_to_item
 from data_modules.streaming import litdata
 
@@ -83,11 +84,6 @@ def read_all(readers: Sequence[Reader], on_error: str, allow_outside_paths: bool
     return examples, reports
 
 
-def is_uri(out: str) -> bool:
-    """Whether ``out`` names an object store (``s3://``, ``gs://``, ...) rather than a local folder."""
-    return "://" in out
-
-
 class ShardItems:
     """The shard items of a run of ``examples`` (given as a ``range`` of their indices), for litdata's workers.
 
@@ -113,7 +109,8 @@ class ShardItems:
                 item = example_to_item(example, self.frames)
             except MediaError as error:
                 raised = self.policies[index] == "raise"
-                note = {"task": example.task, "reason": error.reason, "message": str(error), "raised": raised}
+                note = {"index": index, "task": example.task, "reason": error.reason, "message": str(error),
+                        "raised": raised}
                 with open(os.path.join(self.notes, f"{os.getpid()}.jsonl"), "a", encoding="utf-8") as file:
                     file.write(json.dumps(note) + "\n")
                 self.failed = raised
@@ -121,23 +118,21 @@ class ShardItems:
             yield item
 
 
-def read_notes(folder: str) -> list[dict[str, str]]:
+def read_notes(folder: str) -> list[dict[str, Any]]:
     """The media failures :class:`ShardItems` noted in ``folder``."""
     return [json.loads(line) for path in sorted(Path(folder).glob("*.jsonl"))
             for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int, chunk_bytes: str,
-                 seed: int = 0, policies: Sequence[OnError] | None = None,
-                 frames: FrameExtraction | None = None) -> list[dict[str, str]]:
-    """``examples`` as litdata shards in ``output_dir``, in a seeded random order so that every chunk mixes the tasks
-    (litdata shuffles chunks and items within a window of chunks, not the whole set); a local folder is replaced
-    only once whole. ``policies``: each example's ``on_error`` for media that cannot be read or decoded (default
-    ``raise``: a MediaError naming the file and record). Returns the skipped examples' task, reason and message."""
-    optimize = litdata().optimize
-    order = np.random.default_rng(seed).permutation(len(examples))
-    examples = [examples[i] for i in order]
-    policies = ["raise"] * len(examples) if policies is None else [policies[i] for i in order]
+                 policies: Sequence[OnError] | None = None,
+                 frames: FrameExtraction | None = None) -> list[dict[str, Any]]:
+    """``examples`` as litdata shards in ``output_dir``, in order (litdata keeps it: ``keep_data_ordered``), with
+    the shard index of those written; a local folder is replaced only once whole. The order does not shape training:
+    the DataModule's sampler shuffles by index. ``policies``: each example's ``on_error`` for media that cannot be
+    read or decoded (default ``raise``: a MediaError naming the file and record). Returns the skipped examples'
+    index, task, reason and message."""
+    policies = ["raise"] * len(examples) if policies is None else list(policies)
     run = max(1, min(256, math.ceil(len(examples) / (4 * num_workers))))
     inputs = [range(start, min(start + run, len(examples))) for start in range(0, len(examples), run)]
     # fork where there is one: spawned workers would import torch again, seconds each
@@ -147,28 +142,34 @@ def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int,
     with tempfile.TemporaryDirectory(prefix="mmft_optimize_notes_") as notes:
         items = ShardItems(examples, policies, notes, frames)
 
-        def raise_noted_error() -> None:
-            raised = [note for note in read_notes(notes) if note["raised"]]
+        def finish(folder: str) -> None:
+            """Raise a noted error, or write the index of the examples that were written."""
+            noted = read_notes(notes)
+            raised = [note for note in noted if note["raised"]]
             if raised:
                 raise MediaError(raised[0]["message"], reason=raised[0]["reason"])
+            skipped = {note["index"] for note in noted}
+            written = [example for i, example in enumerate(examples) if i not in skipped]
+            write_shard_index(folder, ShardIndex.of(written, modality_length))
 
         if is_uri(output_dir):
-            optimize(items, inputs, output_dir, mode="overwrite", **options)
-            raise_noted_error()
+            litdata().optimize(items, inputs, output_dir, mode="overwrite", **options)
+            finish(output_dir)
         else:
-            write_local(items, inputs, Path(output_dir), options, raise_noted_error)
+            write_local(items, inputs, Path(output_dir), options, finish)
         return read_notes(notes)
 
 
 def write_local(items: ShardItems, inputs: list[range], target: Path, options: dict[str, Any],
-                check: Callable[[], None]) -> None:
-    """litdata's ``optimize`` into a folder beside ``target``, renamed into place once whole and ``check`` passes."""
+                finish: Callable[[str], None]) -> None:
+    """litdata's ``optimize`` into a folder beside ``target``, renamed into place once whole and ``finish`` (given
+    that folder) passes."""
     partial = target.with_name(f".{target.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
         litdata().optimize(items, inputs, str(partial), **options)
-        check()
+        finish(str(partial))
         if target.exists():
             shutil.rmtree(target)
         partial.rename(target)
