@@ -28,6 +28,7 @@ from data_modules.formats import (
 from data_modules.media import FrameSampling, MediaError, VideoFrames, load_image, load_video_frames, pad_to_square
 from data_modules.multitask import DataConfigError, MultitaskBatchSampler, MultitaskDataModule
 from data_modules.records import Example, Sample, Turn
+from data_modules.shard_index import ShardIndexError
 from data_modules.streaming import StreamingShards
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "Reader",
     "Sample",
     "ScienceQA",
+    "ShardIndexError",
     "SkipFilteringCollate",
     "SkipReport",
     "SkippedSample",

@@ -19,13 +19,11 @@ also pads shards with repeated examples, so a metric over several processes may 
 Samples whose media fail to decode under ``on_error="skip"`` are reported by :meth:`on_before_batch_transfer`; a
 batch left empty becomes ``None``, which Lightning skips in training and passes to evaluation steps as is.
 
-Streaming: training readers may instead all be :class:`~data_modules.streaming.StreamingShards` (shards written by
-``mmft optimize``, one shard set holding every task); the train loader is then litdata's ``StreamingDataLoader`` over
-its ``StreamingDataset``, every task's examples shuffled together (``sampling: concat``: batches mix tasks).
-Sharding across ranks and workers, and mid-epoch resume (the loader's own ``state_dict``, which Lightning saves in
-checkpoints), are litdata's; media and token budgets are checked per sample (see :mod:`data_modules.streaming`).
-Several StreamingShards readers are mixed by litdata's ``CombinedStreamingDataset`` in proportion to their sizes;
-litdata 0.2.76 does not resume that mix exactly (a warning says so), so write one shard set per run.
+Streaming: training readers may be :class:`~data_modules.streaming.StreamingShards` (shards written by
+``mmft optimize``; one shard set may hold several tasks), alone or beside in-memory readers. Their items are read by
+index, so they join the same pools, sampler, DDP sharding and resume as examples held in memory: the batches are
+those of the same examples read from the files, for the same seed. Their media and token budgets are checked per
+sample, in the workers (see :mod:`data_modules.streaming`).
 
 Token budgets of in-memory readers are checked when the data is read, not mid-epoch: when the collate has a
 ``check_length(example, training)`` method (mmft's do), every example is asked once; one that cannot fit the
@@ -45,13 +43,13 @@ from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
 
 from data_modules.datasets import SKIPPED_KEY, ExampleDataset, SkipFilteringCollate
 from data_modules.formats.base import TOO_LONG, DataFormatError, OnError, Reader, SkipReport
 from data_modules.media import FrameSampling
 from data_modules.records import Example, LengthCheck, Sample
-from data_modules.streaming import DecodeShardItem, StreamingShards, litdata
+from data_modules.streaming import DecodeShardItem, StreamingShards
 
 log = logging.getLogger("data_modules")
 
@@ -126,6 +124,9 @@ class MultitaskBatchSampler(BatchSampler):
         self.modality_lengths = modality_lengths  # kept as given: Lightning rebuilds the sampler from its attributes
         self._lengths = None if modality_lengths is None else np.asarray(modality_lengths)
         self.resume = resume
+        if resume is not None and sampler.epoch < resume[0]:
+            # DataLoader workers draw their first batches when Lightning sets up the loader, before it sets the epoch
+            sampler.set_epoch(resume[0])
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -215,12 +216,17 @@ def modality_length(example: Example) -> int:
     return words if example.images or example.video is not None else -words
 
 
+def reader_tasks(reader: Reader | StreamingShards) -> list[str]:
+    """The tasks a training reader gives examples of: its ``task``, or a shard set's tasks from its index."""
+    return reader.tasks if isinstance(reader, StreamingShards) else [reader.task]
+
+
 class MultitaskDataModule(LightningDataModule):
     """Reads the readers of each stage, builds the datasets, and serves multitask training and per-reader eval.
 
     Args:
         train, val, test, predict: readers per stage (any :class:`Reader` subclass, ``class_path`` in YAML).
-            Training readers with the same ``task`` are pooled into one task. ``train`` may instead be all
+            Training readers with the same ``task`` are pooled into one task. Training readers may be
             :class:`StreamingShards` (see the module docstring).
         batch_size: per-device batch size, or a dict task -> batch size.
         eval_batch_size: batch size of val/test/predict loaders (default: ``batch_size`` of the reader's task).
@@ -306,7 +312,7 @@ class MultitaskDataModule(LightningDataModule):
         if isinstance(self.batch_size, dict):
             if self.sampling == "concat":
                 raise DataConfigError("data.batch_size must be one int with sampling: concat (batches mix tasks)")
-            needed = {("data.batch_size", r.task) for r in self.readers["train"]}
+            needed = {("data.batch_size", task) for task in self.train_tasks}
             if self.eval_batch_size is None:
                 needed |= {("data.batch_size or data.eval_batch_size", r.task) for s in _EVAL for r in self.readers[s]}
             for argument, task in sorted(needed):
@@ -323,38 +329,16 @@ class MultitaskDataModule(LightningDataModule):
                 f"data.eval_batch_size={self.eval_batch_size}"
             )
 
-    @property
-    def streaming(self) -> bool:
-        """Whether training streams from shards (:class:`StreamingShards` readers)."""
-        return any(isinstance(r, StreamingShards) for r in self.readers["train"])
-
     def _check_streaming(self) -> None:
         for split in _EVAL:
             if any(isinstance(r, StreamingShards) for r in self.readers[split]):
                 raise DataConfigError(f"data.{split}: StreamingShards readers serve training only; evaluate with "
                                       "the in-memory readers of the dataset files")
-        if not self.streaming:
-            return
-        if not all(isinstance(r, StreamingShards) for r in self.readers["train"]):
-            raise DataConfigError("data.train mixes StreamingShards with in-memory readers: write every training "
-                                  "reader to shards with `mmft optimize`, or none")
-        problems = {
-            f"data.sampling: {self.sampling}": self.sampling != "concat",
-            "data.batch_size per task": isinstance(self.batch_size, dict),
-            "data.group_by_modality_length: true": self.group_by_modality_length,
-        }
-        for argument, wrong in problems.items():
-            if wrong:
-                raise DataConfigError(
-                    f"{argument} does not work with StreamingShards training readers: litdata streams the shards "
-                    "with every task mixed sample by sample; set sampling: concat, one int batch_size and "
-                    "group_by_modality_length: false"
-                )
 
     @property
     def train_tasks(self) -> list[str]:
         """The training tasks, in the order of their first reader."""
-        return list(dict.fromkeys(r.task for r in self.readers["train"]))
+        return list(dict.fromkeys(task for r in self.readers["train"] for task in reader_tasks(r)))
 
     def eval_tasks(self, stage: EvalStage) -> list[str]:
         """The task of each val/test/predict DataLoader: ``eval_tasks(stage)[dataloader_idx]``."""
@@ -363,7 +347,7 @@ class MultitaskDataModule(LightningDataModule):
         return [r.task for r in self.readers[stage]]
 
     def examples(self, split: Literal["train", "val", "test", "predict"]) -> list[list[Example]]:
-        """The Examples read for ``split``, one list per reader (after ``setup``)."""
+        """The Examples read for ``split``, one list per reader held in memory (shard sets are not read)."""
         self._read(split)
         return self._examples[split]
 
@@ -375,9 +359,7 @@ class MultitaskDataModule(LightningDataModule):
         if split in self._examples:
             return
         per_reader = []
-        for reader in self.readers[split]:
-            if isinstance(reader, StreamingShards):
-                continue  # streamed: nothing is held in memory
+        for reader in self._in_memory(split):
             examples = reader.read(
                 self.on_error, check_media=self._needs_media, allow_outside_paths=self.allow_outside_paths
             )
@@ -426,6 +408,10 @@ class MultitaskDataModule(LightningDataModule):
             kept.append(example)
         return kept
 
+    def _in_memory(self, split: str) -> list[Reader]:
+        """The readers of ``split`` whose examples are read into memory (all but shard sets)."""
+        return [r for r in self.readers[split] if not isinstance(r, StreamingShards)]
+
     def _policy(self, reader: Reader | StreamingShards) -> OnError:
         """The reader's own ``on_error`` if it has one, else the DataModule's: for records, lengths and media."""
         return reader.on_error or self.on_error
@@ -451,22 +437,11 @@ class MultitaskDataModule(LightningDataModule):
         collate = self._collate()
         if not self.readers["train"]:
             raise DataConfigError("data.train has no readers")
-        if self.streaming:
-            return self._streaming_train_dataloader(collate)
-        pools: dict[str, list[tuple[Example, OnError]]] = {}
-        for reader, examples in zip(self.readers["train"], self.examples("train")):
-            pools.setdefault(reader.task, []).extend((e, self._policy(reader)) for e in examples)
-        pooled = [pair for pairs in pools.values() for pair in pairs]
-        dataset = ExampleDataset(
-            [e for e, _ in pooled],
-            load_media=self._needs_media,
-            on_error=[policy for _, policy in pooled],
-            **self._frame_options(),
-        )
+        dataset, pools, lengths = self._training_dataset()
         if self.sampling == "concat":
             task_sizes, batch_sizes = [len(dataset)], [self.batch_size]  # one int: checked in __init__
         else:
-            task_sizes = [len(examples) for examples in pools.values()]
+            task_sizes = [len(indices) for indices in pools.values()]
             batch_sizes = [self._task_batch_size(task) for task in pools]
         batch_sampler = MultitaskBatchSampler(
             DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=False),
@@ -474,7 +449,7 @@ class MultitaskDataModule(LightningDataModule):
             batch_sizes,
             sampling="round_robin" if self.sampling == "round_robin" else "proportional",
             seed=self.seed,
-            modality_lengths=[modality_length(e) for e in dataset.examples] if self.group_by_modality_length else None,
+            modality_lengths=lengths,
             resume=self._resume,
         )
         return DataLoader(
@@ -485,34 +460,61 @@ class MultitaskDataModule(LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _streaming_train_dataloader(self, collate: SkipFilteringCollate) -> DataLoader:
-        """litdata's loader over the shards (see the module docstring)."""
-        from data_modules.streaming_loader import EpochStreamingDataLoader
+    def _training_dataset(self) -> tuple[Dataset, dict[str, list[int]], list[int] | None]:
+        """Every training example as one Dataset whose indices run task by task (tasks in the order of their first
+        reader, each task's examples in reader order), each task's items, and each example's modality length (None
+        without ``group_by_modality_length``).
 
+        In-memory examples form one :class:`ExampleDataset`, already in that order; each shard set is one
+        :class:`~data_modules.streaming.ShardDataset` after it; ``pools`` index their concatenation, and a ``Subset``
+        puts every item in its place.
+        """
+        in_memory: dict[str, list[tuple[Example, OnError]]] = {}
+        spans: list[tuple[str, int, int]] = []  # each in-memory reader's task and place in that task's pool
+        for reader, examples in zip(self._in_memory("train"), self.examples("train")):
+            pool = in_memory.setdefault(reader.task, [])
+            spans.append((reader.task, len(pool), len(examples)))
+            pool.extend((e, self._policy(reader)) for e in examples)
+        pooled = [pair for pairs in in_memory.values() for pair in pairs]
+        starts = dict(zip(in_memory, np.cumsum([0, *(len(pairs) for pairs in in_memory.values())]).tolist()))
+        parts: list[Dataset] = []
+        if pooled:
+            parts.append(ExampleDataset([e for e, _ in pooled], load_media=self._needs_media,
+                                        on_error=[policy for _, policy in pooled], **self._frame_options()))
+        grouping = self.group_by_modality_length
+        lengths = [modality_length(e) for e, _ in pooled] if grouping else []
+        pools: dict[str, list[int]] = {}
+        memory_spans = iter(spans)
+        for reader in self.readers["train"]:
+            if isinstance(reader, StreamingShards):
+                offset = sum(len(part) for part in parts)
+                for number, task in enumerate(reader.item_tasks):
+                    pools.setdefault(task, []).append(offset + number)
+                parts.append(reader.dataset(self._decode_shard_item(reader)))
+                lengths += reader.index.lengths if grouping else []
+            else:
+                task, start, count = next(memory_spans)
+                pools.setdefault(task, []).extend(range(starts[task] + start, starts[task] + start + count))
+        order = [index for indices in pools.values() for index in indices]
+        by_order = [lengths[index] for index in order] if grouping else None
+        if len(parts) == 1 and order == list(range(len(order))):
+            return parts[0], pools, by_order
+        return Subset(ConcatDataset(parts), order), pools, by_order
+
+    def _decode_shard_item(self, reader: StreamingShards) -> DecodeShardItem:
         check_length = getattr(self.collate_fn, "check_length", None)
         frames = FrameSampling(self.num_frames, self.video_fps, self.max_frames)
-        datasets = [
-            reader.dataset(DecodeShardItem(reader.task, self._policy(reader), self._needs_media, frames, check_length),
-                           seed=self.seed)
-            for reader in self.readers["train"]
-        ]
-        if len(datasets) == 1:
-            dataset = datasets[0]
-        else:
-            log.warning("data.train: %d StreamingShards readers are mixed by litdata, which does not resume the mix "
-                        "exactly mid-epoch; write them as one shard set (one `mmft optimize`) for exact resumes",
-                        len(datasets))
-            dataset = litdata().CombinedStreamingDataset(datasets, seed=self.seed)
-        return EpochStreamingDataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
-                                        collate_fn=collate)
+        return DecodeShardItem(reader.task, self._policy(reader), self._needs_media, frames, check_length)
 
     def state_dict(self) -> dict[str, int]:
         """Where training stands in its epoch, saved with every checkpoint: the epoch and the batches trained in it."""
         trainer = self.trainer
-        if trainer is None or trainer.state.fn != "fit" or self.streaming:
-            return {}  # a streaming loader keeps its own state, which Lightning saves beside this
-        trained = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": trainer.current_epoch, "batches_trained": trained}
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch:  # Lightning resumes such a checkpoint with the next epoch
+            return {"epoch": trainer.current_epoch + 1, "batches_trained": 0}
+        return {"epoch": trainer.current_epoch, "batches_trained": progress.current.processed}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Resume the saved epoch after its trained batches (see the module docstring)."""

@@ -1,30 +1,37 @@
-"""Training data streamed from litdata shards (written by ``mmft optimize``): a reader the MultitaskDataModule takes
-beside the in-memory ones, and the per-item decoding that turns a shard item into the :class:`Sample` a model's
-collate receives.
+"""Training data read from litdata shards (written by ``mmft optimize``): a reader the MultitaskDataModule takes
+beside the in-memory ones, the map-style Dataset over its items, and the per-item decoding that turns a shard item
+into the :class:`Sample` a model's collate receives.
 
-litdata does the rest: each rank and DataLoader worker reads its own share of the chunks (every example once per
-epoch; under DDP litdata drops the last few examples so that every rank gets as many, ``drop_last``), chunks are
-downloaded ahead from object stores, and ``StreamingDataLoader.state_dict`` records how many samples each worker has
-yielded, which Lightning's fit loop saves in every checkpoint and restores on resume: a run resumed mid-epoch goes on
-with the next batch of the uninterrupted run.
+The shards are read by index, not streamed in litdata's order: litdata's ``StreamingDataset[i]`` reads any item by
+its global index (a local chunk in place; a remote one fetched into the cache on demand). So a shard set is a
+map-style Dataset of known length and the DataModule's own :class:`~data_modules.multitask.MultitaskBatchSampler`
+draws its batches exactly as for examples held in memory: every ``sampling``, per-task batch sizes,
+``group_by_modality_length``, DDP sharding with DistributedSampler's padding and an exact mid-epoch resume from the
+DataModule's state. What the sampler needs of each item (task, modality and length) comes from the shard index
+(:mod:`data_modules.shard_index`), so nothing is read before its batch is drawn.
 
-Checks happen per sample, in the workers, as the in-memory path does for media: an image or video that cannot be
-decoded, or an example the model's collate finds too long for its ``max_length`` (``check_length``; the shards hold
-no tokens, so the same shards serve any model), raises or, under ``on_error="skip"``, becomes a
-:class:`SkippedSample` that the DataModule counts.
+Checks happen per sample, in the DataLoader workers: an image or video that cannot be decoded, or an example the
+model's collate finds too long for its ``max_length`` (``check_length``; the shards hold no tokens, so the same
+shards serve any model), raises or, under ``on_error="skip"``, becomes a :class:`SkippedSample` that the DataModule
+counts, as the in-memory path counts its media.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
+from functools import cached_property
 from typing import Any
+
+from torch.utils.data import Dataset
 
 from data_modules.datasets import SkippedSample
 from data_modules.formats.base import TOO_LONG, DataFormatError, OnError
 from data_modules.media import FrameSampling, MediaError, decode_image, load_video_frames
 from data_modules.records import Example, LengthCheck, Sample
-from data_modules.shards import item_to_example
+from data_modules.shard_index import ShardIndex, ShardIndexError, read_shard_index
+from data_modules.shards import StoredFrames, item_to_example
 
 
 def litdata() -> Any:
@@ -37,11 +44,12 @@ def litdata() -> Any:
 
 
 class StreamingShards:
-    """Training examples streamed from shards written by ``mmft optimize``, every task's examples shuffled together.
+    """Training examples read from a shard set written by ``mmft optimize``, each keeping the task it was written
+    with (one set may hold several tasks; the DataModule pools them with other readers' examples by task).
 
     Args:
-        input_dir: a shard folder (with litdata's ``index.json``) or an object-store URI (``s3://...``), passed to
-            litdata unchanged.
+        input_dir: a shard folder (litdata's ``index.json`` and mmft's ``mmft_index.json``) or an object-store URI
+            (``s3://...``), passed to litdata unchanged.
         task: give every example this task (default: None, each keeps the task it was written with).
         on_error: ``raise`` or ``skip`` samples whose media cannot be decoded or that are too long for the model;
             None: the DataModule's policy.
@@ -68,14 +76,73 @@ class StreamingShards:
     def __repr__(self) -> str:
         return f"StreamingShards(task={self.task!r}, {self.input_dir})"
 
-    def dataset(self, decode: DecodeShardItem, seed: int, shuffle: bool = True) -> Any:
-        """litdata's ``StreamingDataset`` over the shards, each item decoded by ``decode``."""
-        return litdata().StreamingDataset(self.input_dir, cache_dir=self.cache_dir, shuffle=shuffle, seed=seed,
-                                max_cache_size=self.max_cache_size, transform=decode)
+    @cached_property
+    def index(self) -> ShardIndex:
+        """The shard index (read once; a ShardIndexError names the folder when it has none)."""
+        return read_shard_index(self.input_dir)
+
+    @property
+    def item_tasks(self) -> list[str]:
+        """Each item's task, ``task`` overriding the written ones."""
+        return [self.task] * len(self.index) if self.task is not None else self.index.tasks
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks of the items, in the order of their first item."""
+        return list(dict.fromkeys(self.item_tasks))
+
+    def dataset(self, decode: DecodeShardItem) -> ShardDataset:
+        """The items as a map-style Dataset, each decoded by ``decode``."""
+        return ShardDataset(self.input_dir, self.index.ids, decode, self.cache_dir, self.max_cache_size)
+
+
+class ShardDataset(Dataset):
+    """Item ``i`` of a shard set, read through litdata by its global index and decoded.
+
+    Each process (each DataLoader worker) opens its own litdata dataset on its first read, as litdata caches per
+    process; the open dataset is never pickled or inherited across a fork. Each item's id is checked against the
+    shard index, so an index that does not belong to the shards cannot pass unnoticed.
+    """
+
+    def __init__(self, input_dir: str, ids: list[str], decode: DecodeShardItem, cache_dir: str | None = None,
+                 max_cache_size: str = "100GB") -> None:
+        self.input_dir = input_dir
+        self.ids = ids
+        self.decode = decode
+        self.cache_dir = cache_dir
+        self.max_cache_size = max_cache_size
+        self._items: Any = None
+        self._opened_by: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_items": None, "_opened_by": None}
+
+    def items(self) -> Any:
+        """litdata's dataset over the shards, opened once per process."""
+        if self._opened_by != os.getpid():
+            items = litdata().StreamingDataset(self.input_dir, cache_dir=self.cache_dir,
+                                               max_cache_size=self.max_cache_size)
+            written = sum(end - start for start, end in items.region_of_interest)
+            if written != len(self.ids):
+                raise ShardIndexError(f"{self.input_dir}: the shards hold {written} items, their index {len(self.ids)}: "
+                                      "rewrite the shards with `mmft optimize`")
+            self._items, self._opened_by = items, os.getpid()
+        return self._items
+
+    def __getitem__(self, index: int) -> Sample | SkippedSample:
+        example, images, video = item_to_example(self.items()[index])
+        if example.id != self.ids[index]:
+            raise ShardIndexError(f"{self.input_dir}: item {index} is {example.id!r}, its index says "
+                                  f"{self.ids[index]!r}: rewrite the shards with `mmft optimize`")
+        return self.decode(example, images, video)
 
 
 class DecodeShardItem:
-    """A shard item -> :class:`Sample` (media decoded) or :class:`SkippedSample`, in the DataLoader workers.
+    """A shard item's Example and media bytes -> :class:`Sample` (media decoded) or :class:`SkippedSample`, in the
+    DataLoader workers.
 
     A class rather than a closure, so that workers can pickle it.
     """
@@ -94,8 +161,8 @@ class DecodeShardItem:
         self.frame_sampling = frame_sampling
         self.check_length = check_length
 
-    def __call__(self, item: dict[str, Any]) -> Sample | SkippedSample:
-        example, images, video_bytes = item_to_example(item)
+    def __call__(self, example: Example, images: list[bytes],
+                 stored_video: bytes | StoredFrames | None) -> Sample | SkippedSample:
         if self.task is not None and example.task != self.task:
             example = replace(example, task=self.task)
         try:
@@ -107,9 +174,11 @@ class DecodeShardItem:
                 return Sample(example)
             pixels = [decode_image(data, path, example.source) for data, path in zip(images, example.images)]
             video = None
-            if video_bytes is not None:
+            if isinstance(stored_video, StoredFrames):  # pre-extracted: refused if sampled otherwise, never skipped
+                video = stored_video.decode(example, self.frame_sampling)
+            elif stored_video is not None:
                 video = load_video_frames(example.video, self.frame_sampling, example.source, span=example.video_span,
-                                          data=video_bytes)
+                                          data=stored_video)
         except (MediaError, DataFormatError) as error:
             if self.on_error == "raise":
                 raise

@@ -4,7 +4,11 @@ For each tiny recipe (images: the tiny LLaVA; video: the tiny VL-BART video reci
 DataModule as `mmft fit` does, writes the training readers to shards (`mmft optimize`'s library code), then times
 the training DataLoader of each source at each worker count (samples per second over a number of batches after the
 first, so worker start-up is left out) and the model's training steps (forward, backward, AdamW) on batches
-collated beforehand. Loading is not the bottleneck when the loader's samples/s exceed the step's.
+collated beforehand. Loading is not the bottleneck when the loader's samples/s exceed the step's. The shards are
+timed twice: in the training order (random access by index, as training reads them) and in the order they were
+written (sequential reads), to show what chunk locality is worth on local shards. The video recipe is also streamed
+from shards holding pre-extracted frames (``mmft optimize --video-frames png|jpeg``); each shard set's size on disk
+is reported beside it.
 
     .venv/bin/mmft sample-data --out data/sample          # the tiny recipes read it
     .venv/bin/python scripts/bench_data.py --workers 0 2 --batches 12 --json bench_data.json
@@ -20,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader
 
 from data_modules import MultitaskDataModule, StreamingShards
 from mmft.cli import MMFTCLI
@@ -46,10 +51,16 @@ def samples_per_second(batches: Iterable, count: int) -> float:
 
 def streaming_twin(data: MultitaskDataModule, shards: Path, workers: int) -> MultitaskDataModule:
     """A DataModule like ``data`` whose training reader is the shard set of its own training readers."""
-    batch_size = data.batch_size if isinstance(data.batch_size, int) else max(data.batch_size.values())
-    return MultitaskDataModule(train=[StreamingShards(str(shards))], batch_size=batch_size,
-                               sampling="concat", num_workers=workers, seed=data.seed, num_frames=data.num_frames,
+    return MultitaskDataModule(train=[StreamingShards(str(shards))], batch_size=data.batch_size,
+                               sampling=data.sampling, group_by_modality_length=data.group_by_modality_length,
+                               num_workers=workers, seed=data.seed, num_frames=data.num_frames,
                                video_fps=data.video_fps, max_frames=data.max_frames, collate_fn=data.collate_fn)
+
+
+def in_written_order(loader: DataLoader) -> DataLoader:
+    """The training loader's dataset read from its first item to its last, in batches of its largest batch size."""
+    return DataLoader(loader.dataset, batch_size=loader.batch_sampler.batch_size, num_workers=loader.num_workers,
+                      collate_fn=loader.collate_fn)
 
 
 def step_samples_per_second(model: torch.nn.Module, batches: Sequence[dict]) -> float:
@@ -67,19 +78,32 @@ def step_samples_per_second(model: torch.nn.Module, batches: Sequence[dict]) -> 
     return samples / (time.perf_counter() - start)
 
 
-def bench(kind: str, config: str, workers: Sequence[int], count: int, folder: Path) -> list[dict]:
+def folder_megabytes(folder: Path) -> float:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 2**20
+
+
+def bench(kind: str, config: str, workers: Sequence[int], count: int, folder: Path,
+          video_frames: Sequence[str]) -> list[dict]:
     model, data = build(config)
-    shards = folder / kind
-    optimize_config([Path(config)], "train", str(shards), num_workers=2)
+    shard_sets = {"shards": None, **{f"shards of {codec} frames": codec for codec in video_frames
+                                     if kind == "video"}}
+    sizes = {}
+    for source, codec in shard_sets.items():
+        shards = folder / kind / (codec or "bytes")
+        optimize_config([Path(config)], "train", str(shards), num_workers=2, video_frames=codec)
+        sizes[source] = folder_megabytes(shards)
     rows = []
     for number in workers:
         data.num_workers = number
         data.setup("fit")
         rows.append({"kind": kind, "source": "in memory", "workers": number,
                      "samples_per_s": samples_per_second(data.train_dataloader(), count)})
-        streaming = streaming_twin(data, shards, number)
-        rows.append({"kind": kind, "source": "streaming", "workers": number,
-                     "samples_per_s": samples_per_second(streaming.train_dataloader(), count)})
+        for source, codec in shard_sets.items():
+            streaming = streaming_twin(data, folder / kind / (codec or "bytes"), number).train_dataloader()
+            rows.append({"kind": kind, "source": f"{source}, random", "workers": number, "shard_mb": sizes[source],
+                         "samples_per_s": samples_per_second(streaming, count)})
+            rows.append({"kind": kind, "source": f"{source}, in order", "workers": number, "shard_mb": sizes[source],
+                         "samples_per_s": samples_per_second(in_written_order(streaming), count)})
     data.num_workers = 0
     batches = [batch for _, batch in zip(range(min(count, 6) + 1), data.train_dataloader())]
     rows.append({"kind": kind, "source": "training step", "workers": None,
@@ -93,17 +117,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to time")
     parser.add_argument("--batches", type=int, default=12, help="batches timed per loader (after the first)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of the main process")
+    parser.add_argument("--video-frames", nargs="*", choices=("png", "jpeg"), default=["png", "jpeg"],
+                        help="also stream the video recipe from shards of pre-extracted frames in these codecs")
     parser.add_argument("--json", type=Path, help="write every row here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_data_") as folder:
         for kind in args.kinds:
-            rows += bench(kind, RECIPES[kind], args.workers, args.batches, Path(folder))
-    print(f"{'kind':<6} {'source':<14} {'workers':>7} {'samples/s':>10}")
+            rows += bench(kind, RECIPES[kind], args.workers, args.batches, Path(folder), args.video_frames)
+    print(f"{'kind':<6} {'source':<32} {'workers':>7} {'samples/s':>10} {'shards MB':>10}")
     for row in rows:
         workers = "-" if row["workers"] is None else row["workers"]
-        print(f"{row['kind']:<6} {row['source']:<14} {workers:>7} {row['samples_per_s']:>10.1f}")
+        size = f"{row['shard_mb']:.2f}" if "shard_mb" in row else "-"
+        print(f"{row['kind']:<6} {row['source']:<32} {workers:>7} {row['samples_per_s']:>10.1f} {size:>10}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

@@ -1,6 +1,7 @@
-"""Streaming shards: `mmft optimize` writes a config's readers to litdata shards and StreamingShards trains from
-them: the same Examples and pixels as the in-memory readers, the same bad-sample handling, litdata's sharding across
-ranks and workers, and an exact mid-epoch resume through Lightning's dataloader state."""
+"""Streaming shards: `mmft optimize` writes a config's readers to litdata shards and their index, and StreamingShards
+trains from them: the same Examples and pixels as the in-memory readers, the same bad-sample handling, and the very
+batches of the in-memory path for every sampling (so DDP padding across ranks and workers, and an exact mid-epoch
+resume from the DataModule's state, as in memory)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import contextlib
 import io
 import json
 import multiprocessing
+import os
+import shutil
 import socket
 from collections import Counter
 from pathlib import Path
@@ -33,7 +36,9 @@ from data_modules import (
     load_video_frames,
 )
 from data_modules.formats.base import TOO_LONG
+from data_modules.multitask import modality_length
 from data_modules.records import LengthCheck
+from data_modules.shard_index import INDEX_NAME, ShardIndexError, read_shard_index
 from data_modules.shards import example_to_item, item_to_example
 from mmft.tools import optimize
 
@@ -68,7 +73,8 @@ def write_broken_llava(folder: Path) -> Path:
 def shards(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`mmft optimize` (the tool's main, in process) over the tiny LLaVA recipe with its training readers replaced
     by the LLaVA sample, the MSRVTT-QA videos and a broken file, under on_error: skip; and (``mixed``) the LLaVA
-    sample with the videos, written by the same library code."""
+    sample with the videos, written by the same library code, and (``odd``) the same but one video question, whose
+    odd count makes DDP pad."""
     folder = tmp_path_factory.mktemp("streaming")
     broken = write_broken_llava(folder / "broken")
     overlay = {"data": {"init_args": {"on_error": "skip", "train": [
@@ -89,6 +95,7 @@ def shards(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert optimize.main(argv) == 0
     (folder / "printed.txt").write_text(printed.getvalue())
     optimize.write_shards(llava(sample_data).read() + msrvtt(sample_data).read(), str(folder / "mixed"), 1, "64MB")
+    optimize.write_shards(llava(sample_data).read() + msrvtt(sample_data).read()[:-1], str(folder / "odd"), 1, "64MB")
     return folder
 
 
@@ -125,8 +132,9 @@ def test_shard_item_round_trip_keeps_the_example_and_the_file_bytes(sample_data:
 
 
 def test_optimize_writes_every_task_and_counts_bad_records(shards: Path, sample_data: Path) -> None:
-    """The shards hold exactly the Examples the in-memory readers give (checked field by field), tasks mixed in every
-    chunk, and the malformed record was counted in the printed report, never written."""
+    """The shards hold exactly the Examples the in-memory readers give (checked field by field), in reader order,
+    their index each one's task, id and modality length, and the malformed record was counted in the printed
+    report, never written."""
     printed = (shards / "printed.txt").read_text()
     assert "broken.json): skipped 1 of 3 (1 malformed record)" in printed and "broken.json#1 (id malformed)" in printed
     assert f"wrote {shards / 'all'}: 234 examples (llava_instruct 200, msrvtt_qa 32, broken 2)" in printed
@@ -137,7 +145,10 @@ def test_optimize_writes_every_task_and_counts_bad_records(shards: Path, sample_
                               on_error="skip").read()
     assert len(streamed) == len(expected) == 234
     assert sorted(streamed, key=lambda e: (e.task, e.id)) == sorted(expected, key=lambda e: (e.task, e.id))
-    assert len({e.task for e in streamed[:40]}) > 1  # written in a shuffled order
+    index = read_shard_index(str(shards / "all"))
+    assert index.ids == [e.id for e in expected] and index.tasks == [e.task for e in expected]
+    assert index.lengths == [modality_length(e) for e in expected]
+    assert {n > 0 for n in index.lengths} == {True, False}  # images, video and text-only examples
 
 
 def test_streamed_media_decode_to_the_same_pixels_as_the_files(shards: Path) -> None:
@@ -186,57 +197,122 @@ def test_bad_samples_are_raised_or_skipped_and_counted_as_in_memory(shards: Path
         list(too_long.train_dataloader())
 
 
-def test_streaming_arguments_that_cannot_work_are_refused(shards: Path, sample_data: Path) -> None:
+def test_eval_shards_and_shards_without_or_with_a_foreign_index_are_refused(shards: Path, tmp_path: Path) -> None:
     stream = StreamingShards(str(shards / "mixed"))
-    with pytest.raises(DataConfigError, match="mixes StreamingShards with in-memory readers"):
-        MultitaskDataModule(train=[stream, llava(sample_data)], sampling="concat")
-    with pytest.raises(DataConfigError, match="data.sampling: round_robin does not work with StreamingShards"):
-        MultitaskDataModule(train=[stream], sampling="round_robin")
-    with pytest.raises(DataConfigError, match="data.batch_size per task"):
-        MultitaskDataModule(train=[stream], sampling="concat", batch_size={"llava_instruct": 4})
-    with pytest.raises(DataConfigError, match="data.group_by_modality_length: true"):
-        MultitaskDataModule(train=[stream], sampling="concat", group_by_modality_length=True)
     with pytest.raises(DataConfigError, match="data.val: StreamingShards readers serve training only"):
-        MultitaskDataModule(train=[stream], val=[stream], sampling="concat")
+        MultitaskDataModule(train=[stream], val=[stream])
+    bare = tmp_path / "bare"
+    shutil.copytree(shards / "mixed", bare)
+    (bare / INDEX_NAME).unlink()
+    with pytest.raises(ShardIndexError, match=rf"{bare}: no shard index .*`mmft optimize --config .* --out {bare}`"):
+        MultitaskDataModule(train=[StreamingShards(str(bare))], collate_fn=ids_of).train_dataloader()
+    shutil.copy(shards / "odd" / INDEX_NAME, bare / INDEX_NAME)  # one item fewer
+    with pytest.raises(ShardIndexError, match=rf"{bare}: the shards hold 232 items, their index 231"):
+        list(MultitaskDataModule(train=[StreamingShards(str(bare))], collate_fn=ids_of).train_dataloader())
+    index = json.loads((shards / "mixed" / INDEX_NAME).read_text())
+    index["id"] = index["id"][::-1]
+    (bare / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(ShardIndexError, match=rf"{bare}: item \d+ is '[\w-]+', its index says '[\w-]+'"):
+        list(MultitaskDataModule(train=[StreamingShards(str(bare))], collate_fn=ids_of).train_dataloader())
 
 
 def ids_of(samples: list[Sample]) -> list[str]:
     return [s.example.id for s in samples]
 
 
-def rank_reads(rank: int, port: int, input_dir: str, queue) -> None:
-    """One DDP rank (gloo) with two DataLoader workers: the ids of each of two epochs."""
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    data = MultitaskDataModule(train=[StreamingShards(input_dir)], batch_size=8, sampling="concat", num_workers=2,
-                               collate_fn=ids_of)
-    loader = data.train_dataloader()
-    queue.put((rank, len(loader), [[i for batch in loader for i in batch] for _ in range(2)]))
-    torch.distributed.destroy_process_group()
+class IdCollate:
+    """Ids and tasks of a batch, reading no pixels (ordering tests need no decoding)."""
+
+    needs_media = False
+
+    def __call__(self, samples: list[Sample]) -> dict:
+        return {"id": [s.example.id for s in samples], "task": [s.example.task for s in samples]}
 
 
-def test_two_ranks_with_two_workers_read_each_example_at_most_once(shards: Path, sample_data: Path) -> None:
-    """litdata shards the examples across 2 ranks x 2 workers: no example twice in an epoch, the same number of
-    batches on every rank, and only the documented remainder dropped (drop_last under DDP: floor(floor(N / batch) /
-    ranks) batches per rank)."""
+SAMPLINGS = {
+    "round_robin, batch size per task": {"sampling": "round_robin", "batch_size": {"llava_instruct": 8,
+                                                                                  "msrvtt_qa": 3, "extra": 5}},
+    "proportional, grouped by modality and length": {"sampling": "proportional", "batch_size": 8,
+                                                     "group_by_modality_length": True},
+    "concat": {"sampling": "concat", "batch_size": 8},
+}
+
+
+@pytest.mark.parametrize("settings", SAMPLINGS.values(), ids=SAMPLINGS.keys())
+def test_batches_from_shards_are_the_in_memory_batches(shards: Path, sample_data: Path, settings: dict) -> None:
+    """Shards (one set of two tasks, and the LLaVA file again in memory as a third task beside it) give, epoch by
+    epoch, the batches of the same readers held in memory: the ids batch by batch, for the same seed."""
+    def epochs(train: list) -> list[list[list[str]]]:
+        data = MultitaskDataModule(train=train, seed=7, collate_fn=IdCollate(), **settings)
+        data.setup("fit")
+        loader = data.train_dataloader()
+        batches = []
+        for epoch in (0, 1):
+            loader.batch_sampler.set_epoch(epoch)
+            batches.append([batch["id"] for batch in loader])
+        return batches
+
+    extra = llava(sample_data, task="extra")
+    in_memory = epochs([llava(sample_data), msrvtt(sample_data), extra])
+    assert in_memory[0] != in_memory[1] and sum(map(len, in_memory[0])) == 432
+    assert epochs([StreamingShards(str(shards / "mixed")), extra]) == in_memory
+
+
+def rank_fits(rank: int, port: int, input_dir: str, queue) -> None:
+    """One DDP rank of a Lightning fit (gloo, processes started here: Lightning launches none) with two DataLoader
+    workers: the ids of each batch of two epochs."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", NODE_RANK="0",
+                      LOCAL_RANK=str(rank), RANK=str(rank))
+    data = MultitaskDataModule(train=[StreamingShards(input_dir)], batch_size=8, num_workers=2, seed=3,
+                               collate_fn=IdCollate())
+    model = IdRecorder()
+    Trainer(accelerator="cpu", strategy="ddp", devices=2, max_epochs=2, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False).fit(model, datamodule=data)
+    queue.put((rank, model.ids))
+
+
+class IdRecorder(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.ids: dict[int, list[list[str]]] = {}
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        self.ids.setdefault(self.current_epoch, []).append(batch["id"])
+        return (self.weight - 1).pow(2).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_two_ranks_with_two_workers_read_every_example_once_plus_the_documented_padding(shards: Path) -> None:
+    """A DDP fit over 2 gloo ranks x 2 workers from shards of 200 LLaVA and 31 MSRVTT-QA examples: each epoch, the
+    ranks' ids together are the whole dataset, plus one duplicate: the odd task is padded by repeating the first
+    example of its shuffled order (DistributedSampler's rule, per task); both ranks run the same task at each step."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     context = multiprocessing.get_context("fork")  # the parent has imported everything already
     queue = context.Queue()
-    ranks = [context.Process(target=rank_reads, args=(r, port, str(shards / "mixed"), queue))
-             for r in range(2)]
+    ranks = [context.Process(target=rank_fits, args=(r, port, str(shards / "odd"), queue)) for r in range(2)]
     for process in ranks:
         process.start()
-    results = sorted(queue.get(timeout=120) for _ in ranks)
+    results = dict(queue.get(timeout=180) for _ in ranks)
     for process in ranks:
         process.join(timeout=60)
-    dataset = {e.id for e in llava(sample_data).read() + msrvtt(sample_data).read()}
-    per_rank = (len(dataset) // 8) // 2 * 8
-    assert [length for _, length, _ in results] == [per_rank // 8] * 2
-    for epoch in range(2):
-        seen = Counter(i for _, _, epochs in results for i in epochs[epoch])
-        assert [len(epochs[epoch]) for _, _, epochs in results] == [per_rank, per_rank]
-        assert max(seen.values()) == 1 and set(seen) <= dataset and len(seen) == 2 * per_rank
+    index = read_shard_index(str(shards / "odd"))
+    videos = [i for i, task in zip(index.ids, index.tasks) if task == "msrvtt_qa"]
+    assert len(index) == 231 and len(videos) == 31
+    for epoch in (0, 1):
+        batches = [results[rank][epoch] for rank in (0, 1)]
+        assert len(batches[0]) == len(batches[1]) == 13 + 2  # ceil(100 / 8) + ceil(16 / 8)
+        for left, right in zip(*batches):
+            assert (left[0] in videos) == (right[0] in videos)
+        seen = Counter(i for rank in batches for batch in rank for i in batch)
+        assert set(seen) == set(index.ids) and sum(seen.values()) == 232
+        (padding,) = [i for i, n in seen.items() if n == 2]
+        assert padding in videos
+    assert results[0][0] != results[0][1]
 
 
 class PixelRegression(LightningModule):
@@ -266,17 +342,18 @@ def mean_colours(samples: list[Sample]) -> torch.Tensor:
 
 
 def test_resume_mid_epoch_gives_the_losses_of_an_uninterrupted_run(shards: Path, tmp_path: Path) -> None:
-    """Two tasks in one shard set, two workers: resumed from a checkpoint saved mid-epoch or at the epoch's end, a run
-    logs the uninterrupted run's losses, in the resumed epoch and in the next one (which litdata alone replays)."""
+    """Two tasks in one shard set, one task per batch, two workers: resumed from a checkpoint saved mid-epoch or at
+    the epoch's end, a run logs the uninterrupted run's losses, in the resumed epoch and in the next one."""
     def fit(max_steps: int, ckpt_path: str | None = None, **kwargs) -> list[float]:
-        data = MultitaskDataModule(train=[StreamingShards(str(shards / "mixed"))], batch_size=8, sampling="concat",
-                                   num_workers=2, seed=5, num_frames=1, collate_fn=mean_colours)
+        data = MultitaskDataModule(train=[StreamingShards(str(shards / "mixed"))], batch_size=8,
+                                   sampling="proportional", num_workers=2, seed=5, num_frames=1,
+                                   collate_fn=mean_colours)
         model = PixelRegression()
         Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                 max_steps=max_steps, **kwargs).fit(model, datamodule=data, ckpt_path=ckpt_path)
         return model.losses
 
-    epoch = 232 // 8  # 200 LLaVA examples and 32 MSRVTT-QA questions
+    epoch = 200 // 8 + 32 // 8  # 200 LLaVA examples and 32 MSRVTT-QA questions
     uninterrupted = fit(epoch + 3, enable_checkpointing=False)
     saved = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
     assert fit(epoch, callbacks=[saved]) == uninterrupted[:epoch]

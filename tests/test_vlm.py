@@ -17,6 +17,8 @@ from data_modules.records import Example, Sample, Turn
 from mmft.adapters import save_adapters
 from mmft.metrics import VQAAccuracy
 from mmft.models import VisionLanguageModule
+from mmft.models.chat_collate import MEDIA_KEYS_SKIPPED
+from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX
 from mmft.models.templates import VICUNA_V1_SYSTEM
 from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
 
@@ -130,9 +132,39 @@ def test_batched_left_padded_generation_equals_one_by_one(module):
     assert together == alone
 
 
+TEXT_ONLY = Sample(Example("instruct", "t", (Turn("user", "Hi"), Turn("assistant", "hello"))))
+
+
+def test_text_only_conversation_first_in_a_mixed_batch(family, module):
+    """The batch's tensors are the processor's own (Idefics3's processor cannot make them itself in this order: it
+    judges the replacement offsets by the first row, so the collate asks for lists and makes the tensors), each
+    row's labels are the row's collated alone, and the loss is transformers' own."""
+    samples = [TEXT_ONLY, *vqa_samples(2)]
+    batch = module.collate(samples)
+    texts = [module.collate._render(s, prompt=False)[0] for s in samples]
+    order = [1, 2, 0] if family == "idefics3" else [0, 1, 2]  # Idefics3's: the text-only row last, then put back
+    expected = module.processor(text=[texts[i] for i in order], images=[list(samples[i].images) for i in order],
+                                return_tensors="pt", padding=True, padding_side="right")
+    back = torch.argsort(torch.tensor(order))
+    expected = {k: v[back] if family == "idefics3" else v for k, v in expected.items()}  # one row per sample
+    assert batch["input_ids"].tolist() == expected["input_ids"].tolist()
+    media = {k: v for k, v in expected.items() if k not in MEDIA_KEYS_SKIPPED}
+    assert batch["media"].keys() == media.keys() and "pixel_values" in media
+    for key, tensor in media.items():
+        assert batch["media"][key].dtype == tensor.dtype and torch.equal(batch["media"][key], tensor), key
+    for row, sample in enumerate(samples):
+        alone = module.collate([sample])["labels"][0]
+        assert batch["labels"][row, : len(alone)].tolist() == alone.tolist()
+        assert (batch["labels"][row, len(alone):] == -100).all()
+    module.eval()
+    with torch.no_grad():
+        reference = module.model(**module._inputs(batch, prompt=False), labels=batch["labels"]).loss
+        torch.testing.assert_close(module.training_loss(batch), reference)
+
+
 def test_text_only_batch_runs_the_vision_tower_with_zero_weight(family, module):
     module.train()
-    batch = module.collate([Sample(Example("instruct", "t", (Turn("user", "Hi"), Turn("assistant", "hello"))))])
+    batch = module.collate([TEXT_ONLY])
     assert not any(k.startswith("pixel_values") for k in batch["media"])
     module.zero_grad()
     loss = module.training_loss(batch)
@@ -248,6 +280,29 @@ def test_qwen_video_input_carries_the_frame_times(times, seconds_per_grid):
     # 2 frames per temporal patch at 2 frames/s (the times) or at the default 1 frame/s
     assert media["second_per_grid_ts"].tolist() == [seconds_per_grid]
     assert torch.isfinite(module.training_loss(batch))
+
+
+def test_qwen2_vl_video_is_the_processors_own_video_input():
+    """Qwen2-VL has no frame times in its M-RoPE (no ``second_per_grid_ts``, unlike Qwen2.5-VL): its video input is
+    the processor's own, frames as they are, and the loss is transformers' own over the reply."""
+    module = VisionLanguageModule(tiny_backbone("qwen2_vl"), lm_adapter("qwen2_vl"))
+    sample = video_sample((0.0, 0.5, 1.0, 1.5))
+    batch = module.collate([sample])
+    text = ("<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What is the man doing?\n"
+            f"{SHORT_ANSWER_SUFFIX}<|im_end|>\n<|im_start|>assistant\ncooking<|im_end|>\n")
+    expected = module.processor(text=[text], videos=[sample.frames], videos_kwargs={"do_sample_frames": False},
+                                return_tensors="pt")
+    assert batch["input_ids"].tolist() == expected["input_ids"].tolist()
+    assert set(batch["media"]) == {"pixel_values_videos", "video_grid_thw"}
+    assert batch["media"]["video_grid_thw"].tolist() == [[2, 6, 8]]  # as Qwen2.5-VL's: 24 tokens
+    for key in batch["media"]:
+        assert torch.equal(batch["media"][key], expected[key]), key
+    supervised = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert module.tokenizer.decode(supervised) == "cooking<|im_end|>\n"
+    module.eval()
+    with torch.no_grad():
+        reference = module.model(**module._inputs(batch, prompt=False), labels=batch["labels"]).loss
+        torch.testing.assert_close(module.training_loss(batch), reference)
 
 
 def test_onevision_video_frames_and_smolvlm_idefics3_frames_as_images():

@@ -3,7 +3,8 @@
 Merging puts each layer's plain ``nn.Linear`` (weights merged) back in the model, so the forward path holds no adapter
 code and the model saves as an ordinary checkpoint. The adapter is kept beside the Linear to allow `unmerge_adapters`.
 A 4-bit base is merged into a dequantized copy (a new ``nn.Linear`` in the weight's original dtype), and unmerging
-puts the untouched 4-bit layer back.
+puts the untouched 4-bit layer back; :func:`dequantize_4bit_layers` does the same for the 4-bit layers that have no
+adapter, so that a merged model saves as plain weights.
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ def merge_adapters(model: nn.Module) -> int:
         base.__dict__[MERGED_ATTRIBUTE] = layer
         set_submodule(model, name, base)
     return len(layers)
+
+
+def dequantize_4bit_layers(model: nn.Module) -> int:
+    """Replace every 4-bit layer of ``model`` (in place) by a plain ``nn.Linear`` holding its dequantized weight in
+    the weight's original dtype: the numbers the 4-bit model computes with, in a form every tool loads. Returns the
+    number of layers replaced."""
+    names = [name for name, module in model.named_modules() if is_4bit(getattr(module, "weight", None))]
+    for name in names:
+        layer = model.get_submodule(name)
+        set_submodule(model, name, _dense_copy(layer, dense_weight(layer.weight, weight_dtype(layer.weight))))
+    return len(names)
 
 
 def unmerge_adapters(model: nn.Module) -> int:

@@ -80,6 +80,16 @@ def no_split_layers(root: nn.Module) -> list[nn.Module]:
     return [module for module in root.modules() if type(module).__name__ in names]
 
 
+def require_embedding_grads(model: nn.Module) -> None:
+    """Make the input embeddings' output need a gradient (transformers' ``enable_input_require_grads``), so that
+    FSDP reduces the first decoder layer's gradients at the same point of backward on every rank: on a rank whose
+    batch has no image the layer's input comes from frozen weights only, FSDP then reduces it at the end of backward,
+    after the root unit, and the ranks' collectives no longer match (gloo: "Received data size doesn't match")."""
+    transformers_model = next((m for m in model.modules() if hasattr(m, "enable_input_require_grads")), None)
+    if transformers_model is not None:
+        transformers_model.enable_input_require_grads()
+
+
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint's parameters, base model or adapter config are not those of the configured model."""
 
@@ -206,6 +216,7 @@ class AdapterModule(LightningModule):
         if self.device_mesh is None or self.sharded:
             return
         self.base_fingerprint()
+        require_embedding_grads(self.model)
         shard_model(self.model, self.device_mesh["data_parallel"], self.fsdp_units())
 
     def trainable_state_keys(self) -> list[str]:

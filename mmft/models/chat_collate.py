@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -35,6 +35,9 @@ from .base import batch_metadata
 from .llava_collate import IGNORE_INDEX, LLAVA_INSTRUCTIONS, CollateError, pad_rows, with_instruction
 from .templates import check_turns, render_messages
 from .vlm_families import Family
+
+if TYPE_CHECKING:
+    from transformers import BatchFeature
 
 MEDIA_KEYS_SKIPPED = ("input_ids", "attention_mask", "offset_mapping", "text_replacement_offsets", "mm_token_type_ids")
 def media_messages(turns: Sequence[Turn], num_images: int, has_video: bool, frames: int = 0) -> list[dict]:
@@ -98,12 +101,12 @@ class ChatCollate:
         images = [self._images(s) for s in samples]  # one list per sample: SmolVLM checks them per prompt
         videos = [s.frames for s in samples if s.example.video is not None and not self.family.video_as_images]
         kwargs: dict[str, Any] = {"return_offsets_mapping": True, "return_text_replacement_offsets": True,
-                                  "return_tensors": "pt", "padding": True, "padding_side": "right"}
+                                  "padding": True, "padding_side": "right"}
         if videos:
             kwargs["videos_kwargs"] = {"video_metadata": [self._metadata(s) for s in samples if s.example.video
                                                           is not None], "do_sample_frames": False}
-        encoded = self.processor(text=[text for text, _ in rendered], images=images if any(images) else None, videos=videos or None,
-                                 **kwargs)
+        encoded = _as_tensors(self.processor(text=[text for text, _ in rendered], images=images if any(images) else None,
+                                             videos=videos or None, **kwargs))
         batch["media"] = {k: v for k, v in encoded.items() if k not in MEDIA_KEYS_SKIPPED}
         replacements = _replacement_offsets(encoded, len(samples), bool(any(images) or videos))
         rows, labels, prompt_lengths = [], [], []
@@ -211,6 +214,15 @@ class ChatCollate:
     @staticmethod
     def _name(example: Example) -> str:
         return example.source or f"{example.task} example {example.id}"
+
+
+def _as_tensors(encoded: Any) -> BatchFeature:
+    """The processor's output (lists) as tensors, its replacement offsets left as lists of dicts. The processor
+    itself is not asked for tensors: Idefics3's judges the offsets by the first row, where a text-only row's empty
+    list passes for array-like, and then fails to make a tensor of the other rows' dicts."""
+    from transformers import BatchFeature
+
+    return BatchFeature(dict(encoded), tensor_type="pt", skip_tensor_conversion={"text_replacement_offsets"})
 
 
 def _replacement_offsets(encoded: Any, rows: int, has_media: bool) -> Sequence[Sequence[dict]]:

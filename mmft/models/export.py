@@ -5,10 +5,14 @@
   lmms-eval, VLMEvalKit and vLLM): ``config.json``, ``generation_config.json``, ``model.safetensors`` in the base's
   dtype, the tokenizer, and a ``LlavaProcessor`` that prepares inputs as mmft does (images padded to square with
   LLaVA's colour, ``<image>`` expanded to the model's visual tokens, the training template as chat template).
+- Image-text-to-text families (``VisionLanguageModule``: Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT(-Video),
+  SmolVLM, Idefics3): the model in the transformers layout (base dtype, generation stopping at the family's end of
+  turn) and its own processor (tokenizer, image / video processor, chat template), which
+  ``AutoModelForImageTextToText.from_pretrained`` and ``AutoProcessor.from_pretrained`` load offline.
 - VL-BART (not a transformers class): ``bart/``, the merged BART in the transformers layout with its tokenizer, and
   ``visual_embedding.safetensors``.
 
-Both folders hold ``mmft_merged.yaml``: composed after the training recipe, ``mmft test`` evaluates the merged model
+Every folder holds ``mmft_merged.yaml``: composed after the training recipe, ``mmft test`` evaluates the merged model
 (no adapters, no checkpoint). The module passed in is left unchanged (a copy of its network is merged), and the
 folder is written under a temporary name beside the target, then renamed into place.
 """
@@ -27,12 +31,14 @@ import yaml
 from torch import nn
 
 from mmft.adapters import merge_adapters
+from mmft.adapters.merge import dequantize_4bit_layers
 
 from .base import AdapterModule
 from .llava import LlavaModule
 from .llava_backbones import DTYPES
 from .templates import VICUNA_V1_CHAT_TEMPLATE
 from .vlbart import VLBartModule
+from .vlm import VisionLanguageModule
 
 MERGED_CONFIG = "mmft_merged.yaml"
 VISUAL_EMBEDDING_FILE = "visual_embedding.safetensors"
@@ -53,9 +59,13 @@ def export_merged(module: AdapterModule, folder: str | Path) -> Path:
         raise ExportError("the module has no adapters (adapter: null): it is merged already")
     if isinstance(module, LlavaModule):
         return _write_folder(Path(folder), lambda tmp, final: _write_llava(module, tmp, final))
+    if isinstance(module, VisionLanguageModule):
+        return _write_folder(Path(folder), lambda tmp, final: _write_vision_language(module, tmp, final))
     if isinstance(module, VLBartModule):
         return _write_folder(Path(folder), lambda tmp, final: _write_vlbart(module, tmp, final))
-    raise ExportError(f"merged export knows LlavaModule and VLBartModule, not {type(module).__name__}")
+    raise ExportError(
+        f"merged export knows LlavaModule, VisionLanguageModule and VLBartModule, not {type(module).__name__}"
+    )
 
 
 def base_dtype(model: nn.Module) -> torch.dtype:
@@ -65,10 +75,12 @@ def base_dtype(model: nn.Module) -> torch.dtype:
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with every adapter merged (plain ``nn.Linear`` layers again), cast to the base dtype."""
+    """A copy of ``model`` with every adapter merged (plain ``nn.Linear`` layers again, the 4-bit layers of a QLoRA
+    base dequantized, with or without an adapter), cast to the base dtype."""
     dtype = base_dtype(model)
     merged = copy.deepcopy(model)
     merge_adapters(merged)
+    dequantize_4bit_layers(merged)
     return merged.to(dtype)
 
 
@@ -164,6 +176,20 @@ def _add_bos(tokenizer: Any) -> None:
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
     )
+
+
+# ------------------------------------------------------------------------------------- image-text-to-text families
+
+
+def _write_vision_language(module: VisionLanguageModule, folder: Path, final: Path) -> None:
+    merged = merged_copy(module.model)
+    merged.generation_config.pad_token_id = module.collate.pad_token_id
+    merged.generation_config.eos_token_id = module.end_of_turn_id  # stop where mmft's generation stops
+    merged.save_pretrained(folder)
+    module.processor.save_pretrained(folder)
+    backbone = {"class_path": "mmft.models.HFVisionLanguage",
+                "init_args": {"path": str(final), "dtype": _dtype_name(merged.dtype)}}
+    _write_merged_config(folder, {"backbone": backbone})
 
 
 # --------------------------------------------------------------------------------------------------------- VL-BART

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 
 from mmft.adapters import AdapterConfig
 
-from .base import AdapterModule, default_optimizer
+from .base import AdapterModule, default_optimizer, no_split_layers
 from .chat_collate import ChatCollate
 from .llava import enable_activation_checkpointing
 from .llava_collate import IGNORE_INDEX
@@ -80,6 +80,13 @@ class VisionLanguageModule(AdapterModule):
         if gradient_checkpointing:
             enable_activation_checkpointing(self.model)
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The language model's decoder layers (``get_decoder()`` finds it in every family): each a unit of FSDP's.
+        The vision tower stays in the root unit, gathered at every forward: it runs on some ranks and not others
+        (a text-only generation batch), or twice on one (images and a video), so units inside it would leave the
+        ranks' collectives out of step and hang."""
+        return no_split_layers(self.model.get_decoder())
+
     def _inputs(self, batch: dict[str, Any], prompt: bool) -> dict[str, Any]:
         prefix = "prompt_" if prompt else ""
         inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
@@ -115,6 +122,7 @@ class VisionLanguageModule(AdapterModule):
             num_beams=1,
             pad_token_id=self.collate.pad_token_id,
             eos_token_id=self.end_of_turn_id,
+            synced_gpus=self.sharded,  # sharded: every rank runs as many forwards as the longest answer needs
         )
         new = output[:, inputs["input_ids"].shape[1]:]
         return [answer.strip() for answer in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
