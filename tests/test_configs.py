@@ -200,3 +200,46 @@ def test_recipe_numbers_match_the_llava_lora_recipe(method):
     assert model["max_length"] == 2048 and config["trainer"]["max_epochs"] == 1
     assert config["data"]["init_args"]["batch_size"] * config["trainer"]["accumulate_grad_batches"] == 128
     assert config["data"]["init_args"]["group_by_modality_length"] is True
+
+
+# The published settings each full recipe follows, written out from the sources its header names: Qwen's
+# qwen-vl-finetune (sft_7b.sh, its README's launch, argument.py defaults) and LLaVA-NeXT's finetune_ov.sh for the
+# schedule, batch, length, resolution and frames; LLaMA-Factory's qwen2_5vl_lora_sft.yaml for the adapter.
+PUBLISHED = {
+    "qwen2_5_vl_7b": {
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0}, "lr": 1.0e-4, "weight_decay": 0.0, "warmup_ratio": 0.03,
+        "projector": {"name": "projector", "pattern": "merger", "lr": 1.0e-5}, "epochs": 3, "global_batch": 128,
+        "per_device": 4, "devices": 8, "max_length": 8192, "clip": 1.0,
+        "frames": {"video_fps": 0.5, "max_frames": 8},
+        "processors": {"image_processor": {"min_pixels": 784, "max_pixels": 50176},
+                       "video_processor": {"min_pixels": 4 * 28 * 28, "max_pixels": 32 * 28 * 28}},
+    },
+    "llava_onevision_7b_video": {
+        "adapter": {"r": 8, "alpha": 16, "dropout": 0.0}, "lr": 1.0e-4, "weight_decay": 0.0, "warmup_ratio": 0.03,
+        "projector": {"name": "projector", "pattern": "multi_modal_projector", "lr": 1.0e-5}, "epochs": 1,
+        "global_batch": 256, "per_device": 1, "devices": 8, "max_length": 32768, "clip": 1.0,
+        "frames": {"video_fps": 1, "max_frames": 32}, "processors": {},
+    },
+}
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+@pytest.mark.parametrize("recipe", sorted(PUBLISHED))
+def test_full_recipe_numbers_are_the_published_ones(recipe, method):
+    want = PUBLISHED[recipe]
+    config = resolved(f"{recipe}_{method}")
+    model, trainer, data = config["model"]["init_args"], config["trainer"], config["data"]["init_args"]
+    assert model["adapter"].items() >= {"method": method, **want["adapter"]}.items()
+    assert model["adapter"]["target_modules"].startswith(".*language_model.*")  # the language model's linears only
+    assert model["optimizer"]["init_args"].items() >= {"lr": want["lr"], "weight_decay": want["weight_decay"]}.items()
+    assert model["scheduler"]["class_path"].endswith("WarmupCosine")
+    assert model["scheduler"]["init_args"]["warmup_ratio"] == want["warmup_ratio"]
+    assert [{k: v for k, v in group.items() if v is not None} for group in model["param_groups"]] == [want["projector"]]
+    assert (model["max_length"], trainer["max_epochs"], trainer["gradient_clip_val"]) == \
+        (want["max_length"], want["epochs"], want["clip"])
+    assert (data["batch_size"], trainer["devices"]) == (want["per_device"], want["devices"])
+    assert data["batch_size"] * trainer["accumulate_grad_batches"] * trainer["devices"] == want["global_batch"]
+    assert {k: data[k] for k in want["frames"]} == want["frames"]
+    backbone = model["backbone"]["init_args"]
+    assert {k: backbone[k] for k in want["processors"]} == want["processors"]
+    assert backbone["path"] is None and trainer["precision"] == "bf16-mixed"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -47,7 +49,7 @@ def test_tvqa_sample(sample_data: Path) -> None:
     folder = sample_data / "tvqa"
     train = TVQA(folder / "tvqa_train.jsonl", folder / "tvqa_subtitles.jsonl", folder / "videos").read()
     val = TVQA(folder / "tvqa_val.jsonl", folder / "tvqa_subtitles.jsonl", folder / "videos").read()
-    assert (len(train), len(val)) == (24, 12)
+    assert (len(train), len(val)) == (192, 48)
     raw = json.loads((folder / "tvqa_val.jsonl").read_text().splitlines()[0])
     subtitles = {s["vid_name"]: s["sub"] for s in map(json.loads, (folder / "tvqa_subtitles.jsonl").open())}
     subs = " ".join(line["text"] for line in subtitles.get(raw["vid_name"], []))
@@ -62,6 +64,25 @@ def test_tvqa_sample(sample_data: Path) -> None:
     for e in colours:  # the answer's colour is in the subtitles
         answer = e.prompt.split(f"{e.target}: ")[1].split(" ")[0]
         assert answer in e.prompt.split(" [Q] ")[0]
+    # one option order per question type, so a label always means the same answer (learnable by the tiny models)
+    records = [json.loads(line) for split in ("train", "val") for line in (folder / f"tvqa_{split}.jsonl").open()]
+    orders = {(r["q"].split()[0], tuple(r[f"a{k}"] for k in range(5))) for r in records}
+    assert orders == {("which", ("left", "right", "up", "down", "nowhere")),
+                      ("what", ("red", "green", "blue", "yellow", "purple"))}
+    # every answer occurs in training, so no val label is unseen
+    assert {e.target for e in train} == {e.target for e in train + val} == {f"a{k}" for k in range(5)}
+    # the baseline the README's tiny video rows quote: each question type's commonest training label (best of ties)
+    kinds = ("which way", "what color")
+    best = 0
+    for labels in itertools.product(*(most_common_labels(train, kind) for kind in kinds)):
+        choice = dict(zip(kinds, labels))
+        best = max(best, sum(e.target == choice[kind] for e in val for kind in kinds if kind in e.prompt))
+    assert best / len(val) == pytest.approx(0.229, abs=5e-4)
+
+
+def most_common_labels(examples: list, kind: str) -> list[str]:
+    counts = Counter(e.target for e in examples if kind in e.prompt)
+    return [label for label, n in counts.items() if n == max(counts.values())]
 
 
 def test_video_captions_sample(sample_data: Path) -> None:

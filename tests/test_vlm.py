@@ -390,3 +390,30 @@ def test_local_checkpoint_folder_loads_offline_with_its_processor(name, tmp_path
         got = loaded.model(**loaded._inputs(batch, prompt=False)).logits
         expected = reference.model(**reference._inputs(batch, prompt=False)).logits
     torch.testing.assert_close(got, expected)
+
+
+def test_recipe_sets_the_checkpoints_image_and_video_resolution(tmp_path):
+    """Qwen2.5-VL's fine-tuning scripts set min / max pixels: the folder's processors take them, and a misspelt
+    setting (which transformers would drop silently) is refused with its config key."""
+    from mmft.models import HFVisionLanguage
+    from mmft.models.llava_backbones import BackboneConfigError
+
+    built = tiny_backbone("qwen2_5_vl").build()
+    built.model.save_pretrained(tmp_path)
+    built.processor.save_pretrained(tmp_path)
+    video = torch.zeros(2, 16, 16, 3, dtype=torch.uint8)
+
+    def grids(processor) -> tuple[list, list]:
+        image = processor.image_processor(images=[Image.new("RGB", (64, 64))], return_tensors="pt")
+        frames = processor.video_processor(videos=[video], do_sample_frames=False, return_tensors="pt")
+        return image["image_grid_thw"].tolist(), frames["video_grid_thw"].tolist()
+
+    # saved: 256 to 1024 pixels, 4 px patches; a 64 x 64 image shrinks to 32 x 32, a 16 x 16 frame stays
+    assert grids(built.processor) == ([[1, 8, 8]], [[1, 4, 4]])
+    # the recipe's values: the image shrinks to 16 x 16 (256 pixels), the frames grow to 48 x 48 (2304)
+    recipe = HFVisionLanguage(str(tmp_path), image_processor={"max_pixels": 16 * 16},
+                              video_processor={"min_pixels": 48 * 48, "max_pixels": 48 * 48}).build()
+    assert grids(recipe.processor) == ([[1, 4, 4]], [[1, 12, 12]])
+    assert recipe.processor.chat_template == built.processor.chat_template
+    with pytest.raises(BackboneConfigError, match=r"backbone\.init_args\.image_processor\.max_pixel: .*max_pixels"):
+        HFVisionLanguage(str(tmp_path), image_processor={"max_pixel": 256}).build()

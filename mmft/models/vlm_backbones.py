@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import difflib
+import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +57,25 @@ def _family_of(model: nn.Module, folder: str) -> Family:
     return FAMILIES[model_type]
 
 
+def _media_processor(auto_class: str, folder: Any, settings: dict[str, Any], key: str) -> Any:
+    """The checkpoint's image or video processor with ``settings`` in place of its saved values.
+
+    transformers drops a setting its processor does not know without a word, so an unknown name is refused here.
+    """
+    processor = _transformers_class(auto_class).from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    known = set(typing.get_type_hints(processor.valid_kwargs))
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], known, n=3)
+        raise BackboneConfigError(
+            f"{key}.{unknown[0]}: {type(processor).__name__} has no such setting"
+            + (f"; did you mean {', '.join(close)}?" if close else f"; it takes {', '.join(sorted(known))}")
+        )
+    return _transformers_class(auto_class).from_pretrained(
+        folder, local_files_only=True, trust_remote_code=False, **settings
+    )
+
+
 class HFVisionLanguage(VisionLanguageBackbone):
     """A local transformers image-text-to-text checkpoint (e.g. ``Qwen/Qwen2.5-VL-7B-Instruct`` downloaded
     beforehand): ``AutoModelForImageTextToText`` and ``AutoProcessor`` with its chat template, offline.
@@ -63,13 +84,24 @@ class HFVisionLanguage(VisionLanguageBackbone):
         path: the checkpoint folder.
         dtype: load the frozen weights in this dtype (``bfloat16``; adapters train in fp32 under ``bf16-mixed``).
         quantization: a 4-bit language model (QLoRA / QDoRA), quantized from the loaded weights.
+        image_processor: settings of the checkpoint's image processor to replace, as a recipe sets its resolution
+            (Qwen2.5-VL's ``min_pixels`` / ``max_pixels``); names the processor does not take are refused.
+        video_processor: the same for its video processor (Qwen2.5-VL's per-frame ``min_pixels`` / ``max_pixels``).
     """
 
-    def __init__(self, path: str | None = None, dtype: str | None = None,
-                 quantization: QuantizationConfig | None = None) -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        dtype: str | None = None,
+        quantization: QuantizationConfig | None = None,
+        image_processor: dict[str, Any] | None = None,
+        video_processor: dict[str, Any] | None = None,
+    ) -> None:
         self.path = path
         self.dtype = dtype
         self.quantization = quantization
+        self.image_processor = dict(image_processor or {})
+        self.video_processor = dict(video_processor or {})
 
     def build(self) -> BuiltVisionLanguage:
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -78,7 +110,15 @@ class HFVisionLanguage(VisionLanguageBackbone):
         model = AutoModelForImageTextToText.from_pretrained(
             folder, dtype=_dtype(self.dtype, f"{BACKBONE_KEY}.dtype"), local_files_only=True, trust_remote_code=False
         )
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+        parts = {
+            name: _media_processor(auto_class, folder, settings, f"{BACKBONE_KEY}.{name}")
+            for name, auto_class, settings in (
+                ("image_processor", "AutoImageProcessor", self.image_processor),
+                ("video_processor", "AutoVideoProcessor", self.video_processor),
+            )
+            if settings
+        }
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False, **parts)
         if not getattr(processor, "chat_template", None):
             raise BackboneConfigError(f"{folder}: the processor has no chat template (chat_template.jinja)")
         family = _family_of(model, str(folder))
