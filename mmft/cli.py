@@ -306,8 +306,35 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(tool.main(argv[1:]))
     try:
         MMFTCLI(args=args)
-    except (RunConfigError, CheckpointFileError) as error:
+    except input_errors() as error:
         sys.exit(f"mmft {argv[0]}: {error}")
+
+
+def input_errors() -> tuple[type[Exception], ...]:
+    """The errors that mean the user's configs, data, checkpoint or environment are wrong, each naming the config
+    key, file or record at fault: the CLI prints their message, not a traceback. Anything else is a bug and keeps
+    its traceback."""
+    from data_modules.formats.base import DataFormatError
+    from data_modules.media import MediaError
+    from data_modules.multitask import DataConfigError
+    from data_modules.shard_index import ShardIndexError
+    from data_modules.shards import FrameSamplingMismatch
+    from mmft.adapters.config import AdapterConfigError
+    from mmft.adapters.inject import AdapterError
+    from mmft.fsdp import ShardingError
+    from mmft.models.base import CheckpointMismatchError
+    from mmft.models.llava_backbones import BackboneConfigError
+    from mmft.models.llava_collate import CollateError
+    from mmft.models.optim import ParamGroupError
+    from mmft.models.templates import TemplateError
+    from mmft.models.visual_features import VisualFeatureError
+    from mmft.models.vlbart import VLBartConfigError
+    from mmft.models.vlbart_collate import VLBartCollateError
+
+    return (RunConfigError, CheckpointFileError, CheckpointMismatchError, DataFormatError, DataConfigError,
+            MediaError, ShardIndexError, FrameSamplingMismatch, AdapterConfigError, AdapterError, ShardingError,
+            BackboneConfigError, CollateError, ParamGroupError, TemplateError, VLBartConfigError, VLBartCollateError,
+            VisualFeatureError)
 
 
 if __name__ == "__main__":

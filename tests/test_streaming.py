@@ -23,6 +23,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
+from cli_helpers import make_workdir
 from data_modules import (
     MSRVTTQA,
     DataConfigError,
@@ -360,3 +361,20 @@ def test_resume_mid_epoch_gives_the_losses_of_an_uninterrupted_run(shards: Path,
     for step in (3, epoch):
         resumed = fit(epoch + 3, ckpt_path=str(tmp_path / f"epoch=0-step={step}.ckpt"), enable_checkpointing=False)
         assert resumed == uninterrupted[step:]  # exact: the same batches, in order, on the same weights
+
+
+def test_mmft_fit_names_a_shard_set_without_index_and_prints_no_traceback(sample_data, tmp_path, monkeypatch, capsys):
+    """A user's mistake through the CLI: the message naming the folder and the command to run, not a traceback."""
+    from mmft.cli import main
+
+    workdir = make_workdir(tmp_path, sample_data, {"trainer": {"logger": False, "max_steps": 1}})
+    (workdir / "no_index").mkdir()
+    monkeypatch.chdir(workdir)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    shards = [{"class_path": "data_modules.StreamingShards", "init_args": {"input_dir": "no_index"}}]
+    monkeypatch.setattr("sys.argv", ["mmft", "fit", "--config", "configs/tiny/llava_dora.yaml", "--config",
+                                     "short.yaml", f"--data.init_args.train={json.dumps(shards)}"])
+    with pytest.raises(SystemExit, match=r"^mmft fit: no_index: no shard index \(mmft_index\.json\).*"
+                                         r"`mmft optimize --config <your configs> --out no_index`"):
+        main()
+    assert "Traceback" not in capsys.readouterr().err
