@@ -46,8 +46,8 @@ def sampling_fields(sampling: FrameSampling) -> dict[str, Any]:
 class FrameExtraction:
     """Store videos as frames decoded once at write time, with the readers' :func:`load_video_frames` and the
     training config's ``sampling``: ``png`` keeps the decoded pixels exactly (training sees what it would from the
-    video file); ``jpeg`` (quality 95, no chroma subsampling) is a few levels per pixel off and decodes faster (which
-    is smaller depends on the footage: PNG on flat synthetic frames)."""
+    video file); ``jpeg`` (quality 95, no chroma subsampling) is a few levels per pixel off (which is
+    smaller, and faster to decode, depends on the footage: PNG on flat synthetic frames)."""
 
     sampling: FrameSampling
     codec: FrameCodec = "png"

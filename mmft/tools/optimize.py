@@ -217,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-bytes", default="64MB", help="the size of each chunk file")
     parser.add_argument("--video-frames", choices=("png", "jpeg"),
                         help="store videos as frames decoded now with the config's sampling, in this codec (png: "
-                             "exact pixels; jpeg: lossy, decodes faster); default: the video files' bytes, for any sampling")
+                             "exact pixels; jpeg: lossy, often smaller on camera footage); default: the video files' "
+                             "bytes, for any sampling")
     args = parser.parse_args(argv)
     try:
         counts, reports = optimize_config(args.config, args.stage, args.out, args.num_workers, args.chunk_bytes,
