@@ -29,7 +29,7 @@ from data_modules.media import FrameSampling, MediaError, VideoFrames, load_imag
 from data_modules.multitask import DataConfigError, MultitaskBatchSampler, MultitaskDataModule
 from data_modules.records import Example, Sample, Turn
 from data_modules.shard_index import ShardIndexError
-from data_modules.streaming import StreamingShards
+from data_modules.streaming import DamagedShardError, StreamingShards
 
 __all__ = [
     "GQA",
@@ -41,6 +41,7 @@ __all__ = [
     "TVQA",
     "CocoKarpathy",
     "DataConfigError",
+    "DamagedShardError",
     "DataFormatError",
     "DocVQA",
     "Example",

@@ -16,9 +16,10 @@ from torch.utils.data import Dataset
 
 from data_modules.formats.base import OnError
 from data_modules.media import FrameSampling, MediaError, load_image, load_video_frames
-from data_modules.records import Example, Sample
+from data_modules.records import Example, RejectedSamples, Sample
 
 SKIPPED_KEY = "skipped_samples"
+REJECTED_MEDIA = "media the model's processor rejects"
 
 
 @dataclass(frozen=True)
@@ -63,24 +64,26 @@ class ExampleDataset(Dataset):
 
     def __getitem__(self, index: int) -> Sample | SkippedSample:
         example = self.examples[index]
+        policy = self.on_error[index]
         if not self.load_media:
-            return Sample(example)
+            return Sample(example, on_error=policy)
         try:
             images = [load_image(path, example.source) for path in example.images]
             video = None
             if example.video is not None:
                 video = load_video_frames(example.video, self.frame_sampling, example.source, span=example.video_span)
         except MediaError as error:
-            if self.on_error[index] == "raise":
+            if policy == "raise":
                 raise
             return SkippedSample(example.source, error.reason, str(error))
         if video is None:
-            return Sample(example, images)
-        return Sample(example, images, video.frames, video.times)
+            return Sample(example, images, on_error=policy)
+        return Sample(example, images, video.frames, video.times, on_error=policy)
 
 
 class SkipFilteringCollate:
-    """Wraps a model's collate: drops :class:`SkippedSample` items and reports them under ``batch[SKIPPED_KEY]``.
+    """Wraps a model's collate: drops :class:`SkippedSample` items and reports them under ``batch[SKIPPED_KEY]``;
+    samples the collate rejects (:class:`RejectedSamples`) are dropped and reported too when their policy is skip.
 
     A batch whose samples were all skipped becomes ``{SKIPPED_KEY: [...]}`` alone, which the DataModule turns into
     ``None`` (Lightning skips a ``None`` training batch; evaluation steps receive ``None`` and should return early).
@@ -93,9 +96,19 @@ class SkipFilteringCollate:
     def __call__(self, items: list[Sample | SkippedSample]) -> Any:
         samples = [item for item in items if isinstance(item, Sample)]
         skipped = [item for item in items if isinstance(item, SkippedSample)]
-        if not samples:
-            return {SKIPPED_KEY: skipped}
-        batch = self.collate_fn(samples)
+        while True:
+            if not samples:
+                return {SKIPPED_KEY: skipped}
+            try:
+                batch = self.collate_fn(samples)
+                break
+            except RejectedSamples as error:  # the model refuses some samples' media: skip them or let it stand
+                if any(samples[i].on_error != "skip" for i in error.rejected):
+                    raise
+                skipped += [SkippedSample(samples[i].example.source or f"{samples[i].example.task} example "
+                                          f"{samples[i].example.id}", REJECTED_MEDIA, message)
+                            for i, message in error.rejected.items()]
+                samples = [sample for i, sample in enumerate(samples) if i not in error.rejected]
         if skipped:
             if not isinstance(batch, MutableMapping):
                 raise TypeError(

@@ -513,13 +513,33 @@ class MultitaskDataModule(LightningDataModule):
             return {}
         progress = trainer.fit_loop.epoch_loop.batch_progress
         if progress.is_last_batch:  # Lightning resumes such a checkpoint with the next epoch
-            return {"epoch": trainer.current_epoch + 1, "batches_trained": 0}
-        return {"epoch": trainer.current_epoch, "batches_trained": progress.current.processed}
+            return {"epoch": trainer.current_epoch + 1, "batches_trained": 0, **self._order_settings()}
+        return {"epoch": trainer.current_epoch, "batches_trained": progress.current.processed,
+                **self._order_settings()}
+
+    def _order_settings(self) -> dict[str, Any]:
+        """The settings that make an epoch's batch order: a mid-epoch resume replays it only if they are the same."""
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        return {"batch_size": self.batch_size, "seed": self.seed, "sampling": self.sampling,
+                "group_by_modality_length": self.group_by_modality_length, "world_size": world_size}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Resume the saved epoch after its trained batches (see the module docstring)."""
+        """Resume the saved epoch after its trained batches (see the module docstring); a mid-epoch checkpoint is
+        refused when the settings that make the epoch's order differ (the resumed epoch would repeat some
+        examples and never show others)."""
         if not state_dict:
             return
+        if int(state_dict["batches_trained"]) > 0:
+            now = self._order_settings()
+            changed = [f"data.init_args.{key}: {state_dict[key]!r} in the checkpoint, {now[key]!r} now"
+                       if key != "world_size" else f"devices x nodes: {state_dict[key]} in the checkpoint, "
+                       f"{now[key]} now" for key in now if key in state_dict and state_dict[key] != now[key]]
+            if changed:
+                raise DataConfigError(
+                    f"the checkpoint was saved {state_dict['batches_trained']} batches into epoch "
+                    f"{state_dict['epoch']}, whose order depends on settings this run changes ({'; '.join(changed)}):"
+                    " resume with the checkpoint's settings, or from a checkpoint saved at the end of an epoch"
+                )
         self._resume = (int(state_dict["epoch"]), int(state_dict["batches_trained"]))
         # Lightning warns that a plain DataLoader restarts a checkpoint's epoch from its beginning; this one does not
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")

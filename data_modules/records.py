@@ -70,6 +70,17 @@ class Sample:
     images: list = field(default_factory=list)  # PIL.Image.Image in RGB, in example.images order
     frames: object | None = None  # video frames, uint8 tensor [T, H, W, C], when example.video is set
     frame_times: tuple[float, ...] | None = None  # each decoded frame's time in seconds (temporal positions)
+    on_error: str = "raise"  # its reader's policy, for what only the model's collate can find wrong (its media)
+
+
+class RejectedSamples(ValueError):
+    """Raised by a model's collate for samples it cannot take (an image its processor refuses): ``rejected`` maps
+    each one's position in the batch to a message naming its record. The DataModule's collate wrapper skips and
+    counts them under ``on_error="skip"`` and collates the rest; otherwise the error stands."""
+
+    def __init__(self, rejected: dict[int, str]) -> None:
+        super().__init__("; ".join(rejected.values()))
+        self.rejected = rejected
 
 
 class LengthCheck(NamedTuple):

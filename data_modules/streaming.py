@@ -18,10 +18,13 @@ counts, as the in-memory path counts its media.
 
 from __future__ import annotations
 
+import bisect
+import json
 import os
 from collections.abc import Callable
 from dataclasses import replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -30,7 +33,7 @@ from data_modules.datasets import SkippedSample
 from data_modules.formats.base import TOO_LONG, DataFormatError, OnError
 from data_modules.media import FrameSampling, MediaError, decode_image, load_video_frames
 from data_modules.records import Example, LengthCheck, Sample
-from data_modules.shard_index import ShardIndex, ShardIndexError, read_shard_index
+from data_modules.shard_index import ShardIndex, ShardIndexError, is_uri, read_shard_index
 from data_modules.shards import StoredFrames, item_to_example
 
 
@@ -96,12 +99,25 @@ class StreamingShards:
         return ShardDataset(self.input_dir, self.index.ids, decode, self.cache_dir, self.max_cache_size)
 
 
+DAMAGED_SHARD = "damaged shard"
+
+
+class DamagedShardError(ValueError):
+    """A shard item cannot be read: its chunk file is missing, truncated or corrupt; the message names the chunk
+    file, the item and its id."""
+
+
 class ShardDataset(Dataset):
     """Item ``i`` of a shard set, read through litdata by its global index and decoded.
 
     Each process (each DataLoader worker) opens its own litdata dataset on its first read, as litdata caches per
     process; the open dataset is never pickled or inherited across a fork. Each item's id is checked against the
     shard index, so an index that does not belong to the shards cannot pass unnoticed.
+
+    A local shard folder's chunk files are checked against litdata's ``index.json`` when opened (present, of the
+    size written); an item in a missing or truncated chunk, or one that cannot be deserialised, is a
+    :class:`DamagedShardError` naming the chunk file and the item, or under ``on_error="skip"`` a counted
+    :class:`SkippedSample`: never a wait on a chunk that will not come, never a bare decoding error.
     """
 
     def __init__(self, input_dir: str, ids: list[str], decode: DecodeShardItem, cache_dir: str | None = None,
@@ -113,12 +129,13 @@ class ShardDataset(Dataset):
         self.max_cache_size = max_cache_size
         self._items: Any = None
         self._opened_by: int | None = None
+        self._chunks: list[tuple[int, str, str | None]] = []  # (first item after the chunk, file, damage or None)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_items": None, "_opened_by": None}
+        return {**self.__dict__, "_items": None, "_opened_by": None, "_chunks": []}
 
     def items(self) -> Any:
         """litdata's dataset over the shards, opened once per process."""
@@ -129,15 +146,54 @@ class ShardDataset(Dataset):
             if written != len(self.ids):
                 raise ShardIndexError(f"{self.input_dir}: the shards hold {written} items, their index {len(self.ids)}: "
                                       "rewrite the shards with `mmft optimize`")
+            self._chunks = chunk_files(self.input_dir)
             self._items, self._opened_by = items, os.getpid()
         return self._items
 
     def __getitem__(self, index: int) -> Sample | SkippedSample:
-        example, images, video = item_to_example(self.items()[index])
+        items = self.items()
+        chunk = bisect.bisect_right([end for end, _, _ in self._chunks], index)
+        name, damage = self._chunks[chunk][1:] if chunk < len(self._chunks) else ("a chunk", None)
+        if damage is None:
+            try:
+                example, images, video = item_to_example(items[index])
+            except Exception as error:  # litdata and the item's JSON raise many kinds on damaged bytes
+                damage = f"cannot be read ({type(error).__name__}: {str(error)[:200]})"
+        if damage is not None:
+            where = f"{self.input_dir}: item {index} (id {self.ids[index]!r})"
+            message = f"{where}: its chunk {name} {damage}: rewrite the shards with `mmft optimize`"
+            if self.decode.on_error == "raise":
+                raise DamagedShardError(message + ", or set on_error: skip to leave such items out")
+            return SkippedSample(where, DAMAGED_SHARD, message)
         if example.id != self.ids[index]:
             raise ShardIndexError(f"{self.input_dir}: item {index} is {example.id!r}, its index says "
                                   f"{self.ids[index]!r}: rewrite the shards with `mmft optimize`")
         return self.decode(example, images, video)
+
+
+def chunk_files(input_dir: str) -> list[tuple[int, str, str | None]]:
+    """Per chunk of a local shard folder, in item order: the item index after its last item, its file name, and
+    what is wrong with the file (missing, or not the size litdata's ``index.json`` records), or None. Empty for an
+    object-store URI, whose chunks are fetched on demand."""
+    if is_uri(input_dir):
+        return []
+    folder = Path(input_dir)
+    try:
+        chunks = json.loads((folder / "index.json").read_text(encoding="utf-8"))["chunks"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DamagedShardError(f"{folder / 'index.json'}: litdata's index cannot be read ({error}): rewrite the "
+                                "shards with `mmft optimize`") from None
+    found, end = [], 0
+    for chunk in chunks:
+        end += int(chunk["chunk_size"])
+        path = folder / chunk["filename"]
+        damage = None
+        if not path.is_file():
+            damage = "is missing"
+        elif path.stat().st_size != int(chunk["chunk_bytes"]):
+            damage = f"holds {path.stat().st_size} bytes, not the {chunk['chunk_bytes']} written (truncated?)"
+        found.append((end, chunk["filename"], damage))
+    return found
 
 
 class DecodeShardItem:
@@ -171,7 +227,7 @@ class DecodeShardItem:
                 if verdict.problem is not None:
                     raise DataFormatError(f"data.train: {verdict.problem}", TOO_LONG)
             if not self.load_media:
-                return Sample(example)
+                return Sample(example, on_error=self.on_error)
             pixels = [decode_image(data, path, example.source) for data, path in zip(images, example.images)]
             video = None
             if isinstance(stored_video, StoredFrames):  # pre-extracted: refused if sampled otherwise, never skipped
@@ -184,5 +240,5 @@ class DecodeShardItem:
                 raise
             return SkippedSample(example.source, error.reason, str(error))
         if video is None:
-            return Sample(example, pixels)
-        return Sample(example, pixels, video.frames, video.times)
+            return Sample(example, pixels, on_error=self.on_error)
+        return Sample(example, pixels, video.frames, video.times, on_error=self.on_error)

@@ -68,6 +68,25 @@ def _fsync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+class _WriteErrors:
+    """A file's ``write`` that remembers the first OSError it raised (a full disk), which torch's zip writer would
+    otherwise report only as "unexpected pos"."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temp file beside the target, fsync, ``os.replace``; remote (fsspec) paths as Lightning's.
 
@@ -86,14 +105,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_name(f"{target.name}{TEMP_MARK}{os.getpid()}")
+        recorder = None
         try:
             with temp.open("wb") as file:
-                torch.save(checkpoint, file)
+                recorder = _WriteErrors(file)
+                torch.save(checkpoint, recorder)
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temp, target)
         except BaseException as error:
             temp.unlink(missing_ok=True)
+            if isinstance(error, Exception) and recorder is not None and recorder.error is not None:
+                error = recorder.error  # torch's zip writer reports a failed write as "unexpected pos"
             if isinstance(error, Exception):
                 raise CheckpointFileError(
                     f"saving the checkpoint {target} failed ({type(error).__name__}: {error}); the previous file "

@@ -33,7 +33,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from mmft.checkpoint_io import AtomicCheckpointIO, CheckpointFileError
 from mmft.files import write_json_atomic
 from mmft.models.base import AdapterModule
-from mmft.run_folder import fill_run_paths
+from mmft.run_folder import RunFolderLock, RunFolderLocked, fill_run_paths, is_main_process
+from mmft.stored_config import StoredConfigError, checked_stored_config
 
 RUN_CONFIG_KEY = "mmft_run_config"
 RUN_CONFIG_SECTIONS = ("seed_everything", "trainer", "model", "data")
@@ -132,7 +133,12 @@ class MMFTCLI(LightningCLI):
         kwargs.setdefault("save_config_callback", LoggingSaveConfigCallback)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         kwargs.setdefault("auto_configure_optimizers", False)
-        super().__init__(**kwargs)
+        self.run_folder_lock: RunFolderLock | None = None
+        try:
+            super().__init__(**kwargs)
+        finally:
+            if self.run_folder_lock is not None:
+                self.run_folder_lock.release()
 
     def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """As LightningCLI's, but model and data first: ``mmft fit --help`` starts with what a recipe is about."""
@@ -205,9 +211,14 @@ class MMFTCLI(LightningCLI):
             print(results_table(self.trainer.callback_metrics, stage, counts), flush=True)
 
     def instantiate_classes(self) -> None:
-        """As LightningCLI's, but an error raised inside a model's or DataModule's ``__init__`` (such as a missing
-        checkpoint path) surfaces as itself: jsonargparse would bury it in a "does not validate against any of the
-        Union subtypes" message."""
+        """As LightningCLI's, after taking the run folder's lock for a subcommand's run (:class:`RunFolderLock`),
+        and an error raised inside a model's or DataModule's ``__init__`` (such as a missing checkpoint path)
+        surfaces as itself: jsonargparse would bury it in a "does not validate against any of the Union subtypes"
+        message."""
+        root = str(self.config[self.subcommand].trainer.default_root_dir) if self.subcommand else None
+        if root is not None and "://" not in root and is_main_process():
+            self.run_folder_lock = RunFolderLock(root)
+            self.run_folder_lock.acquire()
         try:
             super().instantiate_classes()
         except ValueError as error:
@@ -261,15 +272,24 @@ def stored_run_config(ckpt_path: str | Path) -> str:
 
 
 def with_stored_config(args: list[str]) -> list[str]:
-    """``args`` of a trainer subcommand with ``--ckpt_path`` and no ``--config``: the checkpoint's run config
-    inserted as the first ``--config`` (options after it still override it). Given ``--config`` files are the whole
-    config: the stored one may name classes (a test-only callback, say) that the new run cannot import."""
+    """``args`` of a trainer subcommand with ``--ckpt_path`` and no ``--config``: the checkpoint's run config,
+    checked as data (:mod:`mmft.stored_config`), inserted as the first ``--config`` (options after it still override
+    it; ``--trainer.default_root_dir`` moves every output path with the run folder). Given ``--config`` files are the
+    whole config: the stored one may name classes (a test-only callback, say) that the new run cannot import."""
     if not args or args[0] not in TRAINER_SUBCOMMANDS or _option(args, "--config", "-c") is not None:
         return args
     ckpt_path = _option(args, "--ckpt_path")
     if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry"):
         return args
-    return [args[0], "--config", stored_run_config(ckpt_path), *args[1:]]
+    text = stored_run_config(ckpt_path)
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RunConfigError(f"--ckpt_path {ckpt_path}: its stored run config is not YAML ({error})") from None
+    if not isinstance(config, dict):
+        raise RunConfigError(f"--ckpt_path {ckpt_path}: its stored run config is not a mapping of settings")
+    config = checked_stored_config(config, ckpt_path, _option(args, "--trainer.default_root_dir") or None)
+    return [args[0], "--config", yaml.safe_dump(config, sort_keys=False), *args[1:]]
 
 
 def usage() -> str:
@@ -319,8 +339,10 @@ def input_errors() -> tuple[type[Exception], ...]:
     from data_modules.multitask import DataConfigError
     from data_modules.shard_index import ShardIndexError
     from data_modules.shards import FrameSamplingMismatch
+    from data_modules.streaming import DamagedShardError
     from mmft.adapters.config import AdapterConfigError
     from mmft.adapters.inject import AdapterError
+    from mmft.adapters.quantize import QuantizationError
     from mmft.fsdp import ShardingError
     from mmft.models.base import CheckpointMismatchError
     from mmft.models.llava_backbones import BackboneConfigError
@@ -331,10 +353,10 @@ def input_errors() -> tuple[type[Exception], ...]:
     from mmft.models.vlbart import VLBartConfigError
     from mmft.models.vlbart_collate import VLBartCollateError
 
-    return (RunConfigError, CheckpointFileError, CheckpointMismatchError, DataFormatError, DataConfigError,
-            MediaError, ShardIndexError, FrameSamplingMismatch, AdapterConfigError, AdapterError, ShardingError,
-            BackboneConfigError, CollateError, ParamGroupError, TemplateError, VLBartConfigError, VLBartCollateError,
-            VisualFeatureError)
+    return (RunConfigError, StoredConfigError, RunFolderLocked, CheckpointFileError, CheckpointMismatchError,
+            DataFormatError, DataConfigError, MediaError, ShardIndexError, DamagedShardError, FrameSamplingMismatch,
+            AdapterConfigError, AdapterError, QuantizationError, ShardingError, BackboneConfigError, CollateError, ParamGroupError,
+            TemplateError, VLBartConfigError, VLBartCollateError, VisualFeatureError)
 
 
 if __name__ == "__main__":

@@ -35,3 +35,24 @@ def _without_nan(data: Any) -> Any:
     if isinstance(data, list):
         return [_without_nan(value) for value in data]
     return data
+
+
+def replace_refusal(folder: Path, option: str, overwrite: bool, marker: str, tool: str) -> str | None:
+    """Why ``tool`` may not write ``folder`` (named by ``option``), or None when it may: a folder that is absent or
+    empty, or, with ``overwrite``, one that holds ``tool``'s own ``marker`` file and no subfolder, i.e. an earlier
+    output of the same tool. Anything else (a run folder, a data folder) is never replaced."""
+    if not folder.exists():
+        return None
+    if not folder.is_dir():
+        return f"{option} {folder} is a file, not a folder: choose another path"
+    entries = list(folder.iterdir())
+    if not entries:
+        return None
+    if not overwrite:
+        return f"{option} {folder} exists: choose another folder, or pass --overwrite to replace an earlier {tool}"
+    subfolders = sorted(entry.name for entry in entries if entry.is_dir())
+    if not (folder / marker).is_file() or subfolders:
+        held = f"subfolders {', '.join(subfolders[:3])}" if subfolders else f"no {marker}"
+        return (f"{option} {folder} is not the output of an earlier {tool} ({held}): --overwrite replaces only such "
+                "a folder; choose another folder")
+    return None

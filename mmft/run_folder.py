@@ -4,11 +4,17 @@ The CLI fills what a config leaves unset, before anything is built: the run fold
 and the adapter method, so a LoRA and a DoRA run of one recipe never share one), the loggers (CSV in
 ``<run>/csv``, W&B in ``<run>/wandb`` named after the run) and ``ModelCheckpoint``'s ``dirpath``
 (``<run>/checkpoints``). mmft's own callbacks (PeftExport, AnswerWriter, WeightUpdates) default to the run folder
-themselves. A value set in a config always wins.
+themselves. A value set in a config always wins. While a run writes to its folder it holds the folder's lock
+(:class:`RunFolderLock`), so that a second run started on the same folder stops at once instead of writing over the
+first one's files.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import socket
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -62,3 +68,104 @@ def _init_args(entry: Any) -> Any:
     if entry is None or not hasattr(entry, "get") or entry.get("class_path") is None:
         return None
     return entry.get("init_args")
+
+
+LOCK_NAME = ".mmft.lock"
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+
+
+class RunFolderLocked(RuntimeError):
+    """Another live mmft run writes to this run folder."""
+
+
+def _process_start(pid: int) -> str | None:
+    """When process ``pid`` started (Linux: clock ticks since boot, from /proc), or None where unknown, so that a
+    lock whose pid was reused by another process is known stale."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return started is None or _process_start(pid) in (None, started)
+
+
+def _holder_line() -> str:
+    return f"{os.getpid()} {_process_start(os.getpid()) or '-'} {socket.gethostname()}\n"
+
+
+class RunFolderLock:
+    """``<run>/.mmft.lock`` held while a run writes to its folder, so that two runs never write over each other.
+
+    The file names the holder (pid, process start time, host). A lock whose process has ended on this host (a
+    killed run) is stale and taken over with a warning; one held by a live process, or by another host, is a
+    :class:`RunFolderLocked` error naming the folder and the holder. Only the main process of a run (global rank
+    0) takes it; the lock is released when the run ends (at exit, whatever the outcome).
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / LOCK_NAME
+        self.held = False
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        mine = _holder_line()
+        for _ in range(3):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._clear_if_stale(mine)
+                continue
+            with os.fdopen(descriptor, "w") as file:
+                file.write(mine)
+            self.held = True
+            atexit.register(self.release)
+            return
+        raise RunFolderLocked(f"{self.path.parent}: could not take the run folder's lock {self.path}")
+
+    def _clear_if_stale(self, mine: str) -> None:
+        try:
+            holder = self.path.read_text()
+        except FileNotFoundError:
+            return
+        fields = holder.split()
+        if holder == mine:  # this process already holds it (a second run in one Python process)
+            self.path.unlink(missing_ok=True)
+            return
+        if len(fields) == 3 and fields[0].isdigit() and fields[2] == socket.gethostname():
+            pid, started = int(fields[0]), None if fields[1] == "-" else fields[1]
+            if _alive(pid, started):
+                raise RunFolderLocked(
+                    f"run folder {self.path.parent} is in use by another mmft run (process {pid}): wait for it to "
+                    "end, or give this run another folder, --trainer.default_root_dir DIR"
+                )
+            warnings.warn(f"{self.path}: taking over the lock of run process {pid}, which has ended", stacklevel=3)
+            self.path.unlink(missing_ok=True)
+            return
+        raise RunFolderLocked(
+            f"run folder {self.path.parent} is locked by {holder.strip()!r} ({self.path}): if no run writes there any "
+            "more (another machine's, say), delete that file; or give this run another folder, "
+            "--trainer.default_root_dir DIR"
+        )
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                if self.path.read_text() == _holder_line():
+                    self.path.unlink()
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+
+def is_main_process() -> bool:
+    """Whether this process is a run's global rank 0, judged from the launcher's environment before any strategy
+    exists (Lightning's DDP subprocesses, torchrun and SLURM set these)."""
+    return all(os.environ.get(name, "0") == "0" for name in RANK_VARIABLES)

@@ -64,6 +64,16 @@ def train_losses(version_dir: Path) -> dict[int, float]:
         return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(file) if row["train/loss"]}
 
 
+def mmft_fails(workdir: Path, subcommand: str, *args: str) -> str:
+    """``mmft <subcommand>`` on the tiny config, expected to stop with mmft's one-line error; returns stderr."""
+    command = [sys.executable, "-m", "mmft.cli", subcommand, "--config", "configs/tiny/llava_dora.yaml", "--config",
+               "short.yaml", *args]
+    done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"})
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return done.stderr
+
+
 def mmft_alone(workdir: Path, *args: str) -> str:
     """``mmft <args>`` with no ``--config``."""
     return run_command(workdir, [sys.executable, "-m", "mmft.cli", *args])
@@ -146,7 +156,12 @@ def test_resume_from_the_middle_of_an_epoch_replays_the_uninterrupted_run(workdi
     uninterrupted = train_losses(fitted)
     (checkpoint,) = (workdir / RUN / "checkpoints").glob("step*2.ckpt")
     state = torch.load(checkpoint, weights_only=True, map_location="cpu")
-    assert state["MultitaskDataModule"] == {"epoch": 0, "batches_trained": 2}
+    assert state["MultitaskDataModule"] == {"epoch": 0, "batches_trained": 2, "batch_size": 16, "seed": 0,
+                                            "sampling": "proportional", "group_by_modality_length": False,
+                                            "world_size": 1}
+    for option, value in (("--data.init_args.batch_size", "8"), ("--data.init_args.seed", "1")):
+        refused = mmft_fails(workdir, "fit", "--ckpt_path", str(checkpoint.relative_to(workdir)), option, value)
+        assert "saved 2 batches into epoch 0" in refused and option[2:] in refused
     out = mmft(workdir, "fit", "--ckpt_path", str(checkpoint.relative_to(workdir)))
     assert "resuming from a checkpoint that ended before the epoch ended" not in out
     version = max((fitted.parent).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))

@@ -16,7 +16,7 @@ import yaml
 from safetensors import safe_open
 from test_llava import adapter, tiny_backbone, vqa_samples
 from test_vlm import vqa_samples as chat_samples
-from tiny_vlms import FAMILIES, FAMILY_SIZES, TOKENIZER, lm_adapter
+from tiny_vlms import FAMILIES, FAMILY_SIZES, QWEN2_5_VL_4BIT_SIZES, TOKENIZER, lm_adapter
 from tiny_vlms import tiny_backbone as tiny_vlm_backbone
 from transformers import (
     AutoModelForImageTextToText,
@@ -315,7 +315,7 @@ def test_vision_language_4bit_base_merges_into_plain_weights(tmp_path):
     transformers loads the folder and computes what the adapted 4-bit model computes."""
     backbone = VisionLanguageFromConfig(family="qwen2_5_vl", tokenizer=TOKENIZER, seed=2,
                                         quantization=QuantizationConfig(compute_dtype="float32"),
-                                        **FAMILY_SIZES["qwen2_5_vl"])
+                                        **QWEN2_5_VL_4BIT_SIZES)
     torch.manual_seed(0)
     module = trained(VisionLanguageModule(backbone, lm_adapter("qwen2_5_vl", "dora")))
     assert any(is_4bit(m.weight) for n, m in module.model.named_modules() if n.endswith("k_proj"))

@@ -20,6 +20,7 @@ from mmft.adapters import (
     AdapterConfig,
     AdapterConfigError,
     QuantizationConfig,
+    QuantizationError,
     apply_adapters,
     load_adapters,
     merge_adapters,
@@ -76,20 +77,62 @@ def test_row_chunks_equal_bitsandbytes_dequantization(monkeypatch, double_quant,
         torch.testing.assert_close(torch.cat([c for _, c in chunks]), full, rtol=0, atol=0)
 
 
+def quantizable_llama() -> nn.Module:
+    """The tiny Llama with rows of 64 and 128 weights: shapes bitsandbytes quantizes correctly on every CPU."""
+    return tiny_llama(hidden_size=64, intermediate_size=128)
+
+
+NF4_CODE = torch.tensor([-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1847734, -0.0910500, 0.0, 0.0795803,
+                         0.1609302, 0.2461123, 0.3379152, 0.4407098, 0.5626170, 0.7229568, 1.0])  # QLoRA paper
+
+
 def test_quantize_keeps_skipped_layers_and_the_quantization_error_is_nf4_sized():
-    torch.manual_seed(0)
-    model = tiny_llama()
+    model = quantizable_llama()
     dense = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    names = quantize_linear_layers(model, QuantizationConfig(), skip=["lm_head"])
+    names = quantize_linear_layers(model, QuantizationConfig(double_quant=False), skip=["lm_head"])
     assert "lm_head" not in names and len(names) == 14  # 2 layers x (q, k, v, o, gate, up, down)
     assert type(model.lm_head) is nn.Linear
     for name in names:
         layer = model.get_submodule(name)
         assert isinstance(layer, bnb.nn.Linear4bit) and layer.weight.quant_state.quant_type == "nf4"
-        restored = dense_weight(layer.weight, torch.float32)
-        # NF4 with 64-weight blocks: every weight within half the widest code gap of the block's absmax
-        error = (restored - dense[name]).abs().max() / dense[name].abs().max()
-        assert 0 < error < 0.15
+        # the QLoRA paper's NF4 by hand: each weight's nearest code value times its 64-weight block's absmax
+        blocks = dense[name].flatten().view(-1, 64)
+        absmax = blocks.abs().amax(1, keepdim=True)
+        nearest = NF4_CODE[(blocks / absmax).unsqueeze(-1).sub(NF4_CODE).abs().argmin(-1)] * absmax
+        restored = dense_weight(layer.weight, torch.float32).flatten().view(-1, 64)
+        torch.testing.assert_close(restored, nearest, atol=1e-6, rtol=1e-5)
+
+
+def corrupt_codes(weight: torch.Tensor, positions: slice) -> None:
+    """Put other 4-bit codes into some bytes of a packed weight, as a broken kernel would."""
+    weight.data.view(-1)[positions] ^= 0x33
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_a_wrong_quantization_is_a_named_error(double_quant, monkeypatch):
+    """The check after quantizing passes bitsandbytes' correct output and refuses a wrong one, naming the layer,
+    whatever the CPU: the wrong output is made here, not left to a CPU that happens to produce it."""
+    config = QuantizationConfig(double_quant=double_quant)
+    model = quantizable_llama()
+    quantize_linear_layers(model, config, skip=["lm_head"])  # correct: passes
+    original = bnb.nn.Params4bit.to
+
+    def broken_to(self, *args, **kwargs):
+        moved = original(self, *args, **kwargs)
+        corrupt_codes(moved, slice(5, 9))
+        return moved
+
+    monkeypatch.setattr(bnb.nn.Params4bit, "to", broken_to)
+    with pytest.raises(QuantizationError, match=r"4-bit quantization of model\.layers\.0\.self_attn\.q_proj is "
+                                                r"wrong on this machine: .*skip_modules: \[q_proj\]"):
+        quantize_linear_layers(quantizable_llama(), config, skip=["lm_head"])
+
+
+def test_skip_modules_leaves_layers_unquantized():
+    model = quantizable_llama()
+    names = quantize_linear_layers(model, QuantizationConfig(skip_modules=["down_proj"]), skip=["lm_head"])
+    assert len(names) == 12 and not any(name.endswith("down_proj") for name in names)
+    assert type(model.model.layers[0].mlp.down_proj) is nn.Linear
 
 
 @pytest.mark.parametrize("key,value", [("bits", 8), ("quant_type", "int4"), ("compute_dtype", "fp8"),
@@ -217,7 +260,7 @@ def test_report_and_weight_updates_count_the_real_weights():
 
 
 def quantized_llama() -> nn.Module:
-    model = tiny_llama()
+    model = quantizable_llama()
     quantize_linear_layers(model, FP32, skip=["lm_head"])
     return model
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -227,13 +228,20 @@ def test_missing_files_and_broken_lines(folder: Path) -> None:
         (SUBTITLES, r":2 \(vid_name clip1\): duplicate vid_name \(first seen at .*subs\.jsonl:1\)"),
     ],
 )
-def test_a_bad_subtitle_line_is_an_error_naming_file_and_line(folder: Path, line: dict | str, message: str) -> None:
-    """A subtitle line serves every question of its video, so it fails the read even under on_error="skip"."""
+def test_a_bad_subtitle_line_is_an_error_naming_file_and_line_or_a_counted_skip(folder: Path, line: dict | str,
+                                                                                 message: str) -> None:
+    """A bad subtitle line fails the read naming file and line; under on_error="skip" it is counted in the reader's
+    skip report and the questions and captions are still read."""
     write_lines(folder / "subs.jsonl", SUBTITLES, line)
     with pytest.raises(DataFormatError, match=rf"subs\.jsonl{message}"):
-        tvqa(folder, QUESTION, on_error="skip").read()
+        tvqa(folder, QUESTION).read()
     with pytest.raises(DataFormatError, match=rf"subs\.jsonl{message}"):
-        captions(folder, MOMENT, subtitles=folder / "subs.jsonl", on_error="skip").read()
+        captions(folder, MOMENT, subtitles=folder / "subs.jsonl").read()
+    for reader in (tvqa(folder, QUESTION, on_error="skip"),
+                   captions(folder, MOMENT, subtitles=folder / "subs.jsonl", on_error="skip")):
+        assert len(reader.read()) == 1
+        assert reader.skipped.total == 1
+        assert re.search(rf"subs\.jsonl{message}", reader.skipped.summary())
 
 
 def test_skip_policy_counts_bad_records(folder: Path) -> None:

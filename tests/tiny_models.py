@@ -14,9 +14,10 @@ from transformers import (
 )
 
 
-def tiny_llama(seed: int = 0) -> nn.Module:
+def tiny_llama(seed: int = 0, hidden_size: int = 32, intermediate_size: int = 64) -> nn.Module:
     torch.manual_seed(seed)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    config = LlamaConfig(hidden_size=hidden_size, intermediate_size=intermediate_size, num_hidden_layers=2,
+                         num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=64, max_position_embeddings=64)
     return LlamaForCausalLM(config).eval()
 

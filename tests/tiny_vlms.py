@@ -66,6 +66,14 @@ FAMILY_SIZES: dict[str, dict[str, Any]] = {
     "idefics3": SIGLIP_SHUFFLED,
 }
 FAMILIES = list(FAMILY_SIZES)
+# For a 4-bit language model: rows of 64 and 128 weights, shapes bitsandbytes quantizes correctly on every CPU
+# (some CPU kernels get rows shorter than a block wrong, which mmft refuses)
+QWEN2_5_VL_4BIT_SIZES = {
+    **FAMILY_SIZES["qwen2_5_vl"],
+    "vision_config": {**FAMILY_SIZES["qwen2_5_vl"]["vision_config"], "out_hidden_size": 64},
+    "text_config": {**TEXT, "hidden_size": 64, "intermediate_size": 128,
+                    "rope_scaling": {"type": "mrope", "mrope_section": [4, 2, 2]}},
+}
 LM_TARGETS = r".*(language_model|text_model).*\.(q_proj|v_proj|o_proj|down_proj)"
 PROJECTORS = {"qwen2_5_vl": "merger", "qwen2_vl": "merger", "llava_onevision": "multi_modal_projector",
               "llava_next": "multi_modal_projector", "llava_next_video": "multi_modal_projector",

@@ -22,25 +22,33 @@ class Subtitle(NamedTuple):
     text: str
 
 
-def read_subtitles(path: Path, argument: str) -> dict[str, list[Subtitle]]:
-    """``vid_name -> subtitles`` from a subtitles file.
+BadLines = list[tuple[str, DataFormatError]]
 
-    The file is shared by many records, so a bad line in it is an error of the file: it raises even under
-    ``on_error="skip"`` (naming the file and line), as a bad line in a VQA annotations file does.
+
+def read_subtitles(path: Path, argument: str) -> tuple[dict[str, list[Subtitle]], BadLines]:
+    """``vid_name -> subtitles`` from a subtitles file, and its bad lines as ``(location, error)``.
+
+    The reader passes the bad lines on with its records, so that each one raises or, under ``on_error="skip"``, is
+    counted in the reader's skip report (the video it belonged to then has no subtitles from it). A duplicate
+    ``vid_name`` is a bad line too; the first one counts.
     """
     subtitles: dict[str, list[Subtitle]] = {}
     first_seen: dict[str, str] = {}
+    bad: BadLines = []
     for location, record in iter_json_lines(path, argument):
-        if isinstance(record, DataFormatError):
-            raise record
-        source = with_id(location, record, "vid_name")
-        vid_name = require_text(record, "vid_name", source)
-        if vid_name in first_seen:
-            raise DataFormatError(f"{source}: duplicate vid_name (first seen at {first_seen[vid_name]})")
-        lines = require(record, "sub", list, source)
-        subtitles[vid_name] = [_subtitle(line, f"{source} sub {k}") for k, line in enumerate(lines)]
-        first_seen[vid_name] = location
-    return subtitles
+        try:
+            if isinstance(record, DataFormatError):
+                raise record
+            source = with_id(location, record, "vid_name")
+            vid_name = require_text(record, "vid_name", source)
+            if vid_name in first_seen:
+                raise DataFormatError(f"{source}: duplicate vid_name (first seen at {first_seen[vid_name]})")
+            lines = require(record, "sub", list, source)
+            subtitles[vid_name] = [_subtitle(line, f"{source} sub {k}") for k, line in enumerate(lines)]
+            first_seen[vid_name] = location
+        except DataFormatError as error:
+            bad.append((location, error))
+    return subtitles, bad
 
 
 def _subtitle(line: Any, source: str) -> Subtitle:
@@ -80,8 +88,9 @@ class TVQA(Reader):
         self._subtitles: dict[str, list[Subtitle]] = {}
 
     def _records(self):
-        self._subtitles = read_subtitles(self.subtitles, "subtitles")
-        return iter_json_lines(self.path, "qa_path")
+        self._subtitles, bad = read_subtitles(self.subtitles, "subtitles")
+        yield from bad  # raised, or counted under on_error="skip", as bad records are
+        yield from iter_json_lines(self.path, "qa_path")
 
     def _parse(self, location: str, record: Any) -> list[Example]:
         source = with_id(location, record, "qid")
@@ -140,8 +149,9 @@ class VideoCaptions(Reader):
 
     def _records(self):
         if self.subtitles is not None:
-            self._subtitles = read_subtitles(self.subtitles, "subtitles")
-        return iter_json_lines(self.path, "caption_path")
+            self._subtitles, bad = read_subtitles(self.subtitles, "subtitles")
+            yield from bad  # raised, or counted under on_error="skip", as bad records are
+        yield from iter_json_lines(self.path, "caption_path")
 
     def _parse(self, location: str, record: Any) -> list[Example]:
         source = with_id(location, record, "clip_id")

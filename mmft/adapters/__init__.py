@@ -11,7 +11,7 @@ from .inject import AdapterError, AdapterReport, adapter_config_of, apply_adapte
 from .layers import AdaptedLinear, dora_weight_norm
 from .merge import merge_adapters, unmerge_adapters
 from .peft_format import adapter_state_dict, load_adapters, peft_tensors, read_adapter_config, save_adapters
-from .quantize import QuantizationConfig, quantize_linear_layers
+from .quantize import QuantizationConfig, QuantizationError, quantize_linear_layers
 
 __all__ = [
     "AdaptedLinear",
@@ -20,6 +20,7 @@ __all__ = [
     "AdapterError",
     "AdapterReport",
     "QuantizationConfig",
+    "QuantizationError",
     "adapter_config_of",
     "adapter_state_dict",
     "apply_adapters",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -67,14 +69,15 @@ class AdapterConfig:
         method = self.method_spec
         if self.r < 1:
             raise AdapterConfigError(f"AdapterConfig.r={self.r}: the rank must be a positive integer")
-        if not self.alpha > 0:
+        if not 0 < self.alpha < math.inf:
             raise AdapterConfigError(
-                f"AdapterConfig.alpha={self.alpha}: must be positive (the update is scaled by alpha / r; a negative "
-                "alpha flips it, zero switches it off)"
+                f"AdapterConfig.alpha={self.alpha}: must be a positive finite number (the update is scaled by "
+                "alpha / r; a negative alpha flips it, zero switches it off, infinity makes every loss NaN)"
             )
         for key, alpha in self.alpha_pattern.items():
-            if not alpha > 0:
-                raise AdapterConfigError(f"AdapterConfig.alpha_pattern[{key!r}]={alpha}: alphas must be positive")
+            if not 0 < alpha < math.inf:
+                raise AdapterConfigError(f"AdapterConfig.alpha_pattern[{key!r}]={alpha}: alphas must be positive "
+                                         "and finite")
         if not 0.0 <= self.dropout < 1.0:
             raise AdapterConfigError(f"AdapterConfig.dropout={self.dropout}: must be in [0, 1)")
         if self.bias not in ("none", "all", "lora_only"):

@@ -380,7 +380,18 @@ class AdapterModule(LightningModule):
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum").tolist()
         return {label: (int(scored), int(scored + skips)) for label, (scored, skips) in zip(labels, counts)}
 
+    def _add_unscored_tasks(self, stage: str) -> None:
+        """A metric entry for every evaluation dataloader the DataModule has (``eval_tasks``), also one whose every
+        sample was skipped and so never reached ``_score``: it is reported as unscored, never left out."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "eval_tasks"):
+            return
+        for idx, task in enumerate(datamodule.eval_tasks(stage)):
+            if (stage, idx) not in self._eval_metrics and task in self.task_metrics:
+                self._eval_metrics[(stage, idx)] = (task, copy.deepcopy(self.task_metrics[task]).to(self.device))
+
     def _log_metrics(self, stage: str) -> None:
+        self._add_unscored_tasks(stage)
         entries = sorted((idx, task, metric) for (s, idx), (task, metric) in self._eval_metrics.items() if s == stage)
         if not entries:
             return
@@ -388,9 +399,13 @@ class AdapterModule(LightningModule):
         values = []
         labels = [task if names.count(task) == 1 else f"{task}_{idx}" for idx, task, _ in entries]
         self.eval_counts[stage] = self._scored_of_total(stage, [idx for idx, _, _ in entries], labels)
+        unscored = [label for label in labels if self.eval_counts[stage][label][0] == 0]
         for (idx, task, metric), label in zip(entries, labels):
-            value = metric.compute()
             name = f"{stage}/{label}/{type(metric).__name__}"
+            if label in unscored:  # NaN: shown as unscored (0/N), never as a score of 0
+                value = torch.tensor(float("nan"), device=self.device)
+            else:
+                value = metric.compute()
             if isinstance(value, dict):
                 for key, number in value.items():
                     self.log(f"{name}/{key}", number, add_dataloader_idx=False, sync_dist=False)
@@ -398,4 +413,7 @@ class AdapterModule(LightningModule):
             self.log(name, value, add_dataloader_idx=False, sync_dist=False)
             values.append(torch.as_tensor(value, dtype=torch.float32, device=self.device))
             metric.reset()
+        if unscored:
+            rank_zero_warn(f"{stage}: no sample of {', '.join(unscored)} was scored (all skipped); the {stage} "
+                           "average is left undefined (NaN) rather than taken over fewer tasks")
         self.log(f"{stage}/average", torch.stack(values).mean(), add_dataloader_idx=False, prog_bar=True)

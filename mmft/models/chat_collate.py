@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from data_modules.records import IMAGE_MARKER, Example, LengthCheck, Sample, Turn
+from data_modules.records import IMAGE_MARKER, Example, LengthCheck, RejectedSamples, Sample, Turn
 
 from .base import batch_metadata
 from .llava_collate import IGNORE_INDEX, LLAVA_INSTRUCTIONS, CollateError, pad_rows, with_instruction
@@ -38,6 +38,10 @@ from .vlm_families import Family
 
 if TYPE_CHECKING:
     from transformers import BatchFeature
+
+class RejectedMediaError(CollateError, RejectedSamples):
+    """The processor refuses some samples' media; raised or, under ``on_error: skip``, skipped and counted."""
+
 
 MEDIA_KEYS_SKIPPED = ("input_ids", "attention_mask", "offset_mapping", "text_replacement_offsets", "mm_token_type_ids")
 def media_messages(turns: Sequence[Turn], num_images: int, has_video: bool, frames: int = 0) -> list[dict]:
@@ -99,16 +103,16 @@ class ChatCollate:
         training = all(e.turns and e.turns[-1].role == "assistant" for e in examples)
         rendered = [self._render(s, prompt=not training) for s in samples]
         images = [self._images(s) for s in samples]  # one list per sample: SmolVLM checks them per prompt
-        videos = [s.frames for s in samples if s.example.video is not None and not self.family.video_as_images]
-        kwargs: dict[str, Any] = {"return_offsets_mapping": True, "return_text_replacement_offsets": True,
-                                  "padding": True, "padding_side": "right"}
-        if videos:
-            kwargs["videos_kwargs"] = {"video_metadata": [self._metadata(s) for s in samples if s.example.video
-                                                          is not None], "do_sample_frames": False}
-        encoded = _as_tensors(self.processor(text=[text for text, _ in rendered], images=images if any(images) else None,
-                                             videos=videos or None, **kwargs))
+        try:
+            encoded = _as_tensors(self._process(samples, [text for text, _ in rendered], images))
+        except (ValueError, TypeError, RuntimeError) as error:
+            rejected = self._rejected(samples, [text for text, _ in rendered], images)
+            if not rejected:
+                raise
+            raise RejectedMediaError(rejected) from error
         batch["media"] = {k: v for k, v in encoded.items() if k not in MEDIA_KEYS_SKIPPED}
-        replacements = _replacement_offsets(encoded, len(samples), bool(any(images) or videos))
+        has_video = any(s.example.video is not None and not self.family.video_as_images for s in samples)
+        replacements = _replacement_offsets(encoded, len(samples), bool(any(images) or has_video))
         rows, labels, prompt_lengths = [], [], []
         for i, (sample, (text, spans)) in enumerate(zip(samples, rendered)):
             length = int(encoded["attention_mask"][i].sum())
@@ -131,6 +135,29 @@ class ChatCollate:
         batch["prompt_input_ids"], batch["prompt_attention_mask"] = pad_rows(prompts, self.pad_token_id, left=True)
         self._token_types(batch, "prompt_input_ids", "prompt_mm_token_type_ids")
         return batch
+
+    def _process(self, samples: list[Sample], texts: list[str], images: list[list]) -> Any:
+        """The processor over the rendered texts and the samples' media."""
+        videos = [s.frames for s in samples if s.example.video is not None and not self.family.video_as_images]
+        kwargs: dict[str, Any] = {"return_offsets_mapping": True, "return_text_replacement_offsets": True,
+                                  "padding": True, "padding_side": "right"}
+        if videos:
+            kwargs["videos_kwargs"] = {"video_metadata": [self._metadata(s) for s in samples if s.example.video
+                                                          is not None], "do_sample_frames": False}
+        return self.processor(text=texts, images=images if any(images) else None, videos=videos or None, **kwargs)
+
+    def _rejected(self, samples: list[Sample], texts: list[str], images: list[list]) -> dict[int, str]:
+        """The samples the processor refuses on their own (an image too thin for Qwen's resizing, say), each with a
+        message naming its record; empty when each passes alone."""
+        rejected = {}
+        for i, sample in enumerate(samples):
+            try:
+                self._process([sample], [texts[i]], [images[i]])
+            except (ValueError, TypeError, RuntimeError) as error:
+                sizes = ", ".join(f"{image.width}x{image.height}" for image in images[i] if hasattr(image, "width"))
+                media = f" (images {sizes})" if sizes else ""
+                rejected[i] = f"{self._name(sample.example)}: the processor rejects its media{media}: {error}"
+        return rejected
 
     def _render(self, sample: Sample, prompt: bool) -> tuple[str, tuple[tuple[int, int], ...]]:
         example = sample.example

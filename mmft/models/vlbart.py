@@ -299,6 +299,11 @@ class VLBartModule(AdapterModule):
             self.visual_encoder = VisualEncoder(visual)
             feature_dim = self.visual_encoder.feature_dim
         bart_model = build_bart(bart, self.tokenizer, seed)
+        positions = bart_model.config.max_position_embeddings
+        for key, value in (("max_length", max_length), ("max_target_length", max_target_length)):
+            if value > positions:
+                raise VLBartConfigError(f"{MODEL_KEY}.{key}={value}: more tokens than the model has positions "
+                                        f"({positions}): set it to {positions} or less")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = VLBart(bart_model, feature_dim, max_images)

@@ -18,9 +18,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 from mmft.adapters import save_adapters
+from mmft.adapters.peft_format import CONFIG_FILE as PEFT_CONFIG_FILE
+from mmft.checkpoint_io import AtomicCheckpointIO, CheckpointFileError
+from mmft.files import replace_refusal
 from mmft.models.base import AdapterModule
 
 TRUSTED_PREFIX = "mmft.models."  # a checkpoint names the class to rebuild: only mmft's model families are imported
@@ -35,7 +36,10 @@ def load_module(ckpt_path: str | Path) -> AdapterModule:
     path = Path(ckpt_path)
     if not path.is_file():
         raise ExportError(f"--ckpt_path {path}: no such file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:
+        checkpoint = AtomicCheckpointIO().load_checkpoint(path, map_location="cpu")
+    except CheckpointFileError as error:
+        raise ExportError(f"--ckpt_path {error}") from None
     class_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     if class_path is None:
         raise ExportError(f"--ckpt_path {path} holds no model config (it was not saved by the mmft CLI): build the "
@@ -50,11 +54,17 @@ def load_module(ckpt_path: str | Path) -> AdapterModule:
     return cls.load_from_checkpoint(path, map_location="cpu")
 
 
+def check_out(out: Path, overwrite: bool, marker: str) -> None:
+    """Refuse an ``--out`` that exists, unless ``overwrite`` and it is an earlier export of the same kind."""
+    refusal = replace_refusal(out, "--out", overwrite, marker, "mmft export")
+    if refusal is not None:
+        raise ExportError(refusal)
+
+
 def export_peft(ckpt_path: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the checkpoint's adapter as a PEFT folder at ``out``; returns ``out``."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"--out {out} exists: choose another folder or pass --overwrite")
+    check_out(out, overwrite, PEFT_CONFIG_FILE)
     module = load_module(ckpt_path)
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -67,12 +77,11 @@ def export_peft(ckpt_path: str | Path, out: str | Path, overwrite: bool = False)
 
 def export_merged_model(ckpt_path: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     """Write the checkpoint's model with its adapters merged at ``out`` (:func:`mmft.models.export.export_merged`)."""
+    from mmft.models.export import MERGED_CONFIG, export_merged
     from mmft.models.export import ExportError as MergedExportError
-    from mmft.models.export import export_merged
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ExportError(f"--out {out} exists: choose another folder or pass --overwrite")
+    check_out(out, overwrite, MERGED_CONFIG)
     try:
         return export_merged(load_module(ckpt_path), out)
     except MergedExportError as error:
@@ -81,12 +90,13 @@ def export_merged_model(ckpt_path: str | Path, out: str | Path, overwrite: bool 
 
 def main(argv: list[str] | None = None) -> int:
     """``mmft export``."""
-    parser = argparse.ArgumentParser(prog="mmft export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mmft export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt_path", type=Path, required=True, help="a checkpoint written by mmft fit")
     parser.add_argument("--out", type=Path, required=True, help="the PEFT folder to write")
     parser.add_argument("--merged", action="store_true",
                         help="write the model with the adapters merged into its weights, not the PEFT adapter")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it holds an earlier export of the same kind (never another folder)")
     args = parser.parse_args(argv)
     try:
         if args.merged:

@@ -180,7 +180,7 @@ def video_features(encoder: VisualEncoder, path: Path, video_fps: float, batch_s
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``mmft extract-features``."""
-    parser = argparse.ArgumentParser(prog="mmft extract-features", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mmft extract-features", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, action="append", required=True,
                         help="mmft VL-BART config(s); the visual encoder comes from model.init_args.visual")
     parser.add_argument("--images", type=Path, nargs="+", default=[], help="image folders (searched recursively)")

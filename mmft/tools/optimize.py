@@ -39,9 +39,10 @@ from data_modules.formats.base import DataFormatError, OnError, Reader, SkipRepo
 from data_modules.media import FrameSampling, MediaError
 from data_modules.multitask import modality_length
 from data_modules.records import Example
-from data_modules.shard_index import ShardIndex, is_uri, write_shard_index
+from data_modules.shard_index import INDEX_NAME, ShardIndex, is_uri, write_shard_index
 from data_modules.shards import FrameCodec, FrameExtraction, example_to_item
 from data_modules.streaming import litdata
+from mmft.files import replace_refusal
 
 STAGES = ("train", "val", "test", "predict")
 
@@ -124,14 +125,30 @@ def read_notes(folder: str) -> list[dict[str, Any]]:
             for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+class OutputFolderError(ValueError):
+    """``--out`` is in the way: it exists and is not an earlier shard set the user asked to replace."""
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuse a local ``output_dir`` that exists, unless ``overwrite`` and it holds an earlier shard set (its
+    ``mmft_index.json``, no subfolder); an object-store URI is left to litdata, which refuses a non-empty one
+    without ``overwrite``."""
+    if not is_uri(output_dir):
+        refusal = replace_refusal(Path(output_dir), "--out", overwrite, INDEX_NAME, "mmft optimize")
+        if refusal is not None:
+            raise OutputFolderError(refusal)
+
+
 def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int, chunk_bytes: str,
                  policies: Sequence[OnError] | None = None,
-                 frames: FrameExtraction | None = None) -> list[dict[str, Any]]:
+                 frames: FrameExtraction | None = None, overwrite: bool = False) -> list[dict[str, Any]]:
     """``examples`` as litdata shards in ``output_dir``, in order (litdata keeps it: ``keep_data_ordered``), with
-    the shard index of those written; a local folder is replaced only once whole. The order does not shape training:
-    the DataModule's sampler shuffles by index. ``policies``: each example's ``on_error`` for media that cannot be
-    read or decoded (default ``raise``: a MediaError naming the file and record). Returns the skipped examples'
-    index, task, reason and message."""
+    the shard index of those written; an existing folder is replaced only with ``overwrite`` and only if it holds
+    an earlier shard set (:func:`check_output_dir`), and only once the new one is whole. The order does not shape
+    training: the DataModule's sampler shuffles by index. ``policies``: each example's ``on_error`` for media that
+    cannot be read or decoded (default ``raise``: a MediaError naming the file and record). Returns the skipped
+    examples' index, task, reason and message."""
+    check_output_dir(output_dir, overwrite)
     policies = ["raise"] * len(examples) if policies is None else list(policies)
     run = max(1, min(256, math.ceil(len(examples) / (4 * num_workers))))
     inputs = [range(start, min(start + run, len(examples))) for start in range(0, len(examples), run)]
@@ -153,7 +170,7 @@ def write_shards(examples: Sequence[Example], output_dir: str, num_workers: int,
             write_shard_index(folder, ShardIndex.of(written, modality_length))
 
         if is_uri(output_dir):
-            litdata().optimize(items, inputs, output_dir, mode="overwrite", **options)
+            litdata().optimize(items, inputs, output_dir, mode="overwrite" if overwrite else None, **options)
             finish(output_dir)
         else:
             write_local(items, inputs, Path(output_dir), options, finish)
@@ -178,11 +195,12 @@ def write_local(items: ShardItems, inputs: list[range], target: Path, options: d
 
 
 def optimize_config(config_files: Sequence[Path], stage: str, out: str, num_workers: int = 1,
-                    chunk_bytes: str = "64MB", video_frames: FrameCodec | None = None) -> tuple[
-                        dict[str, int], list[SkipReport]]:
+                    chunk_bytes: str = "64MB", video_frames: FrameCodec | None = None,
+                    overwrite: bool = False) -> tuple[dict[str, int], list[SkipReport]]:
     """Write the ``stage`` readers of the configs to ``out`` (with ``video_frames``, videos as frames in that
     codec, sampled as the config's ``data.init_args`` says); returns the examples written per task and the skip
     reports: the readers', then the media that could not be read or decoded."""
+    check_output_dir(out, overwrite)  # before reading anything
     readers, data = readers_from_config(config_files, stage)
     on_error = data.get("on_error") or "raise"
     examples, reports, policies = [], [], []
@@ -198,7 +216,8 @@ def optimize_config(config_files: Sequence[Path], stage: str, out: str, num_work
         except ValueError as error:
             raise DataFormatError(f"data.init_args.num_frames / video_fps / max_frames: {error}") from None
         frames = FrameExtraction(sampling, video_frames)
-    skipped = write_shards(examples, out.rstrip("/"), num_workers, chunk_bytes, policies=policies, frames=frames)
+    skipped = write_shards(examples, out.rstrip("/"), num_workers, chunk_bytes, policies=policies, frames=frames,
+                           overwrite=overwrite)
     media = SkipReport(f"media read by mmft optimize ({len(examples)} examples)")
     for note in skipped:
         media.add(note["reason"], note["message"])
@@ -209,7 +228,7 @@ def optimize_config(config_files: Sequence[Path], stage: str, out: str, num_work
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``mmft optimize``."""
-    parser = argparse.ArgumentParser(prog="mmft optimize", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mmft optimize", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, action="append", required=True, help="mmft config(s), composed")
     parser.add_argument("--stage", choices=STAGES, default="train", help="whose readers to write (data.<stage>)")
     parser.add_argument("--out", required=True, help="a local folder or an object-store URI")
@@ -219,11 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="store videos as frames decoded now with the config's sampling, in this codec (png: "
                              "exact pixels; jpeg: lossy, often smaller on camera footage); default: the video files' "
                              "bytes, for any sampling")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out if it holds an earlier shard set (never another folder)")
     args = parser.parse_args(argv)
     try:
         counts, reports = optimize_config(args.config, args.stage, args.out, args.num_workers, args.chunk_bytes,
-                                          args.video_frames)
-    except (DataFormatError, MediaError, FileNotFoundError) as error:
+                                          args.video_frames, args.overwrite)
+    except (DataFormatError, MediaError, FileNotFoundError, OutputFolderError) as error:
         print(f"mmft optimize: {error}", file=sys.stderr)
         return 2
     for report in reports:

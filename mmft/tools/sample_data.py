@@ -1039,7 +1039,7 @@ def video_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``mmft sample-data``."""
-    parser = argparse.ArgumentParser(prog="mmft sample-data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="mmft sample-data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/sample"), help="output folder (default data/sample)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", type=int, default=1, help="multiply the number of images and questions")
