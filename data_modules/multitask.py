@@ -583,7 +583,7 @@ class MultitaskDataModule(LightningDataModule):
             if stage is not None and stage.value in _EVAL_STAGE_NAMES:
                 self.eval_skips[(_EVAL_STAGE_NAMES[stage.value], dataloader_idx)] += len(skipped)
             log.warning(
-                "skipped %d sample(s) whose media could not be decoded (%d so far), e.g. %s",
+                "skipped %d sample(s) whose media could not be decoded or used (%d so far), e.g. %s",
                 len(skipped),
                 self.media_skips.total,
                 skipped[0].message,

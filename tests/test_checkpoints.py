@@ -194,10 +194,51 @@ def test_the_weights_hash_ignores_the_load_dtype_but_sees_one_changed_value():
     assert frozen_weights_hash(model) != reference
 
 
-def test_a_negative_alpha_is_refused():
+@pytest.mark.parametrize("alpha", [-16, 0, float("inf"), float("nan")])
+def test_a_negative_zero_or_infinite_alpha_is_refused(alpha):
     from mmft.adapters import AdapterConfigError
 
-    with pytest.raises(AdapterConfigError, match=r"alpha=-16.*must be positive"):
-        AdapterConfig(method="lora", r=8, alpha=-16, target_modules=["q_proj"])
-    with pytest.raises(AdapterConfigError, match=r"alpha_pattern\['v_proj'\]=-1"):
-        AdapterConfig(method="lora", r=8, alpha=16, target_modules=["q_proj"], alpha_pattern={"v_proj": -1})
+    with pytest.raises(AdapterConfigError, match=rf"alpha={alpha}: must be a positive finite number"):
+        AdapterConfig(method="lora", r=8, alpha=alpha, target_modules=["q_proj"])
+    with pytest.raises(AdapterConfigError, match=rf"alpha_pattern\['v_proj'\]={alpha}"):
+        AdapterConfig(method="lora", r=8, alpha=16, target_modules=["q_proj"], alpha_pattern={"v_proj": alpha})
+
+
+def test_a_full_disk_during_a_save_says_so(tmp_path, monkeypatch):
+    """torch's zip writer turns a failed write into "unexpected pos"; the error names the disk's own cause."""
+    target = tmp_path / "last.ckpt"
+    opened = Path.open
+
+    class FullDisk:
+        def __init__(self, file):
+            self.file, self.written = file, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def flush(self):
+            self.file.flush()
+
+        def fileno(self):
+            return self.file.fileno()
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        file = opened(path, mode, *args, **kwargs)
+        return FullDisk(file) if ".tmp-" in path.name and "w" in mode else file
+
+    monkeypatch.setattr(Path, "open", open_on_a_full_disk)
+    with pytest.raises(CheckpointFileError, match=r"last\.ckpt failed \(OSError: \[Errno 28\] No space left on "
+                                                  r"device\)") as error:
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(10_000)}}, target)
+    assert "unexpected pos" not in str(error.value)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

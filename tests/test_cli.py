@@ -232,6 +232,51 @@ def test_a_checkpoint_without_a_run_config_asks_for_one(workdir, fitted, tmp_pat
     assert f"--ckpt_path {tmp_path / 'bare.ckpt'} holds no run config" in done.stderr and "--config" in done.stderr
 
 
+def edited_checkpoint(workdir: Path, folder: Path, edit) -> Path:
+    """A copy of the run's last checkpoint, in the run's checkpoint folder, whose stored run config ``edit`` changed
+    as someone handing it over could."""
+    checkpoint = torch.load(workdir / LAST, weights_only=True, map_location="cpu")
+    config = yaml.safe_load(checkpoint["mmft_run_config"])
+    edit(config)
+    checkpoint["mmft_run_config"] = yaml.safe_dump(config)
+    path = workdir / RUN / "checkpoints" / f"edited-{folder.name}.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_a_checkpoints_stored_config_runs_no_code_and_writes_nowhere_else(workdir, fitted, tmp_path):
+    """The edits of an untrusted checkpoint: a callback that runs a shell command, an answer file outside the run
+    folder. Each is refused by name before anything runs; nothing is written."""
+    outside = tmp_path / "outside.jsonl"
+
+    def shell_callback(config):
+        config["trainer"]["callbacks"].append({"class_path": "lightning.pytorch.callbacks.LambdaCallback",
+                                               "init_args": {"on_predict_start": "os.system"}})
+
+    def answers_elsewhere(config):
+        writer = next(c for c in config["trainer"]["callbacks"] if c["class_path"].endswith("AnswerWriter"))
+        writer["init_args"]["path"] = str(outside)
+
+    for edit, message in ((shell_callback, "names class 'lightning.pytorch.callbacks.LambdaCallback'"),
+                          (answers_elsewhere, f"writes trainer.callbacks[5].init_args.path = {outside} outside")):
+        path = edited_checkpoint(workdir, tmp_path / edit.__name__, edit)
+        command = [sys.executable, "-m", "mmft.cli", "predict", "--ckpt_path", str(path)]
+        done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=200,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"})
+        path.unlink()
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert message in done.stderr and "--config FILE" in done.stderr
+    assert not outside.exists()
+
+
+def test_a_given_run_folder_moves_every_output_of_a_checkpoint_alone(workdir, fitted):
+    before = sorted(p.name for p in (workdir / RUN / "csv").iterdir())
+    mmft_alone(workdir, "predict", "--ckpt_path", LAST, "--trainer.default_root_dir", "runs/evaluated")
+    moved = workdir / "runs" / "evaluated"
+    assert (moved / "predictions.jsonl").is_file() and (moved / "csv" / "version_0").is_dir()
+    assert sorted(p.name for p in (workdir / RUN / "csv").iterdir()) == before  # no log added to the trained run
+
+
 def test_a_second_run_gets_its_own_complete_folder(workdir, fitted):
     first = {p: p.read_bytes() for p in (workdir / RUN / "checkpoints").iterdir()}
     mmft(workdir, "fit", "--trainer.default_root_dir", "runs/exp2", "--trainer.max_epochs", "1")

@@ -143,6 +143,36 @@ def test_samples_skipped_for_bad_media_show_as_scored_of_total(tmp_path):
     assert table[1].split()[::3] == ["colours", "2/3"]
 
 
+def test_a_task_whose_every_sample_was_skipped_shows_as_unscored(tmp_path):
+    """Not left out of the table and the JSON file, and the average is not taken over the other tasks alone."""
+    from PIL import Image
+
+    from data_modules import LlavaInstruct, MultitaskDataModule
+    from mmft.cli import results_table, write_results
+    from mmft.metrics import ExactMatchAccuracy
+    from test_checkpoints import tiny_module
+
+    Image.new("RGB", (8, 8), (200, 20, 20)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    turns = [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "red"}]
+    for task, image in (("colours", "bad.png"), ("shapes", "good.png")):
+        records = [{"id": f"{task}{k}", "image": image, "conversations": turns} for k in range(3)]
+        (tmp_path / f"{task}.json").write_text(json.dumps(records))
+    module = tiny_module(metrics={"colours": ExactMatchAccuracy(), "shapes": ExactMatchAccuracy()})
+    readers = [LlavaInstruct(tmp_path / f"{task}.json", tmp_path, task=task) for task in ("colours", "shapes")]
+    datamodule = MultitaskDataModule(test=readers, collate_fn=module.collate, batch_size=2, on_error="skip")
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.warns(UserWarning, match=r"no sample of colours was scored .*average is left undefined"):
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    assert module.eval_counts["test"] == {"colours": (0, 3), "shapes": (3, 3)}
+    table = results_table(trainer.callback_metrics, "test", module.eval_counts["test"]).splitlines()
+    assert table[1].split() == ["colours", "ExactMatchAccuracy", "nan", "0/3"]
+    assert table[3].split() == ["average", "nan"]
+    numbers = json.loads(write_results(trainer.callback_metrics, "test", tmp_path / "m.json", None).read_text())
+    assert numbers["metrics"]["test/colours/ExactMatchAccuracy"] is None and numbers["metrics"]["test/average"] is None
+    assert numbers["metrics"]["test/shapes/ExactMatchAccuracy"] is not None
+
+
 @pytest.mark.slow
 def test_evaluating_without_a_checkpoint_warns_that_the_adapters_are_untrained(sample_data, tmp_path):
     run = {"trainer": {"limit_val_batches": 1, "callbacks": [

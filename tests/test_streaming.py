@@ -41,6 +41,7 @@ from data_modules.multitask import modality_length
 from data_modules.records import LengthCheck
 from data_modules.shard_index import INDEX_NAME, ShardIndexError, read_shard_index
 from data_modules.shards import example_to_item, item_to_example
+from data_modules.streaming import DAMAGED_SHARD, DamagedShardError
 from mmft.tools import optimize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,6 +216,56 @@ def test_eval_shards_and_shards_without_or_with_a_foreign_index_are_refused(shar
     (bare / INDEX_NAME).write_text(json.dumps(index))
     with pytest.raises(ShardIndexError, match=rf"{bare}: item \d+ is '[\w-]+', its index says '[\w-]+'"):
         list(MultitaskDataModule(train=[StreamingShards(str(bare))], collate_fn=ids_of).train_dataloader())
+
+
+@pytest.fixture(scope="module")
+def chunked(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The LLaVA sample in shards of about 100 kB: several chunk files."""
+    folder = tmp_path_factory.mktemp("chunked") / "shards"
+    optimize.write_shards(llava(sample_data).read(), str(folder), 1, "100KB")
+    return folder
+
+
+def damage(chunked: Path, to: Path, how: str) -> tuple[Path, str, list[str]]:
+    """A copy of ``chunked`` with its second chunk file missing, truncated or overwritten in the middle; returns the
+    copy, the chunk's name and the ids of the items it holds."""
+    shutil.copytree(chunked, to)
+    chunks = json.loads((to / "index.json").read_text())["chunks"]
+    first, second = chunks[0]["chunk_size"], chunks[1]["chunk_size"]
+    ids = read_shard_index(str(to)).ids[first:first + second]
+    chunk = to / chunks[1]["filename"]
+    if how == "missing":
+        chunk.unlink()
+    elif how == "truncated":
+        chunk.write_bytes(chunk.read_bytes()[:1000])
+    else:  # garbled bytes where the item offsets are, the file's size unchanged
+        data = bytearray(chunk.read_bytes())
+        data[4:64] = b"\xfe" * 60
+        chunk.write_bytes(bytes(data))
+    return to, chunk.name, ids
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "corrupt"])
+def test_a_damaged_chunk_is_a_named_error_or_a_counted_skip(chunked: Path, tmp_path: Path, how: str) -> None:
+    """Never a wait on a chunk that will not come nor a bare decoding error: the error names the chunk file, the
+    item and its id; under on_error: skip the chunk's items are left out and counted, every other item is read."""
+    folder, name, lost = damage(chunked, tmp_path / how, how)
+
+    def data(on_error: str) -> MultitaskDataModule:
+        module = MultitaskDataModule(train=[StreamingShards(str(folder))], batch_size=4, sampling="concat",
+                                     on_error=on_error, collate_fn=samples_of)
+        module.setup("fit")
+        return module
+
+    with pytest.raises(DamagedShardError, match=rf"{folder}: item \d+ \(id '\w+'\): its chunk {name} "
+                                                r"(is missing|holds 1000 bytes, not the \d+ written|cannot be read)"):
+        list(data("raise").train_dataloader())
+    skipping = data("skip")
+    batches = [skipping.on_before_batch_transfer(batch, 0) for batch in skipping.train_dataloader()]
+    read = [sample.example.id for batch in batches if batch is not None for sample in batch["samples"]]
+    everything = read_shard_index(str(folder)).ids
+    assert sorted(read) == sorted(set(everything) - set(lost))
+    assert skipping.media_skips.counts == {DAMAGED_SHARD: len(lost)}
 
 
 def ids_of(samples: list[Sample]) -> list[str]:

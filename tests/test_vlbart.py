@@ -240,6 +240,13 @@ def test_adapters_outside_bart_are_refused() -> None:
         tiny_module(adapter=bad)
 
 
+@pytest.mark.parametrize("key", ["max_length", "max_target_length"])
+def test_more_tokens_than_the_model_has_positions_are_refused(key) -> None:
+    with pytest.raises(VLBartConfigError, match=rf"model\.init_args\.{key}=129: more tokens than the model has "
+                                                r"positions \(128\)"):
+        tiny_module(**{key: 129})
+
+
 # ---------------------------------------------------------------------------------- pre-extracted visual features
 def test_feature_file_gives_the_end_to_end_features(module: VLBartModule, samples: list, tmp_path: Path) -> None:
     config = extract_features.visual_config_from([TINY["dora"]])

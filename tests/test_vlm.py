@@ -417,3 +417,35 @@ def test_recipe_sets_the_checkpoints_image_and_video_resolution(tmp_path):
     assert recipe.processor.chat_template == built.processor.chat_template
     with pytest.raises(BackboneConfigError, match=r"backbone\.init_args\.image_processor\.max_pixel: .*max_pixels"):
         HFVisionLanguage(str(tmp_path), image_processor={"max_pixel": 256}).build()
+
+
+def test_an_image_the_processor_rejects_is_a_named_error_or_a_counted_skip(tmp_path):
+    """Qwen2.5-VL's processor refuses an image of aspect ratio 200 or more: under on_error: raise the error names the
+    record, under skip the record is left out and counted and the rest of its batch trains."""
+    import json
+
+    from data_modules import LlavaInstruct, MultitaskDataModule
+    from data_modules.datasets import REJECTED_MEDIA
+    from mmft.models.chat_collate import RejectedMediaError
+
+    Image.new("RGB", (3000, 4), (200, 10, 10)).save(tmp_path / "thin.png")
+    Image.new("RGB", (32, 32), (10, 10, 200)).save(tmp_path / "square.png")
+    turns = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "blue"}]
+    records = [{"id": name, "image": f"{name}.png", "conversations": turns} for name in ("square", "thin")]
+    records.append({**records[0], "id": "square2"})
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    module = VisionLanguageModule(tiny_backbone("qwen2_5_vl"), lm_adapter("qwen2_5_vl"))
+
+    def batches(on_error: str) -> tuple[MultitaskDataModule, list]:
+        data = MultitaskDataModule(train=[LlavaInstruct(tmp_path / "data.json", tmp_path)], batch_size=3,
+                                   on_error=on_error, collate_fn=module.collate)
+        data.setup("fit")
+        return data, [data.on_before_batch_transfer(batch, 0) for batch in data.train_dataloader()]
+
+    with pytest.raises(RejectedMediaError, match=r"data\.json#1 \(id thin\): the processor rejects its media "
+                                                 r"\(images 3000x4\): absolute aspect ratio must be smaller than 200"):
+        batches("raise")
+    data, trained = batches("skip")
+    assert [sorted(batch["ids"]) for batch in trained] == [["square", "square2"]]
+    assert data.media_skips.counts == {REJECTED_MEDIA: 1}
+    module.training_loss(trained[0])  # the rest of the batch trains
