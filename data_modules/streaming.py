@@ -144,8 +144,8 @@ class ShardDataset(Dataset):
                                                max_cache_size=self.max_cache_size)
             written = sum(end - start for start, end in items.region_of_interest)
             if written != len(self.ids):
-                raise ShardIndexError(f"{self.input_dir}: the shards hold {written} items, their index {len(self.ids)}: "
-                                      "rewrite the shards with `mmft optimize`")
+                raise ShardIndexError(f"{self.input_dir}: the shards hold {written} items, their index "
+                                      f"{len(self.ids)}: rewrite the shards with `mmft optimize`")
             self._chunks = chunk_files(self.input_dir)
             self._items, self._opened_by = items, os.getpid()
         return self._items

@@ -36,7 +36,8 @@ def _is_local(path: _PATH) -> bool:
     return isinstance(get_filesystem(path), LocalFileSystem)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -50,7 +51,7 @@ def _remove_stale_temps(target: Path) -> None:
     """Temp files left beside ``target`` by processes that were killed mid-save (``kill -9`` cannot clean up)."""
     for temp in target.parent.glob(f"{target.name}{TEMP_MARK}*"):
         pid = temp.name.rsplit(TEMP_MARK, 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             temp.unlink(missing_ok=True)
 
 
@@ -74,6 +75,7 @@ class _WriteErrors:
 
     def __init__(self, file: Any) -> None:
         self.file = file
+        self.name = file.name
         self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:

@@ -355,8 +355,8 @@ def input_errors() -> tuple[type[Exception], ...]:
 
     return (RunConfigError, StoredConfigError, RunFolderLocked, CheckpointFileError, CheckpointMismatchError,
             DataFormatError, DataConfigError, MediaError, ShardIndexError, DamagedShardError, FrameSamplingMismatch,
-            AdapterConfigError, AdapterError, QuantizationError, ShardingError, BackboneConfigError, CollateError, ParamGroupError,
-            TemplateError, VLBartConfigError, VLBartCollateError, VisualFeatureError)
+            AdapterConfigError, AdapterError, QuantizationError, ShardingError, BackboneConfigError, CollateError,
+            ParamGroupError, TemplateError, VLBartConfigError, VLBartCollateError, VisualFeatureError)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from typing import Any
 
 from jsonargparse import Namespace
 
+from mmft.checkpoint_io import pid_alive
+
 RUNS = Path("runs")
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_CLASSES = {"lightning.pytorch.callbacks.ModelCheckpoint", "pytorch_lightning.callbacks.ModelCheckpoint"}
@@ -88,13 +90,8 @@ def _process_start(pid: int) -> str | None:
 
 
 def _alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return started is None or _process_start(pid) in (None, started)
+    """Whether ``pid`` is still the process that started at ``started`` (not a later one given the same pid)."""
+    return pid_alive(pid) and (started is None or _process_start(pid) in (None, started))
 
 
 def _holder_line() -> str:

@@ -60,6 +60,8 @@ OUTPUT_PATH_ARGUMENTS = {
     "AnswerWriter": ("path",),
     "WeightUpdates": ("path",),
 }
+LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
+OWN_CONFIG = "pass the config yourself, --config FILE"
 # settings that only the user may turn on, never a checkpoint
 USER_ONLY_SETTINGS = ("trust_remote_code",)
 _DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
@@ -73,15 +75,7 @@ def checked_stored_config(config: dict[str, Any], ckpt_path: str | Path, root_ov
     """``config`` (a checkpoint's run config as plain data) checked as data, its output paths moved into the run
     folder: ``root_override`` (the user's ``--trainer.default_root_dir``) when given, else the stored one."""
     where = f"--ckpt_path {ckpt_path}"
-    for key, value in _walk(config, ""):
-        if key.rsplit(".", 1)[-1] == "class_path":
-            _check_class_path(value, key, where)
-        elif key.rsplit(".", 1)[-1] in USER_ONLY_SETTINGS and value not in (None, False):
-            raise StoredConfigError(f"{where}: its run config sets {key}: {value!r}, which only your own --config "
-                                    "may set")
-        elif isinstance(value, str) and _names_an_importable_object(value):
-            raise StoredConfigError(f"{where}: its run config names {value!r} at {key}, which mmft does not import "
-                                    "from a checkpoint: pass the config yourself, --config FILE")
+    check_as_data(config, where)
     trainer = config.get("trainer") or {}
     stored_root = trainer.get("default_root_dir")
     if stored_root is None:
@@ -92,11 +86,31 @@ def checked_stored_config(config: dict[str, Any], ckpt_path: str | Path, root_ov
         relative = _relative_inside(target, Path(stored_root))
         if relative is None:
             raise StoredConfigError(f"{where}: its run config writes {key} = {target} outside its run folder "
-                                    f"{stored_root}: pass the config yourself, --config FILE")
+                                    f"{stored_root}: {OWN_CONFIG}")
         holder[name] = str(root / relative)
     if root_override is None:
         trainer["default_root_dir"] = str(root)
     return config
+
+
+def check_as_data(config: Any, where: str, remedy: str = OWN_CONFIG) -> None:
+    """Refuse a stored config (a run config, or a module's stored hyperparameters) that names a class outside mmft
+    and the allow-list, any other importable object, or turns on a user-only setting; ``where`` starts the
+    message, ``remedy`` ends it."""
+    for key, value in _walk(config, ""):
+        name = key.rsplit(".", 1)[-1]
+        if name in ("class_path", "_class_path"):
+            _check_class_path(value, key, where, remedy)
+        elif name == "_instantiator":  # what Lightning's load_from_checkpoint imports and calls
+            if value != LIGHTNING_INSTANTIATOR:
+                raise StoredConfigError(f"{where}: its stored hyperparameters name {value!r} at {key}; only "
+                                        f"{LIGHTNING_INSTANTIATOR} builds a module from them")
+        elif name in USER_ONLY_SETTINGS and value not in (None, False):
+            raise StoredConfigError(f"{where}: its run config sets {key}: {value!r}, which only your own config "
+                                    f"may set: {remedy}")
+        elif isinstance(value, str) and _names_an_importable_object(value):
+            raise StoredConfigError(f"{where}: its run config names {value!r} at {key}, which mmft does not import "
+                                    f"from a checkpoint: {remedy}")
 
 
 def _walk(node: Any, key: str) -> Iterator[tuple[str, Any]]:
@@ -113,13 +127,12 @@ def _walk(node: Any, key: str) -> Iterator[tuple[str, Any]]:
             yield from _walk(value, child)
 
 
-def _check_class_path(value: Any, key: str, where: str) -> None:
+def _check_class_path(value: Any, key: str, where: str, remedy: str) -> None:
     if isinstance(value, str) and (value in ALLOWED_CLASS_PATHS or own_class(value) is not None):
         return
     raise StoredConfigError(
         f"{where}: its run config names class {value!r} at {key}; a stored config may name only mmft's own classes "
-        "and Lightning's standard callbacks, loggers and strategies and torch's optimizers: pass the config "
-        "yourself, --config FILE"
+        f"and Lightning's standard callbacks, loggers and strategies and torch's optimizers: {remedy}"
     )
 
 

@@ -258,7 +258,7 @@ def test_a_checkpoints_stored_config_runs_no_code_and_writes_nowhere_else(workdi
         writer["init_args"]["path"] = str(outside)
 
     for edit, message in ((shell_callback, "names class 'lightning.pytorch.callbacks.LambdaCallback'"),
-                          (answers_elsewhere, f"writes trainer.callbacks[5].init_args.path = {outside} outside")):
+                          (answers_elsewhere, f".init_args.path = {outside} outside its run folder")):
         path = edited_checkpoint(workdir, tmp_path / edit.__name__, edit)
         command = [sys.executable, "-m", "mmft.cli", "predict", "--ckpt_path", str(path)]
         done = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=200,

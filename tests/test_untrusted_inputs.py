@@ -17,7 +17,7 @@ import pytest
 
 from mmft.files import replace_refusal
 from mmft.run_folder import LOCK_NAME, RunFolderLock, RunFolderLocked, _process_start
-from mmft.stored_config import StoredConfigError, checked_stored_config
+from mmft.stored_config import LIGHTNING_INSTANTIATOR, StoredConfigError, check_as_data, checked_stored_config
 from mmft.tools import export, optimize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_an_importable_name_in_any_argument_is_refused():
 
 def test_remote_code_cannot_be_turned_on_by_a_checkpoint():
     config = stored(**{"model/init_args/backbone/init_args/trust_remote_code": True})
-    with pytest.raises(StoredConfigError, match=r"trust_remote_code: True, which only your own --config may set"):
+    with pytest.raises(StoredConfigError, match=r"trust_remote_code: True, which only your own config may set"):
         checked_stored_config(config, CKPT, None)
 
 
@@ -248,6 +248,22 @@ def test_mmft_fit_on_a_run_folder_in_use_stops_before_writing_anything(tmp_path)
 
 class Payload:
     """Stands for pickled code in a checkpoint."""
+
+
+@pytest.mark.parametrize("key,value", [("_instantiator", "os.system"),
+                                       ("optimizer", {"class_path": "os.system", "init_args": {}})])
+def test_export_builds_nothing_a_checkpoints_hyperparameters_name_outside_mmft(tmp_path, capsys, key, value):
+    """``load_from_checkpoint`` builds what the stored hyperparameters name: export checks them first."""
+    import torch
+
+    hyperparameters = {"_class_path": "mmft.models.LlavaModule", "_instantiator": LIGHTNING_INSTANTIATOR,
+                       "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}}}
+    check_as_data(hyperparameters, "stored")  # mmft's own: passes
+    torch.save({"state_dict": {}, "hyper_parameters": {**hyperparameters, key: value}}, tmp_path / "model.ckpt")
+    assert export.main(["--ckpt_path", str(tmp_path / "model.ckpt"), "--out", str(tmp_path / "out")]) == 2
+    printed = capsys.readouterr().err
+    assert f"--ckpt_path {tmp_path / 'model.ckpt'}: its" in printed and "'os.system'" in printed
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_of_a_pickle_bearing_file_refuses_without_torchs_unsafe_advice(tmp_path, capsys):

@@ -23,6 +23,7 @@ from mmft.adapters.peft_format import CONFIG_FILE as PEFT_CONFIG_FILE
 from mmft.checkpoint_io import AtomicCheckpointIO, CheckpointFileError
 from mmft.files import replace_refusal
 from mmft.models.base import AdapterModule
+from mmft.stored_config import StoredConfigError, check_as_data
 
 TRUSTED_PREFIX = "mmft.models."  # a checkpoint names the class to rebuild: only mmft's model families are imported
 
@@ -44,6 +45,11 @@ def load_module(ckpt_path: str | Path) -> AdapterModule:
     if class_path is None:
         raise ExportError(f"--ckpt_path {path} holds no model config (it was not saved by the mmft CLI): build the "
                           "module by hand, load the checkpoint into it and call mmft.adapters.save_adapters")
+    try:  # load_from_checkpoint builds what the stored hyperparameters name: only mmft's and standard classes
+        check_as_data(checkpoint["hyper_parameters"], f"--ckpt_path {path}", "build the module from your own config "
+                      "and export it from Python (mmft.adapters.save_adapters, mmft.models.export.export_merged)")
+    except StoredConfigError as error:
+        raise ExportError(str(error)) from None
     if not class_path.startswith(TRUSTED_PREFIX):
         raise ExportError(f"--ckpt_path {path}: model class {class_path!r} is not an mmft model family "
                           f"({TRUSTED_PREFIX}*); load it with that class's load_from_checkpoint")
