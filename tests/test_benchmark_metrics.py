@@ -9,7 +9,10 @@ import pytest
 from mmft.metrics import (
     POPE,
     CircularAccuracy,
+    LenientCircularAccuracy,
+    LenientVizWizAccuracy,
     LetterAccuracy,
+    ScienceQAAccuracy,
     VizWizAccuracy,
     extract_choice,
     parse_rotation_id,
@@ -120,9 +123,10 @@ def test_circular_counts_a_question_only_when_every_rotation_is_right() -> None:
     metric = CircularAccuracy()
     # question 1: all four rotations right -> counts; question 2: rotation 2 wrong -> does not count (but its
     # first pass is right); question 3: first rotation wrong -> neither
-    metric.update(["A", "B", "C.", "D"], ["A", "B", "C", "D"], ["1/0of4", "1/1of4", "1/2of4", "1/3of4"])
-    metric.update(["C", "A", "A"], ["C", "A", "B"], ["2/0of3", "2/1of3", "2/2of3"])
-    metric.update(["B", "The answer is B."], ["A", "B"], ["3/0of2", "3/1of2"])
+    metric.update(["A", "B", "C.", "D"], ["A", "B", "C", "D"], ["1/0of4", "1/1of4", "1/2of4", "1/3of4"],
+                  [options_prompt(4)] * 4)
+    metric.update(["C", "A", "A"], ["C", "A", "B"], ["2/0of3", "2/1of3", "2/2of3"], [options_prompt(3)] * 3)
+    metric.update(["B", "The answer is B."], ["A", "B"], ["3/0of2", "3/1of2"], [options_prompt(2)] * 2)
     result = metric.compute()
     assert result["circular"].item() == pytest.approx(1 / 3)
     assert result["first_pass"].item() == pytest.approx(2 / 3)
@@ -130,9 +134,10 @@ def test_circular_counts_a_question_only_when_every_rotation_is_right() -> None:
 
 def test_circular_counts_a_repeated_copy_once_and_refuses_a_missing_rotation() -> None:
     metric = CircularAccuracy()
-    metric.update(["A", "B", "A"], ["A", "B", "A"], ["5/0of2", "5/1of2", "5/0of2"])  # DDP padding repeats 5/0
+    metric.update(["A", "B", "A"], ["A", "B", "A"], ["5/0of2", "5/1of2", "5/0of2"],  # DDP padding repeats 5/0
+                  [options_prompt(2)] * 3)
     assert metric.compute()["circular"].item() == 1.0
-    metric.update(["A"], ["A"], ["6/0of3"])
+    metric.update(["A"], ["A"], ["6/0of3"], [options_prompt(3)])
     with pytest.raises(ValueError, match="question 6: answers for rotations \\[0\\] of 3"):
         metric.compute()
 
@@ -183,10 +188,16 @@ def test_vizwiz_hand_worked() -> None:
 # ------------------------------------------------------------------------------------------------ across processes
 
 POPE_DATA = pope_batch(3, 1, 4, 2, "random")
+def options_prompt(count: int) -> str:
+    """A prompt listing ``count`` options as the MMBench reader writes them."""
+    return "What colour is it?" + "".join(f"\n{'ABCD'[k]}. {['red', 'green', 'blue', 'pink'][k]}" for k in range(count))
+
+
 CIRCULAR_DATA = (
     ["A", "B", "C", "D", "C", "A", "A", "B", "B"],
     ["A", "B", "C", "D", "C", "A", "B", "A", "B"],
     ["1/0of4", "1/1of4", "1/2of4", "1/3of4", "2/0of3", "2/1of3", "2/2of3", "3/0of2", "3/1of2"],
+    [options_prompt(4)] * 4 + [options_prompt(3)] * 3 + [options_prompt(2)] * 2,
 )
 VIZWIZ_DATA = (
     ["Unanswerable", "red", "red", "unanswerable"],
@@ -207,10 +218,12 @@ def update_benchmarks(metrics: dict, rank: int | None) -> None:
         "circular": ([0, 1, 4, 5, 6], [2, 3, 7, 8]),
         "vizwiz": ([0, 1], [2, 3]),
     }
-    data = {"pope": POPE_DATA, "circular": CIRCULAR_DATA, "vizwiz": VIZWIZ_DATA}
+    data = {"pope": POPE_DATA, "circular": CIRCULAR_DATA, "lenient_circular": CIRCULAR_DATA, "vizwiz": VIZWIZ_DATA,
+            "lenient_vizwiz": VIZWIZ_DATA}
+    halves |= {"lenient_circular": halves["circular"], "lenient_vizwiz": halves["vizwiz"]}
     for name, metric in metrics.items():
-        if name == "letters":
-            preds, refs, _ = CIRCULAR_DATA
+        if name in ("letters", "scienceqa"):
+            preds, refs, _, _ = CIRCULAR_DATA
             keep = list(range(9)) if rank is None else halves["circular"][rank]
             metric.update([preds[i] for i in keep], [refs[i] for i in keep])
             continue
@@ -219,7 +232,9 @@ def update_benchmarks(metrics: dict, rank: int | None) -> None:
 
 
 def make_benchmark_metrics() -> dict:
-    return {"pope": POPE(), "circular": CircularAccuracy(), "vizwiz": VizWizAccuracy(), "letters": LetterAccuracy()}
+    return {"pope": POPE(), "circular": CircularAccuracy(), "lenient_circular": LenientCircularAccuracy(),
+            "vizwiz": VizWizAccuracy(), "lenient_vizwiz": LenientVizWizAccuracy(), "letters": LetterAccuracy(),
+            "scienceqa": ScienceQAAccuracy()}
 
 
 def flatten(results: dict) -> dict[str, float]:

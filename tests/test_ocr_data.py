@@ -12,7 +12,7 @@ from PIL import Image
 from data_modules import OCRVQA, DocVQA, TextVQA
 from data_modules.formats import DataFormatError
 from data_modules.media import MediaError
-from mmft.metrics import ANLS, ExactMatchAccuracy, VQAAccuracy
+from mmft.metrics import ANLS, ExactMatchAccuracy, TextVQAAccuracy
 from mmft.tools.sample_data import OCR_WORDS
 
 
@@ -42,7 +42,7 @@ def majority_scores(sample_data: Path) -> dict[str, float]:
     """Each task's commonest training answer given to every val question, scored by the task's metric."""
     train, val = read_ocr(sample_data, "train"), read_ocr(sample_data, "val")
     scores = {}
-    for task, metric in (("textvqa", VQAAccuracy()), ("docvqa", ANLS()), ("ocrvqa", ExactMatchAccuracy())):
+    for task, metric in (("textvqa", TextVQAAccuracy()), ("docvqa", ANLS()), ("ocrvqa", ExactMatchAccuracy())):
         majority = Counter(e.target for e in train[task]).most_common(1)[0][0]
         metric.update([majority] * len(val[task]), [list(e.references) for e in val[task]])
         scores[task] = float(metric.compute())

@@ -37,7 +37,8 @@ STORED = {
         "callbacks": [
             {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
              "init_args": {"dirpath": f"{RUN}/checkpoints", "save_last": True}},
-            {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
+            {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor",
+             "init_args": {"logging_interval": "step"}},
             {"class_path": "mmft.callbacks.AnswerWriter", "init_args": {"path": None}},
             {"class_path": "mmft.callbacks.WeightUpdates", "init_args": {"path": f"{RUN}/updates.json"}},
         ],

@@ -9,6 +9,7 @@ from torchmetrics import Metric
 
 from mmft.metrics.normalize import normalize_vqa_answer
 from mmft.metrics.vqa import _check_lengths, vqa_score
+from mmft.metrics.vqa_eval import vizwiz_score, vqa_eval_reply
 
 ANSWER_TYPES = ("yes/no", "number", "other", "unanswerable")
 UNANSWERABLE = "unanswerable"
@@ -17,13 +18,14 @@ UNANSWERABLE = "unanswerable"
 class VizWizAccuracy(Metric):
     """The official VizWiz-VQA evaluation, as torchmetrics state.
 
-    - ``accuracy`` (the headline): VQA accuracy (:func:`~mmft.metrics.vqa_score`) against the 10 answers, in which
+    - ``accuracy`` (the headline): VizWiz's VQA accuracy (:func:`~mmft.metrics.vqa_eval.vizwiz_score`: the
+      processed reply against the 10 answers as annotated) against the 10 answers, in which
       "unanswerable" is an ordinary answer string: a question most annotators could not answer is answered right
       by replying "Unanswerable", as LLaVA-1.5's VizWiz prompt asks.
     - ``accuracy_<type>`` for the answer types ``yes/no`` (key ``accuracy_yes_no``), ``number``, ``other`` and
       ``unanswerable``.
     - ``unanswerable_f1`` and ``unanswerable_average_precision``: the official answerability scores with
-      unanswerable as the positive class, a reply counting as "unanswerable" when it normalises to that word (the
+      unanswerable as the positive class, a reply counting as "unanswerable" when it processes to that word (the
       average precision of such 0/1 scores is ``recall * precision + (1 - recall) * share of unanswerable``).
 
     ``update(preds, references, categories)``: replies, each question's answers and its answer type (the VizWiz
@@ -34,6 +36,8 @@ class VizWizAccuracy(Metric):
     higher_is_better = True
     full_state_update = False
     headline = "accuracy"
+    score = staticmethod(vizwiz_score)
+    process = staticmethod(vqa_eval_reply)
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -54,9 +58,9 @@ class VizWizAccuracy(Metric):
                     "read VizWiz with data_modules.VizWiz, which sets each question's answer type"
                 )
             slot = ANSWER_TYPES.index(answer_type)
-            self.score_sum[slot] += vqa_score(reply, answers)
+            self.score_sum[slot] += self.score(reply, answers)
             self.count[slot] += 1
-            said, truly = normalize_vqa_answer(reply) == UNANSWERABLE, answer_type == UNANSWERABLE
+            said, truly = self.process(reply) == UNANSWERABLE, answer_type == UNANSWERABLE
             self.detection[(0 if truly else 1) if said else (3 if truly else 2)] += 1
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -74,3 +78,11 @@ class VizWizAccuracy(Metric):
             share = (tp + fn) / (tp + fp + tn + fn)
             results["unanswerable_average_precision"] = recall * precision + (1 - recall) * share
         return {key: torch.tensor(value, dtype=torch.float32, device=self.device) for key, value in results.items()}
+
+
+class LenientVizWizAccuracy(VizWizAccuracy):
+    """VizWiz with the lenient VQA accuracy (:func:`~mmft.metrics.vqa_score`: the answers normalised too, so "2"
+    matches "Two")."""
+
+    score = staticmethod(vqa_score)
+    process = staticmethod(normalize_vqa_answer)

@@ -1,4 +1,5 @@
-"""VQA accuracy (VQAv2, TextVQA, VizWiz) and normalised exact-match accuracy (GQA, NLVR2, TVQA, ...)."""
+"""VQA accuracy (VQAv2, TextVQA) by the pipelines behind the published numbers and leniently, GQA accuracy as
+LLaVA's script scores it, and normalised exact-match accuracy (NLVR2, TVQA, ...)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import torch
 from torchmetrics import Metric
 
 from mmft.metrics.normalize import normalize_vqa_answer
+from mmft.metrics.vqa_eval import textvqa_score, vqav2_score
 
 
 def vqa_score(prediction: str, answers: Sequence[str]) -> float:
-    """One question's official VQA accuracy: for each answer left out, ``min(1, matches among the rest / 3)``,
+    """One question's lenient VQA accuracy: for each answer left out, ``min(1, matches among the rest / 3)``,
     averaged over the answers: with 10 answers, 1 match scores 0.3, 2 score 0.6, 3 score 0.9, 4 or more score 1.
 
     Unlike the official script, the answers get the full normalisation too (the official one only strips their
@@ -54,16 +56,48 @@ def _check_lengths(preds: Sequence[str], references: Sequence) -> None:
 
 
 class VQAAccuracy(_MeanScore):
-    """Official VQA accuracy (see :func:`vqa_score`), averaged over questions; a fraction in [0, 1].
+    """VQAv2 accuracy as the published numbers are made (:func:`~mmft.metrics.vqa_eval.vqav2_score`: the EvalAI
+    processor on the prediction, then the official evaluation), averaged over questions; a fraction in [0, 1].
 
     ``update(preds, references)``: generated answers and, per question, the annotators' answers (10 in VQAv2).
     """
 
-    normalize = staticmethod(normalize_vqa_answer)
+    score = staticmethod(vqav2_score)
 
     def update(self, preds: Sequence[str], references: Sequence[Sequence[str]]) -> None:
         _check_lengths(preds, references)
-        self._add([vqa_score(p, refs) for p, refs in zip(preds, references)])
+        self._add([self.score(p, refs) for p, refs in zip(preds, references)])
+
+
+class TextVQAAccuracy(VQAAccuracy):
+    """TextVQA accuracy by its evaluator (:func:`~mmft.metrics.vqa_eval.textvqa_score`: both sides through the
+    EvalAI processor)."""
+
+    score = staticmethod(textvqa_score)
+
+
+class LenientVQAAccuracy(VQAAccuracy):
+    """VQA accuracy with the full normalisation on both sides, always (:func:`vqa_score`): more forgiving than the
+    published pipelines ("Yes" and "t-shirt" score where they may not), so reported under its own name."""
+
+    score = staticmethod(vqa_score)
+
+
+def gqa_answer(prediction: str) -> str:
+    """The prediction as LLaVA's GQA conversion hands it to the GQA evaluation: final periods removed, lower-cased."""
+    return prediction.rstrip(".").lower()
+
+
+class GQAAccuracy(_MeanScore):
+    """GQA accuracy as LLaVA's scripts score it: :func:`gqa_answer` equal to the answer, nothing else normalised.
+
+    ``update(preds, references)``: each reference is one string or a list of acceptable strings.
+    """
+
+    def update(self, preds: Sequence[str], references: Sequence[str | Sequence[str]]) -> None:
+        _check_lengths(preds, references)
+        self._add([float(gqa_answer(p) in ([refs] if isinstance(refs, str) else refs))
+                   for p, refs in zip(preds, references)])
 
 
 class ExactMatchAccuracy(_MeanScore):

@@ -52,13 +52,14 @@ def batch_metadata(examples: list[Example]) -> dict[str, list]:
         "tasks": [e.task for e in examples],
         "references": [list(e.references) for e in examples],
         "categories": [e.category for e in examples],
+        "prompts": [e.prompt for e in examples],
     }
 
 
 def metric_context(metric: Metric, batch: dict[str, Any]) -> dict[str, list]:
-    """The per-example lists among ``ids`` and ``categories`` that ``metric.update`` takes by name."""
+    """The per-example lists among ``ids``, ``categories`` and ``prompts`` that ``metric.update`` takes by name."""
     parameters = inspect.signature(metric.update).parameters
-    return {name: batch[name] for name in ("ids", "categories") if name in parameters}
+    return {name: batch[name] for name in ("ids", "categories", "prompts") if name in parameters}
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
