@@ -75,7 +75,7 @@ class _WriteErrors:
 
     def __init__(self, file: Any) -> None:
         self.file = file
-        self.name = file.name
+        self.name = getattr(file, "name", "")  # what a file object says it writes
         self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:

@@ -8,7 +8,7 @@
 # skipped (and says so), so the whole run stays inside the budget. Each writes OUT_DIR/<part>.json (every number,
 # see scripts/bench_adapters.py) and OUT_DIR/<part>.log; the tables are printed at the end.
 #   env        GPU, versions, and the measured bf16 matmul rate (8192^3, random data)
-#   kernels    the CUDA tests of the fused Triton kernels (tests/test_dora_kernels.py)
+#   kernels    every CUDA-only test (the fused Triton kernels, bf16 autocast against float64): the six the CPU suite skips
 #   1b_eager   ~1B Llama-style, bf16, batch 4 x 1024: mmft LoRA / DoRA / DoRA without the fused kernels, PEFT LoRA /
 #              DoRA; GPU busy time per step from the profiler; unmerged and merged eval
 #   1b_cudagraphs     the same, torch.compile(mode="reduce-overhead") per decoder layer (CUDA graphs), training only
@@ -57,7 +57,7 @@ json.dump(info, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(info, indent=1))
 PYEOF
 cat "$OUT_DIR/env.log"
-part kernels 120 $PY -m pytest -q -p no:cacheprovider tests/test_dora_kernels.py -k "not interpreter"
+part kernels 120 $PY -m pytest -q -rs -p no:cacheprovider tests/test_dora_kernels.py tests/test_adapter_math.py -k cuda
 tail -n 3 "$OUT_DIR/kernels.log"
 part 1b_eager 120 $BENCH 1b --rounds 10 --profile --variants $FOUR mmft_dora_unfused --json "$OUT_DIR/1b_eager.json"
 part 1b_cudagraphs 150 $BENCH 1b --rounds 10 --warmup 3 --profile --no-eval --compile reduce-overhead \

@@ -96,6 +96,23 @@ def test_mmft_folder_loads_in_peft_with_same_outputs(tmp_path, method):
     assert_same(mmft_model, peft_model, inputs, train=True)
 
 
+@pytest.mark.parametrize("family", sorted(MODELS))
+def test_mmft_vera_folder_loads_in_peft_with_same_outputs(tmp_path, family):
+    """The other way for VeRA: PEFT's own loader takes mmft's VeRA folder (its projections regenerated from the
+    seed) and computes what mmft's trained model computes, with the same gradients."""
+    build, make_inputs, targets = MODELS[family]
+    base, inputs = build(), make_inputs()
+    mmft_model = copy.deepcopy(base)
+    apply_adapters(mmft_model, AdapterConfig(method="vera", r=4, target_modules=targets, vera_seed=7))
+    randomise_(mmft_model)
+    save_adapters(mmft_model, tmp_path)
+
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path, is_trainable=True)
+    assert type(peft_model.peft_config["default"]).__name__ == "VeraConfig"
+    assert_same(mmft_model, peft_model, inputs, train=False)
+    assert_same(mmft_model, peft_model, inputs, train=True)
+
+
 @pytest.mark.parametrize("method", ["lora", "dora"])
 def test_dropout_rslora_and_patterns_match_peft(tmp_path, method):
     """Dropout in eval is the identity; in training both draw the same masks from the same seed."""

@@ -140,7 +140,7 @@ def test_resume_replays_the_uninterrupted_run(workdir, fitted):
     mmft(workdir, "fit", "--ckpt_path", str(RUN / "checkpoints" / "epoch=0-step=3.ckpt"))
     resumed = train_losses(fitted.parent / "version_1")
     assert sorted(resumed) == [3, 4, 5]
-    assert resumed == pytest.approx({step: uninterrupted[step] for step in resumed}, rel=1e-6, abs=0)
+    assert resumed == {step: uninterrupted[step] for step in resumed}  # exact
     # the weight-update record came back with the checkpoint and goes on as the uninterrupted run's did
     resumed_updates = json.loads((workdir / RUN / "weight_updates.json").read_text())["points"]
     assert [(p["step"], p["module"]) for p in resumed_updates] == [(p["step"], p["module"])
@@ -167,10 +167,11 @@ def test_resume_from_the_middle_of_an_epoch_replays_the_uninterrupted_run(workdi
     version = max((fitted.parent).glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
     resumed = train_losses(version)
     assert sorted(resumed) == [2, 3, 4, 5]
-    assert resumed == pytest.approx({step: uninterrupted[step] for step in resumed}, rel=1e-6, abs=0)
+    assert resumed == {step: uninterrupted[step] for step in resumed}  # exact
 
 
 def test_test_prints_the_metrics_table_from_the_checkpoint_alone(workdir, fitted):
+    before = {p.name for p in fitted.parent.iterdir()}
     out = mmft_alone(workdir, "test", "--ckpt_path", LAST)
     table = out[out.index("task  "):].splitlines()[:4]
     assert table[0].split() == ["task", "metric", "value", "scored"]
@@ -178,7 +179,10 @@ def test_test_prints_the_metrics_table_from_the_checkpoint_alone(workdir, fitted
     assert [row.split()[3] for row in table[1:3]] == ["32/32", "32/32"]  # one test batch each, nothing skipped
     scores = [float(row.split()[2]) for row in table[1:3]] + [float(table[3].split()[1])]
     assert table[3].split()[0] == "average" and scores[2] == pytest.approx((scores[0] + scores[1]) / 2, abs=1e-4)
-    assert (fitted.parent / "version_1" / "metrics.csv").is_file()  # the test's log joins the run's
+    (added,) = {p.name for p in fitted.parent.iterdir()} - before  # the test's log joins the run's
+    with (fitted.parent / added / "metrics.csv").open() as file:
+        logged = next(row for row in csv.DictReader(file) if row.get("test/vqav2/VQAAccuracy"))
+    assert float(logged["test/vqav2/VQAAccuracy"]) == pytest.approx(scores[0], abs=1e-4)
 
 
 PAPER_ORDER = ["vqav2", "gqa", "vizwiz", "scienceqa", "textvqa", "pope", "mmbench"]
@@ -278,7 +282,7 @@ def test_a_given_run_folder_moves_every_output_of_a_checkpoint_alone(workdir, fi
 
 
 def test_a_second_run_gets_its_own_complete_folder(workdir, fitted):
-    first = {p: p.read_bytes() for p in (workdir / RUN / "checkpoints").iterdir()}
+    first = {p: p.read_bytes() for p in (workdir / RUN).rglob("*") if p.is_file()}
     mmft(workdir, "fit", "--trainer.default_root_dir", "runs/exp2", "--trainer.max_epochs", "1")
     second = workdir / "runs" / "exp2"
     assert sorted(p.name for p in second.iterdir()) == ["adapter", "checkpoints", "csv", "wandb",
@@ -287,8 +291,8 @@ def test_a_second_run_gets_its_own_complete_folder(workdir, fitted):
                                                                           "step=2.ckpt"]
     assert (second / "csv" / "version_0" / "metrics.csv").is_file()
     assert (second / "adapter" / "adapter_model.safetensors").is_file()
-    # the first run's checkpoints are untouched
-    assert {p: p.read_bytes() for p in (workdir / RUN / "checkpoints").iterdir()} == first
+    # the first run's folder is untouched, every file of it (checkpoints, logs, W&B, exports), none added
+    assert {p: p.read_bytes() for p in (workdir / RUN).rglob("*") if p.is_file()} == first
 
 
 PLAIN_SCRIPT = """

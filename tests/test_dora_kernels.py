@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
@@ -106,20 +107,56 @@ def step(model, x, fused: bool):
     return out.detach(), x.grad, grads
 
 
+def count_kernel_calls(monkeypatch) -> Counter:
+    """Count the layer's calls of each fused kernel (that returned a result), so a test knows which path ran."""
+    calls: Counter = Counter()
+    for name in ("fused_dora_norm", "fused_dora_backward_tail"):
+        kernel = getattr(layers, name)
+
+        def counted(*args, _kernel=kernel, _name=name, **kwargs):
+            result = _kernel(*args, **kwargs)
+            calls[_name] += result is not None
+            return result
+
+        monkeypatch.setattr(layers, name, counted)
+    return calls
+
+
 @interpreted
 @pytest.mark.parametrize("dropout, bias", [(0.0, False), (0.0, True), (0.1, False)])
 def test_dora_layer_with_kernels_equals_pytorch_path(dropout, bias, monkeypatch):
     monkeypatch.setattr(layers, "FUSED_TAIL_MIN_ELEMENTS", 0)  # the layer is small: take the tail kernel anyway
+    calls = count_kernel_calls(monkeypatch)
     fused_model, plain_model = dora_pair(dropout, bias)
     fused_model.train(), plain_model.train()
     x = torch.randn(3, 11, 48)
     out_f, gx_f, grads_f = step(fused_model, x, True)
+    assert calls["fused_dora_backward_tail"] == 1  # the fused path ran: one backward of one layer
     out_p, gx_p, grads_p = step(plain_model, x, False)
+    assert calls["fused_dora_backward_tail"] == 1  # and the plain one did not
     torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gx_f, gx_p, rtol=1e-5, atol=1e-6)
     assert grads_f.keys() == grads_p.keys() and "0.lora_magnitude_vector" in grads_f
     for name in grads_f:
         torch.testing.assert_close(grads_f[name], grads_p[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@interpreted
+def test_dora_inference_with_the_norm_kernel_equals_pytorch_path(monkeypatch):
+    """Without gradients for A and B (evaluation) the norm comes from the fused kernel."""
+    calls = count_kernel_calls(monkeypatch)
+    fused_model, plain_model = dora_pair()
+    fused_model.eval(), plain_model.eval()
+    x = torch.randn(3, 11, 48)
+    with torch.no_grad():
+        with kernels.fused_kernels(True):
+            fused = fused_model(x)
+        assert calls["fused_dora_norm"] >= 1
+        before = calls["fused_dora_norm"]
+        with kernels.fused_kernels(False):
+            plain = plain_model(x)
+        assert calls["fused_dora_norm"] == before
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(), reason="CPU without the interpreter")
@@ -151,11 +188,14 @@ def test_cuda_kernels_equal_pytorch_path(dtype):
 @pytest.mark.parametrize("dropout, bias", [(0.0, False), (0.0, True), (0.1, False)])
 def test_cuda_dora_layer_with_kernels_equals_pytorch_path(dropout, bias, monkeypatch):
     monkeypatch.setattr(layers, "FUSED_TAIL_MIN_ELEMENTS", 0)
+    calls = count_kernel_calls(monkeypatch)
     fused_model, plain_model = dora_pair(dropout, bias, device="cuda")
     fused_model.train(), plain_model.train()
     x = torch.randn(4, 256, 48, device="cuda")
     out_f, gx_f, grads_f = step(fused_model, x, True)
+    assert calls["fused_dora_backward_tail"] == 1
     out_p, gx_p, grads_p = step(plain_model, x, False)
+    assert calls["fused_dora_backward_tail"] == 1
     torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gx_f, gx_p, rtol=1e-5, atol=1e-5)
     for name in grads_f:

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from safetensors import safe_open
+from generation_checks import ATOL, first_step_logits
 from test_llava import adapter, tiny_backbone, vqa_samples
 from test_vlm import vqa_samples as chat_samples
 from tiny_vlms import FAMILIES, FAMILY_SIZES, QWEN2_5_VL_4BIT_SIZES, TOKENIZER, lm_adapter
@@ -27,6 +28,7 @@ from transformers import (
 )
 
 from data_modules import ExampleDataset, VQAv2
+from data_modules.records import Example, Sample, Turn
 from mmft.adapters import QuantizationConfig, find_adapted_modules
 from mmft.adapters.base_weight import is_4bit
 from mmft.models import (
@@ -281,12 +283,28 @@ def test_vision_language_merged_folder_loads_in_transformers_and_equals_the_adap
     for sample, answer in zip(samples, module.generate_answers(batch)):
         # what a user of the folder does: its chat template and processor give mmft's prompt, its generation
         # config (end of turn, padding) mmft's greedy answer
-        question = f"{sample.example.turns[0].text}\n{SHORT_ANSWER_SUFFIX}"
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-        text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = processor(text=[text], images=[list(sample.images)], return_tensors="pt")
+        inputs = folder_inputs(processor, sample)
         assert inputs["input_ids"].tolist() == module.collate([sample])["prompt_input_ids"].tolist()
         assert greedy(merged, dict(inputs), inputs["input_ids"].shape[1], processor.tokenizer, 4) == answer
+    # mmft's batched, left-padded generation: each row's first-step logits are the folder's for that sample alone
+    longer = Sample(Example("vqav2", "long", (Turn("user", "Is there a blue square in the picture? Look closely."),),
+                            images=(Path("long.jpg"),), references=("no",)), samples[1].images)
+    padded = [samples[0], longer]
+    together, mask = first_step_logits(module, padded)
+    assert (mask == 0).any()
+    for row, sample in enumerate(padded):
+        with torch.no_grad():
+            alone = merged.generate(**folder_inputs(processor, sample), max_new_tokens=1, do_sample=False,
+                                    output_logits=True, return_dict_in_generate=True).logits[0][0]
+        torch.testing.assert_close(together[row], alone.float(), atol=ATOL, rtol=0)
+
+
+def folder_inputs(processor, sample) -> dict:
+    """A sample's prompt as a user of an exported folder makes it: the folder's chat template, then its processor."""
+    question = f"{sample.example.turns[0].text}\n{SHORT_ANSWER_SUFFIX}"
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    return dict(processor(text=[text], images=[list(sample.images)], return_tensors="pt"))
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])
@@ -347,7 +365,7 @@ def test_vision_language_merged_config_rebuilds_the_merged_model_without_adapter
 def test_vlbart_merged_weights_reload_in_mmft_with_the_same_outputs(sample_data, tmp_path):
     from test_vlbart import tiny_module
 
-    module = trained(tiny_module("dora"))
+    module = trained(tiny_module("dora", num_beams=3))  # the answers below are beam search's, as the recipes use
     examples = VQAv2(
         sample_data / "vqav2" / "v2_OpenEnded_mscoco_val2014_questions.json",
         sample_data / "coco" / "val2014",
@@ -362,7 +380,7 @@ def test_vlbart_merged_weights_reload_in_mmft_with_the_same_outputs(sample_data,
     assert not any("lora" in k for k in bart.state_dict())  # a plain transformers BART
     overlay = yaml.safe_load((folder / MERGED_CONFIG).read_text())["model"]["init_args"]
     assert overlay["adapter"] is None
-    reloaded = tiny_module("dora", **overlay).eval()  # the recipe's other settings, the export's weights
+    reloaded = tiny_module("dora", num_beams=3, **overlay).eval()  # the recipe's other settings, the export's weights
     assert reloaded.adapter_report is None and not any(p.requires_grad for p in reloaded.parameters())
     magnitudes_survive(module, reloaded.model)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from generation_checks import assert_batched_logits_equal_one_by_one
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers
 from torch import nn
@@ -187,6 +188,7 @@ def test_batched_left_padded_generation_equals_one_by_one(module):
     together = module.generate_answers(module.collate(samples))
     alone = [module.generate_answers(module.collate([s]))[0] for s in samples]
     assert together == alone
+    assert_batched_logits_equal_one_by_one(module, samples)
 
 
 def test_adapters_must_stay_in_the_language_model():
@@ -281,3 +283,32 @@ def test_exported_adapter_gives_the_same_model_in_peft(tmp_path):
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     with torch.no_grad():
         torch.testing.assert_close(peft_model(**inputs).logits, module.model(**inputs).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_a_checkpoint_loads_after_its_base_folder_moved(tmp_path):
+    """The fingerprint compares what the base is (class, config, weights), not where it lies: the checkpoint of a
+    run on a folder loads under the same folder moved elsewhere, and still refuses a different base there."""
+    import shutil
+
+    from mmft.models.base import CheckpointMismatchError
+
+    built = tiny_backbone(seed=1).build()
+    first = tmp_path / "bases" / "llava"
+    built.model.save_pretrained(first)
+    built.tokenizer.save_pretrained(first)
+    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(first)
+    trained = LlavaModule(HFLlava(path=str(first)), adapter())
+    checkpoint = {"state_dict": trained.state_dict()}
+    trained.on_save_checkpoint(checkpoint)
+    assert checkpoint["mmft"]["base"]["name_or_path"] == str(first)
+
+    moved = tmp_path / "elsewhere" / "llava-copy"
+    moved.parent.mkdir()
+    shutil.move(first, moved)
+    LlavaModule(HFLlava(path=str(moved)), adapter()).on_load_checkpoint(checkpoint)  # loads, no error
+
+    other = tiny_backbone(seed=2).build()  # same shapes, other weights, at the old place
+    other.model.save_pretrained(first)
+    shutil.copytree(moved, first, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    with pytest.raises(CheckpointMismatchError, match=r"base\.weights_sha256"):
+        LlavaModule(HFLlava(path=str(first)), adapter()).on_load_checkpoint(checkpoint)

@@ -196,6 +196,23 @@ def test_generation_is_independent_of_the_batch(module: VLBartModule, samples: l
     assert together == [module.generate_answers(module.collate([s]))[0] for s in samples]
 
 
+def test_beam_search_is_independent_of_the_batch_and_is_transformers_own(samples: list) -> None:
+    """The recipes answer with beam search (5 beams): batched equals one by one, and the answers are those of
+    transformers' beam search run on the same encoder states."""
+    beams = tiny_module(num_beams=3).eval()
+    batch = beams.collate(samples)
+    together = beams.generate_answers(batch)
+    assert together == [beams.generate_answers(beams.collate([s]))[0] for s in samples]
+    greedy = tiny_module(num_beams=1).eval().generate_answers(batch)
+    with torch.no_grad():
+        encoded, mask = beams.model.encode(batch["input_ids"], batch["attention_mask"], beams.visual_features(batch),
+                                           batch["image_counts"])
+        output = beams.model.bart.generate(encoder_outputs=encoded, attention_mask=mask, num_beams=3,
+                                           max_new_tokens=beams.max_new_tokens, do_sample=False)
+    assert together == [a.strip() for a in beams.tokenizer.batch_decode(output, skip_special_tokens=True)]
+    assert together != greedy  # these samples' beam answers differ from greedy ones: the check can tell them apart
+
+
 def test_trainable_parameters_are_the_papers(module: VLBartModule) -> None:
     """Adapters on q_proj / v_proj of encoder self-, decoder self- and cross-attention; visual embedding, every
     bias and every LayerNorm of BART trained; nothing else (token embeddings, other projections, the encoder)."""

@@ -20,6 +20,7 @@ from mmft.models import VisionLanguageModule
 from mmft.models.chat_collate import MEDIA_KEYS_SKIPPED
 from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX
 from mmft.models.templates import VICUNA_V1_SYSTEM
+from generation_checks import assert_batched_logits_equal_one_by_one
 from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
 
 RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
@@ -130,6 +131,7 @@ def test_batched_left_padded_generation_equals_one_by_one(module):
     together = module.generate_answers(module.collate(samples))
     alone = [module.generate_answers(module.collate([s]))[0] for s in samples]
     assert together == alone
+    assert_batched_logits_equal_one_by_one(module, samples)
 
 
 TEXT_ONLY = Sample(Example("instruct", "t", (Turn("user", "Hi"), Turn("assistant", "hello"))))
@@ -344,6 +346,7 @@ def test_llava_next_video_takes_the_video_input_and_learns_only_the_reply():
                Sample(Example("msrvtt_qa", "v3", (question,), video=Path("v.mp4")), frames=sample.frames.flip(0))]
     together = module.generate_answers(module.collate(prompts))
     assert together == [module.generate_answers(module.collate([p]))[0] for p in prompts]
+    assert_batched_logits_equal_one_by_one(module, prompts)
 
 
 QWEN_MULTI_IMAGE_TEXT = (

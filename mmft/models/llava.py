@@ -145,18 +145,17 @@ class LlavaModule(AdapterModule):
         return loss
 
     @torch.no_grad()
+    def generate(self, batch: dict[str, Any], **options: Any) -> Any:
+        """Greedy decoding from the batch's left-padded prompts (transformers' ``generate``; ``options`` such as
+        ``output_logits=True, return_dict_in_generate=True`` pass through)."""
+        settings = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "num_beams": 1,
+                    "pad_token_id": self.collate.pad_token_id, "eos_token_id": self.tokenizer.eos_token_id,
+                    # sharded: every rank runs as many forwards as the longest answer needs
+                    "synced_gpus": self.sharded, **options}
+        return self.model.generate(input_ids=batch["prompt_input_ids"], attention_mask=batch["prompt_attention_mask"],
+                                   pixel_values=batch.get("pixel_values"), **settings)
+
     def generate_answers(self, batch: dict[str, Any]) -> list[str]:
-        prompt = batch["prompt_input_ids"]
-        output = self.model.generate(
-            input_ids=prompt,
-            attention_mask=batch["prompt_attention_mask"],
-            pixel_values=batch.get("pixel_values"),
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=self.collate.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            synced_gpus=self.sharded,  # sharded: every rank runs as many forwards as the longest answer needs
-        )
-        answers = self.tokenizer.batch_decode(output[:, prompt.shape[1] :], skip_special_tokens=True)
+        output = self.generate(batch)
+        answers = self.tokenizer.batch_decode(output[:, batch["prompt_input_ids"].shape[1] :], skip_special_tokens=True)
         return [answer.strip() for answer in answers]

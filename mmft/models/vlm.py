@@ -113,16 +113,15 @@ class VisionLanguageModule(AdapterModule):
         return loss
 
     @torch.no_grad()
+    def generate(self, batch: dict[str, Any], **options: Any) -> Any:
+        """Greedy decoding from the batch's left-padded prompts (transformers' ``generate``; ``options`` such as
+        ``output_logits=True, return_dict_in_generate=True`` pass through)."""
+        settings = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "num_beams": 1,
+                    "pad_token_id": self.collate.pad_token_id, "eos_token_id": self.end_of_turn_id,
+                    # sharded: every rank runs as many forwards as the longest answer needs
+                    "synced_gpus": self.sharded, **options}
+        return self.model.generate(**self._inputs(batch, prompt=True), **settings)
+
     def generate_answers(self, batch: dict[str, Any]) -> list[str]:
-        inputs = self._inputs(batch, prompt=True)
-        output = self.model.generate(
-            **inputs,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=self.collate.pad_token_id,
-            eos_token_id=self.end_of_turn_id,
-            synced_gpus=self.sharded,  # sharded: every rank runs as many forwards as the longest answer needs
-        )
-        new = output[:, inputs["input_ids"].shape[1]:]
+        new = self.generate(batch)[:, batch["prompt_input_ids"].shape[1]:]
         return [answer.strip() for answer in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
