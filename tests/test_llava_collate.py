@@ -18,11 +18,15 @@ from mmft.models.llava_collate import (
     HFImageTransform,
     LlavaCollate,
 )
-from mmft.models.templates import VICUNA_V1_SYSTEM, TemplateError
+from mmft.models.templates import TemplateError
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "configs" / "tiny" / "tokenizer"
 IMAGE_TOKENS = 4
+
+# LLaVA's vicuna_v1 system prompt (its conversation.py, conv_vicuna_v1), written out here, not taken from mmft
+VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
+                    "helpful, detailed, and polite answers to the user's questions.")
 
 
 @pytest.fixture(scope="module")

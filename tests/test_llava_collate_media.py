@@ -17,6 +17,7 @@ from mmft.adapters import AdapterConfig
 from mmft.models import LlavaFromConfig, LlavaModule
 from data_modules.records import Example, Sample, Turn
 from mmft.models.llava_collate import (
+from test_llava_collate import VICUNA_V1_SYSTEM
     CHOICE_SUFFIX,
     IGNORE_INDEX,
     SHORT_ANSWER_SUFFIX,
@@ -24,7 +25,6 @@ from mmft.models.llava_collate import (
     HFImageTransform,
     LlavaCollate,
 )
-from mmft.models.templates import VICUNA_V1_SYSTEM
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_TOKENS = 4  # 16 px crops, 8 px patches: 2 x 2

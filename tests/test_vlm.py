@@ -19,8 +19,8 @@ from mmft.metrics import VQAAccuracy
 from mmft.models import VisionLanguageModule
 from mmft.models.chat_collate import MEDIA_KEYS_SKIPPED
 from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX
-from mmft.models.templates import VICUNA_V1_SYSTEM
 from generation_checks import assert_batched_logits_equal_one_by_one
+from test_llava_collate import VICUNA_V1_SYSTEM
 from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
 
 RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
