@@ -11,13 +11,13 @@ from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessor, LlavaProcessor
 
 from lightning.pytorch import Trainer
+from test_llava_collate import VICUNA_V1_SYSTEM
 
 from data_modules import MSRVTTQA, TVQA, ExampleDataset, LlavaInstruct, MultitaskDataModule
 from mmft.adapters import AdapterConfig
 from mmft.models import LlavaFromConfig, LlavaModule
 from data_modules.records import Example, Sample, Turn
 from mmft.models.llava_collate import (
-from test_llava_collate import VICUNA_V1_SYSTEM
     CHOICE_SUFFIX,
     IGNORE_INDEX,
     SHORT_ANSWER_SUFFIX,

@@ -389,7 +389,7 @@ class PixelRegression(LightningModule):
 
 def mean_colours(samples: list[Sample]) -> torch.Tensor:
     """Each sample's mean RGB (of its image, or of its video's frames; 0 without media) plus a small offset from its
-    question's text, as a float32 batch: every sample, video and text-only ones included, gives its own input, so a
+    id and question, as a float32 batch: every sample, video and text-only ones included, gives its own input, so a
     resumed run that replayed another batch would log other losses."""
     rows = []
     for sample in samples:
@@ -399,7 +399,7 @@ def mean_colours(samples: list[Sample]) -> torch.Tensor:
             pixels = sample.frames.numpy().astype(np.float32).reshape(-1, 3)
         else:
             pixels = np.zeros((1, 3), np.float32)
-        text = zlib.crc32(sample.example.prompt.encode()) / 2**32
+        text = zlib.crc32(f"{sample.example.id}\n{sample.example.prompt}".encode()) / 2**32
         rows.append(pixels.mean(axis=0) / 255 + np.float32(0.01 * text))
     return torch.from_numpy(np.stack(rows).astype(np.float32))
 
