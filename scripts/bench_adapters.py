@@ -166,6 +166,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-warmup", type=int, help="untimed eval forwards per model (default: 1 CPU, 3 CUDA)")
     p.add_argument("--eval-rounds", type=int, help="timed eval rounds (default: 3 CPU, 10 CUDA)")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (default: %(default)s)")
+    p.add_argument("--accumulate", type=int, default=1,
+                   help="micro-batches (forward + backward) per optimizer step; the step time and MFU cover all of "
+                        "them (default: %(default)s)")
     p.add_argument("--compile", nargs="?", const="default", choices=COMPILE_MODES, metavar="MODE",
                    help="time torch.compile'd models: inductor in MODE (default: %(const)s; reduce-overhead adds CUDA\n"
                         "graphs), compiled during warm-up, so keep --warmup and --eval-warmup >= 1; memory is\n"
@@ -464,20 +467,23 @@ def loss_of(model: nn.Module, ids: Tensor, args: argparse.Namespace) -> Tensor:
 
 
 def train_step(variant: Variant, ids: Tensor, args: argparse.Namespace, meter: SavedTensorMeter | None = None) -> None:
-    """Forward, LM cross-entropy, backward, AdamW step, zero_grad. With ``meter``: record the saved bytes too (on the
-    eager model: saved-tensor hooks do not reach into compiled graphs)."""
+    """Forward, LM cross-entropy, backward (``args.accumulate`` times), AdamW step, zero_grad. With ``meter``: one
+    forward and backward, recording the saved bytes too (on the eager model: saved-tensor hooks do not reach into
+    compiled graphs)."""
     from mmft.adapters.kernels import fused_kernels
 
     with fused_kernels(variant.fused):
         if meter is None:
-            if args.compile == "reduce-overhead":
-                torch.compiler.cudagraph_mark_step_begin()
-            loss = loss_of(variant.model if variant.runner is None else variant.runner, ids, args)
+            for _ in range(args.accumulate):  # micro-batches of one optimizer step
+                if args.compile == "reduce-overhead":
+                    torch.compiler.cudagraph_mark_step_begin()
+                loss = loss_of(variant.model if variant.runner is None else variant.runner, ids, args)
+                loss.backward()
         else:
             with meter, eager():
                 loss = loss_of(variant.model, ids, args)
             variant.saved_bytes = meter.live_bytes()
-        loss.backward()
+            loss.backward()
     variant.optimizer.step()
     variant.optimizer.zero_grad(set_to_none=True)
 
@@ -685,7 +691,8 @@ def step_flops(args: argparse.Namespace) -> float:
     Frozen linear layers (q, k, v, o, gate, up, down, lm_head) cost ``2 N T`` forward and ``2 N T`` backward (input
     gradients only: no weight gradients) for ``N`` weights and ``T`` tokens; causal attention ``2 T S d`` forward and
     twice that backward per layer (S the sequence, d the hidden size); each rank-r adapter ``2 r (in + out) T`` forward
-    and three times that in all. DoRA's norm and scaling, embeddings, norms and the optimizer are not counted.
+    and three times that in all; times the micro-batches of a step. DoRA's norm and scaling, embeddings, norms and
+    the optimizer are not counted.
     """
     tokens, hidden, layers = args.batch * args.seq, args.hidden, args.layers
     kv = hidden * args.kv_heads // args.heads
@@ -694,7 +701,8 @@ def step_flops(args: argparse.Namespace) -> float:
     frozen = layers * sum(i * o for i, o in shapes) + hidden * args.vocab
     adapters = layers * sum(args.rank * (i + o) for i, o in shapes)
     attention = layers * 6 * tokens * args.seq * hidden
-    return 4.0 * frozen * tokens + attention + 6.0 * adapters * tokens
+    micro_batches = getattr(args, "accumulate", 1)
+    return (4.0 * frozen * tokens + attention + 6.0 * adapters * tokens) * micro_batches
 
 
 def device_name(args: argparse.Namespace) -> str:
@@ -764,6 +772,7 @@ def collect_results(args: argparse.Namespace, variants: dict[str, Variant], base
             "precision": "float32" if args.dtype == "float32" else
                          f"base weights {args.dtype}, fp32 adapters, torch.autocast({args.dtype})",
             "threads": args.threads, "seed": args.seed, "lr": args.lr, "compile": args.compile,
+            "accumulate": args.accumulate,
             "compile_scope": args.compile_scope if args.compile else None, "variants": args.variants,
             "step_flops": flops, "peak_tflops": args.peak_tflops,
             "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,

@@ -408,3 +408,48 @@ def test_dora_norm_stays_fp32_under_autocast():
         norm = layer.weight_norm()
     assert norm.dtype == torch.float32
     torch.testing.assert_close(norm.double(), expected, rtol=2e-3, atol=0)
+
+
+@pytest.mark.parametrize("method", ["dora", "dvora"])
+def test_the_detached_norm_is_computed_once_per_optimizer_step(method, monkeypatch):
+    """With the norm detached (a constant for autograd), every micro-batch of a gradient accumulation divides by the
+    same norm: it is computed once, and again only after the optimizer changed A and B (or a weight was loaded).
+    Losses and gradients are exactly those of computing it afresh every time."""
+    import mmft.adapters.layers as layers
+
+    calls = {"norm": 0}
+    original = layers.dora_weight_norm
+
+    def counted(*args, **kwargs):
+        calls["norm"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "dora_weight_norm", counted)
+    torch.manual_seed(0)
+    config = AdapterConfig(method=method, r=3, alpha=6, target_modules=["up", "down"])
+    model = TwoLayer()
+    apply_adapters(model, config)
+    randomise_(model)
+    fresh = copy.deepcopy(model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    fresh_optimizer = torch.optim.SGD([p for p in fresh.parameters() if p.requires_grad], lr=0.1)
+    micro_batches = [torch.randn(4, 12) for _ in range(3)]
+    for step in range(2):
+        calls["norm"] = 0
+        for x in micro_batches:
+            model(x).pow(2).sum().backward()
+        assert calls["norm"] == 2  # once per adapted layer for the whole accumulation
+        for x in micro_batches:  # the reference: no norm reused across forwards
+            for layer in (fresh.up, fresh.down):
+                layer._norm_cache = None
+            fresh(x).pow(2).sum().backward()
+        for (name, p), q in zip(model.named_parameters(), fresh.parameters()):
+            if p.requires_grad:
+                assert torch.equal(p.grad, q.grad), name
+        optimizer.step(), fresh_optimizer.step()
+        optimizer.zero_grad(), fresh_optimizer.zero_grad()
+    calls["norm"] = 0
+    with torch.no_grad():
+        model.up.base_layer.weight.add_(0.1)  # a loaded or changed base weight
+    model(micro_batches[0]).sum().backward()
+    assert calls["norm"] == 2

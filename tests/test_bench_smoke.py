@@ -160,6 +160,15 @@ def test_step_flops_by_hand(bench):
     adapters = (4 + 4) + (4 + 2) * 2 + (4 + 4) + (4 + 8) * 3  # r (in + out) per adapted layer
     expected = 4 * frozen * 3 + 6 * 3 * 3 * 4 + 6 * adapters * 3
     assert bench.step_flops(args) == expected
+    args.accumulate = 8  # eight micro-batches per optimizer step: eight times the work
+    assert bench.step_flops(args) == 8 * expected
+
+
+def test_accumulated_micro_batches_run_before_each_optimizer_step(bench, tmp_path):
+    path = tmp_path / "accumulate.json"
+    bench.main(TINY + ["--variants", "mmft_lora", "mmft_dora", "--no-eval", "--accumulate", "2", "--json", str(path)])
+    results = json.loads(path.read_text())
+    assert results["setup"]["accumulate"] == 2 and "--accumulate 2" in results["setup"]["command"]
 
 
 def test_unfused_variant_equals_fused_on_cpu(bench):

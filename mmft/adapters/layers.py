@@ -273,6 +273,7 @@ class AdaptedLinear(nn.Module):
             nn.init.zeros_(self.lora_B.weight)
         self._weight_sq_cache: tuple[tuple, Tensor] | None = None
         self._scale_cache: tuple[tuple, Tensor] | None = None
+        self._norm_cache: tuple[tuple, Tensor] | None = None
         if self.use_dora:
             self.lora_magnitude_vector = nn.Parameter(self.weight_norm().detach().clone())
 
@@ -310,11 +311,20 @@ class AdaptedLinear(nn.Module):
         return dora_weight_norm(self.base_layer.weight, *factors, self.scaling, self.weight_sq_norm())
 
     def training_norm(self, factors: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """The norm a training forward divides by: a constant for autograd with ``detach_norm`` (the paper's trick)."""
+        """The norm a training forward divides by: a constant for autograd with ``detach_norm`` (the paper's trick).
+        Being a constant, it only changes when the optimizer steps: it is computed once and reused by every
+        micro-batch of a gradient accumulation (and by a checkpointed layer's recomputation) until ``W``, ``A`` or
+        ``B`` change; inside ``torch.compile`` it is recomputed (the cache key cannot be traced)."""
         if not self.detach_norm:
             return self.weight_norm(factors)
-        with torch.no_grad():
-            return self.weight_norm(factors)
+        if torch.compiler.is_compiling():
+            with torch.no_grad():
+                return self.weight_norm(factors)
+        key = self._direction_key()
+        if self._norm_cache is None or self._norm_cache[0] != key:
+            with torch.no_grad():
+                self._norm_cache = (key, self.weight_norm(factors))
+        return self._norm_cache[1]
 
     def magnitude_scale(self) -> Tensor:
         """``g = m / ||W + s B A||`` in fp32. Without autograd (eval, generation) it is cached until a weight changes,
@@ -328,7 +338,11 @@ class AdaptedLinear(nn.Module):
 
     def _state_key(self) -> tuple:
         """Changes whenever a tensor the scale depends on is modified in place or replaced."""
-        tensors = [self.base_layer.weight, self.lora_magnitude_vector]
+        return (*self._direction_key(), *_versions(self.lora_magnitude_vector))
+
+    def _direction_key(self) -> tuple:
+        """Changes whenever a tensor the norm ``||W + s B A||`` depends on is modified in place or replaced."""
+        tensors = [self.base_layer.weight]
         if self.use_vera:
             vera = self.__dict__["_vera"]
             tensors += [self.vera_lambda_b, self.vera_lambda_d, vera.vera_A, vera.vera_B]
