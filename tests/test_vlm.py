@@ -18,6 +18,7 @@ from mmft.adapters import save_adapters
 from mmft.metrics import VQAAccuracy
 from mmft.models import VisionLanguageModule
 from mmft.models.chat_collate import MEDIA_KEYS_SKIPPED
+from mmft.models.lm_loss import next_token_loss
 from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX
 from generation_checks import assert_batched_logits_equal_one_by_one
 from test_llava_collate import VICUNA_V1_SYSTEM
@@ -171,8 +172,10 @@ def test_text_only_batch_runs_the_vision_tower_with_zero_weight(family, module):
     module.zero_grad()
     loss = module.training_loss(batch)
     with torch.no_grad():
+        without_dummy = next_token_loss(module.model, module._inputs(batch, prompt=False), batch["labels"])
         plain = module.model(**module._inputs(batch, prompt=False), labels=batch["labels"]).loss
-    assert loss.item() == plain.item()  # the dummy adds exactly zero
+    assert loss.item() == without_dummy.item()  # the dummy adds exactly zero
+    torch.testing.assert_close(loss.detach(), plain)  # and the loss is transformers' own
     loss.backward()
     projector = [p for n, p in module.named_parameters() if PROJECTORS[family] in n and p.requires_grad]
     assert projector and all(p.grad is not None for p in projector)  # reached: every rank reduces the same grads

@@ -14,6 +14,7 @@ import torch
 from cli_helpers import make_workdir, run_mmft
 from data_modules.records import Example, Sample, Turn
 from mmft.models import LlavaFromConfig, LlavaModule
+from mmft.models.lm_loss import next_token_loss
 from test_llava import TEXT, TOKENIZER, VISION, adapter
 
 # two examples, one per rank each step (the sampler deals every second example of the shuffled order to each rank):
@@ -49,10 +50,12 @@ def test_llava_text_only_batch_adds_exactly_zero_and_reaches_the_projector():
     batch = module.collate([Sample(Example("instruct", "t", (Turn("user", "Hi"), Turn("assistant", "hello"))))])
     assert "pixel_values" not in batch
     loss = module.training_loss(batch)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     with torch.no_grad():
-        plain = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             labels=batch["labels"]).loss
-    assert loss.item() == plain.item()
+        without_dummy = next_token_loss(module.model, {**inputs, "pixel_values": None}, batch["labels"])
+        plain = module.model(**inputs, labels=batch["labels"]).loss
+    assert loss.item() == without_dummy.item()  # the dummy adds exactly zero
+    torch.testing.assert_close(loss.detach(), plain)
     loss.backward()
     projector = list(module.model.model.multi_modal_projector.parameters())
     assert all(p.grad is not None for p in projector)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from PIL import Image
 from torch import Tensor, nn
@@ -20,7 +19,8 @@ from mmft.adapters import AdapterConfig
 
 from .base import AdapterModule, default_optimizer, no_split_layers
 from .llava_backbones import BackboneConfigError, LlavaBackbone, find_language_model
-from .llava_collate import IGNORE_INDEX, LlavaCollate
+from .llava_collate import LlavaCollate
+from .lm_loss import next_token_loss
 from .optim import ParamGroup, SchedulerCallable
 from .templates import TemplateName
 from .vision_dummy import dummy_vision_loss
@@ -127,19 +127,9 @@ class LlavaModule(AdapterModule):
                 f"training batch without labels (examples {batch['ids'][:3]}): training examples need an "
                 "assistant reply as their last turn"
             )
-        output = self.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch.get("pixel_values"),
-            use_cache=False,
-        )
-        logits = output.logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        # a batch whose replies were all cut by max_length contributes zero loss, not NaN
-        loss = loss / (labels != IGNORE_INDEX).sum().clamp_min(1)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "pixel_values": batch.get("pixel_values")}
+        loss = next_token_loss(self.model, inputs, batch["labels"], self.sharded)
         if batch.get("pixel_values") is None:  # text-only: the tower still runs, for the other ranks' sake
             loss = loss + dummy_vision_loss(self.model, self.dummy_vision_inputs)
         return loss

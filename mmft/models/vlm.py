@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from PIL import Image
 from torch import Tensor, nn
@@ -25,7 +24,7 @@ from mmft.adapters import AdapterConfig
 from .base import AdapterModule, default_optimizer, no_split_layers
 from .chat_collate import ChatCollate
 from .llava import enable_activation_checkpointing
-from .llava_collate import IGNORE_INDEX
+from .lm_loss import next_token_loss
 from .optim import ParamGroup, SchedulerCallable
 from .vision_dummy import dummy_vision_loss
 from .vlm_backbones import VisionLanguageBackbone
@@ -101,13 +100,7 @@ class VisionLanguageModule(AdapterModule):
                 f"training batch without labels (examples {batch['ids'][:3]}): training examples need an "
                 "assistant reply as their last turn"
             )
-        output = self.model(**self._inputs(batch, prompt=False), use_cache=False)
-        logits = output.logits[:, :-1].float()
-        labels = batch["labels"][:, 1:]
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        loss = loss / (labels != IGNORE_INDEX).sum().clamp_min(1)
+        loss = next_token_loss(self.model, self._inputs(batch, prompt=False), batch["labels"], self.sharded)
         if not any(key in batch["media"] for key in VISUAL_INPUTS):
             loss = loss + dummy_vision_loss(self.model, self.dummy_vision_inputs)
         return loss
