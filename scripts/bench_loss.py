@@ -4,10 +4,11 @@
     python scripts/bench_loss.py --vocab 32064 --json loss.json
 
 The language model is stood in for by trainable last hidden states (what the loss sees and where its gradient goes);
-the head is a frozen linear layer of the vocabulary's size, as under LoRA / DoRA. Half of each row is supervised (the reply), the rest is prompt. For each path: the peak CPU
-bytes torch allocates during forward + backward of the loss above those held before (the profiler's allocation
-events replayed, as scripts/bench_adapters.py measures steps), and the median time of ``--rounds`` runs, the two
-paths interleaved. Both paths give the same loss and gradients (tests/test_lm_loss.py).
+the head is a frozen linear layer of the vocabulary's size, as under LoRA / DoRA. Half of each row is supervised (the
+reply), the rest is prompt. For each path: the peak CPU bytes torch allocates during forward + backward of the loss
+above those held before (the profiler's allocation events replayed, as scripts/bench_adapters.py measures steps), and
+the median time of ``--rounds`` runs, the two paths interleaved. Both paths give the same loss and gradients
+(tests/test_lm_loss.py).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class StandIn(nn.Module):
     def __init__(self, hidden: torch.Tensor, vocab: int) -> None:
         super().__init__()
         self.model = LastHiddenStates(hidden)
-        self.lm_head = nn.Linear(hidden.shape[-1], vocab, bias=False).requires_grad_(False)  # frozen, as adapters
-        # leave it: the gradient flows into the hidden states (the adapted language model)
+        # frozen, as under adapters: the gradient flows into the hidden states (the adapted language model)
+        self.lm_head = nn.Linear(hidden.shape[-1], vocab, bias=False).requires_grad_(False)
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head

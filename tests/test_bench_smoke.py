@@ -180,3 +180,14 @@ def test_unfused_variant_equals_fused_on_cpu(bench):
     ids = torch.randint(0, args.vocab, (2, args.seq), generator=torch.Generator().manual_seed(0))
     logits = [bench.eval_forward(model, ids, args) for model in models.values()]
     torch.testing.assert_close(logits[0], logits[1], atol=0, rtol=0)
+
+
+def test_loss_benchmark_reports_both_paths(tmp_path):
+    """scripts/bench_loss.py on a small vocabulary: both paths measured, the chunked one holding less."""
+    bench_loss = load_script("bench_loss")
+    path = tmp_path / "loss.json"
+    assert bench_loss.main(["--vocab", "4000", "--hidden", "16", "--batch", "1", "--seq", "64", "--rounds", "1",
+                            "--json", str(path)]) == 0
+    results = json.loads(path.read_text())
+    assert set(results["results"]) == {"plain", "chunked"}
+    assert 0 < results["peak_ratio"] < 1
