@@ -59,6 +59,7 @@ OUTPUT_PATH_ARGUMENTS = {
     "PeftExport": ("dirpath",),
     "AnswerWriter": ("path",),
     "WeightUpdates": ("path",),
+    "UpdateSpectra": ("path",),
 }
 LIGHTNING_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 OWN_CONFIG = "pass the config yourself, --config FILE"

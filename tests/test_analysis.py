@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,7 +10,15 @@ import torch
 from torch import nn
 
 from mmft.adapters import AdapterConfig, apply_adapters
-from mmft.analysis import direction_magnitude_trend, magnitude_direction_change, weight_updates
+from mmft.analysis import (
+    direction_magnitude_trend,
+    effective_weight,
+    magnitude_direction_change,
+    rank_at_energy,
+    update_spectra,
+    update_spectrum,
+    weight_updates,
+)
 
 
 class TwoLinear(nn.Module):
@@ -103,3 +112,68 @@ def test_weight_updates_callback_refuses_unknown_modules_before_training():
     with pytest.raises(ValueError, match=r"init_args\.modules=\['k_proj'\]: .*no adapted module matches"):
         WeightUpdates(modules=["k_proj"]).setup(trainer=None, pl_module=adapted("dora"), stage="fit")
     WeightUpdates(modules=["q_proj"]).setup(trainer=None, pl_module=adapted("dora"), stage="fit")
+
+
+# ------------------------------------------------------------------------------------------- spectrum of the update
+def test_rank_at_energy_by_hand():
+    """Singular values 3, 2, 1 (energy 9, 4, 1 of 14): 64% with one, 93% with two; all of it with three."""
+    values = torch.tensor([1.0, 3.0, 2.0])
+    assert rank_at_energy(values) == 2
+    assert rank_at_energy(values, 0.6) == 1
+    assert rank_at_energy(values, 1.0) == 3
+    assert rank_at_energy(torch.zeros(4)) == 0
+    with pytest.raises(ValueError, match="energy"):
+        rank_at_energy(values, 0.0)
+
+
+def test_a_hand_built_rank_r_update_has_rank_r():
+    """W' - W0 = U diag(4, 2, 1) V^T with orthonormal U, V: three singular values, rank 2 at 90% (16 + 4 of 21)."""
+    generator = torch.Generator().manual_seed(0)
+    u, _ = torch.linalg.qr(torch.randn(12, 3, generator=generator, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(10, 3, generator=generator, dtype=torch.float64))
+    pretrained = torch.randn(12, 10, generator=generator, dtype=torch.float64)
+    trained = pretrained + u @ torch.diag(torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)) @ v.T
+    values = update_spectrum(pretrained, trained)
+    torch.testing.assert_close(values[:3], torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64))
+    assert float(values[3:].abs().max()) < 1e-12
+    assert rank_at_energy(values) == 2
+
+
+def big_adapted(method: str, r: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 12, bias=False))
+    apply_adapters(model, AdapterConfig(method=method, r=r, alpha=2 * r, target_modules=["0"]))
+    with torch.no_grad():
+        layer = model[0]
+        layer.lora_B.weight.normal_(0, 0.5)
+        if method == "dora":
+            layer.lora_magnitude_vector.mul_(1 + 0.2 * torch.randn_like(layer.lora_magnitude_vector))
+    return model
+
+
+def test_a_lora_update_has_at_most_its_rank_and_a_dora_update_more():
+    """LoRA's W' - W0 = s B A: rank r at full energy. DoRA rescales every row of W0 by its trained magnitude: the
+    update spans (almost) every direction, so more than r singular directions carry its energy."""
+    (lora,) = update_spectra(big_adapted("lora"))
+    assert float(torch.tensor(lora.singular_values[3:]).abs().max()) < 1e-10
+    assert rank_at_energy(torch.tensor(lora.singular_values), 1.0 - 1e-9) == 3
+    (dora,) = update_spectra(big_adapted("dora"))
+    assert dora.rank_90 > 3 and len(dora.singular_values) == 12
+    layer = big_adapted("dora")[0]  # the effective weight is what the layer computes
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(layer(x).double(), x.double() @ effective_weight(layer).T)
+
+
+def test_update_spectra_callback_writes_the_run_folders_file(tmp_path):
+    from lightning.pytorch import Trainer
+
+    from mmft.callbacks import UpdateSpectra
+
+    model = big_adapted("lora")
+    trainer = Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False, accelerator="cpu")
+    UpdateSpectra(keep=2).on_fit_end(trainer, model)
+    written = json.loads((tmp_path / "update_spectrum.json").read_text())
+    assert written["modules"]["0"]["rank_90"] in (1, 2, 3) and len(written["modules"]["0"]["singular_values"]) == 2
+    assert written["rank_90_max"] == written["modules"]["0"]["rank_90"]
+    with pytest.raises(ValueError, match=r"UpdateSpectra \(trainer.callbacks\) init_args.modules='nothing'"):
+        UpdateSpectra(modules="nothing").setup(trainer, model, "fit")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from mmft.analysis import direction_magnitude_trend, select_adapted, weight_updates
+from mmft.files import write_json_atomic
 
 
 class WeightUpdates(Callback):
@@ -66,8 +66,7 @@ class WeightUpdates(Callback):
         if not trainer.is_global_zero or not self.points:
             return
         path = Path(self.path) if self.path else Path(trainer.default_root_dir) / "weight_updates.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.summary(pl_module), indent=1))
+        write_json_atomic(path, self.summary(pl_module))
         rank_zero_info(f"magnitude/direction updates written to {path}")
 
     def summary(self, pl_module: LightningModule) -> dict[str, Any]:
