@@ -16,12 +16,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageStat, UnidentifiedImageError
 
+from mmft.errors import InputError
+
 MISSING = "missing media"
 CORRUPT = "corrupt media"
 OUTSIDE = "span outside video"
 
 
-class MediaError(RuntimeError):
+class MediaError(InputError, RuntimeError):
     """A referenced image or video is missing or cannot be decoded.
 
     The message names the record (``source``, e.g. ``file#index``) and the media file; ``reason`` is

@@ -50,6 +50,7 @@ from data_modules.formats.base import TOO_LONG, DataFormatError, OnError, Reader
 from data_modules.media import FrameSampling
 from data_modules.records import Example, LengthCheck, Sample
 from data_modules.streaming import DecodeShardItem, StreamingShards
+from mmft.errors import InputError
 
 log = logging.getLogger("data_modules")
 
@@ -61,7 +62,7 @@ _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",
 _EVAL_STAGE_NAMES = {"sanity_check": "val", "validate": "val", "test": "test", "predict": "predict"}
 
 
-class DataConfigError(ValueError):
+class DataConfigError(InputError, ValueError):
     """The DataModule's arguments do not fit together; the message names the argument (as in the CLI config)."""
 
 

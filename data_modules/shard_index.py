@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_modules.records import Example
+from mmft.errors import InputError
 from mmft.files import write_text_atomic
 
 INDEX_NAME = "mmft_index.json"
@@ -26,7 +27,7 @@ def is_uri(location: str) -> bool:
     return "://" in location
 
 
-class ShardIndexError(ValueError):
+class ShardIndexError(InputError, ValueError):
     """A shard set's index is missing, malformed or does not match its shards; the message names the folder."""
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from data_modules.media import MISSING, FrameSampling, MediaError, VideoFrames, decode_image, load_video_frames
 from data_modules.records import Example, Turn
+from mmft.errors import InputError
 
 FORMAT_VERSION = 2  # 2: a video may be stored as pre-extracted frames
 READABLE_FORMATS = (1, 2)  # format 1 items (videos as file bytes only) read as they always did
@@ -31,7 +32,7 @@ FrameCodec = Literal["png", "jpeg"]
 SAMPLING_KEYS = "data.num_frames / data.video_fps / data.max_frames"
 
 
-class FrameSamplingMismatch(ValueError):
+class FrameSamplingMismatch(InputError, ValueError):
     """Shards hold video frames sampled otherwise than the training config asks: a config error, never skipped."""
 
 

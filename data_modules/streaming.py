@@ -35,6 +35,7 @@ from data_modules.media import FrameSampling, MediaError, decode_image, load_vid
 from data_modules.records import Example, LengthCheck, Sample
 from data_modules.shard_index import ShardIndex, ShardIndexError, is_uri, read_shard_index
 from data_modules.shards import StoredFrames, item_to_example
+from mmft.errors import InputError
 
 
 def litdata() -> Any:
@@ -102,7 +103,7 @@ class StreamingShards:
 DAMAGED_SHARD = "damaged shard"
 
 
-class DamagedShardError(ValueError):
+class DamagedShardError(InputError, ValueError):
     """A shard item cannot be read: its chunk file is missing, truncated or corrupt; the message names the chunk
     file, the item and its id."""
 

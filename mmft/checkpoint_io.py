@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
-from fsspec.implementations.local import LocalFileSystem
+
+from mmft.errors import InputError
 
 TEMP_MARK = ".tmp-"
 
 
-class CheckpointFileError(RuntimeError):
+class CheckpointFileError(InputError, RuntimeError):
     """A checkpoint could not be written or read; the message names the file and says why."""
 
 

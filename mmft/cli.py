@@ -30,11 +30,12 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from mmft.checkpoint_io import AtomicCheckpointIO, CheckpointFileError
+from mmft.checkpoint_io import AtomicCheckpointIO
+from mmft.errors import InputError
 from mmft.files import write_json_atomic
 from mmft.models.base import AdapterModule
-from mmft.run_folder import RunFolderLock, RunFolderLocked, fill_run_paths, is_main_process
-from mmft.stored_config import StoredConfigError, checked_stored_config
+from mmft.run_folder import RunFolderLock, fill_run_paths, is_main_process
+from mmft.stored_config import checked_stored_config
 
 RUN_CONFIG_KEY = "mmft_run_config"
 RUN_CONFIG_SECTIONS = ("seed_everything", "trainer", "model", "data")
@@ -49,7 +50,7 @@ TOOLS = {
 }
 
 
-class RunConfigError(ValueError):
+class RunConfigError(InputError, ValueError):
     """A checkpoint given without ``--config`` carries no run config to rebuild its run from."""
 
 
@@ -326,37 +327,8 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(tool.main(argv[1:]))
     try:
         MMFTCLI(args=args)
-    except input_errors() as error:
+    except InputError as error:  # the user's configs, data, checkpoint or environment: the message alone
         sys.exit(f"mmft {argv[0]}: {error}")
-
-
-def input_errors() -> tuple[type[Exception], ...]:
-    """The errors that mean the user's configs, data, checkpoint or environment are wrong, each naming the config
-    key, file or record at fault: the CLI prints their message, not a traceback. Anything else is a bug and keeps
-    its traceback."""
-    from data_modules.formats.base import DataFormatError
-    from data_modules.media import MediaError
-    from data_modules.multitask import DataConfigError
-    from data_modules.shard_index import ShardIndexError
-    from data_modules.shards import FrameSamplingMismatch
-    from data_modules.streaming import DamagedShardError
-    from mmft.adapters.config import AdapterConfigError
-    from mmft.adapters.inject import AdapterError
-    from mmft.adapters.quantize import QuantizationError
-    from mmft.fsdp import ShardingError
-    from mmft.models.base import CheckpointMismatchError
-    from mmft.models.llava_backbones import BackboneConfigError
-    from mmft.models.llava_collate import CollateError
-    from mmft.models.optim import ParamGroupError
-    from mmft.models.templates import TemplateError
-    from mmft.models.visual_features import VisualFeatureError
-    from mmft.models.vlbart import VLBartConfigError
-    from mmft.models.vlbart_collate import VLBartCollateError
-
-    return (RunConfigError, StoredConfigError, RunFolderLocked, CheckpointFileError, CheckpointMismatchError,
-            DataFormatError, DataConfigError, MediaError, ShardIndexError, DamagedShardError, FrameSamplingMismatch,
-            AdapterConfigError, AdapterError, QuantizationError, ShardingError, BackboneConfigError, CollateError,
-            ParamGroupError, TemplateError, VLBartConfigError, VLBartCollateError, VisualFeatureError)
 
 
 if __name__ == "__main__":

@@ -34,11 +34,12 @@ from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forwar
 from torch.optim import Optimizer
 
 from mmft.adapters.base_weight import is_4bit
+from mmft.errors import InputError
 
 QUANTIZATION_KEY = "model.init_args.backbone.init_args.quantization"
 
 
-class ShardingError(ValueError):
+class ShardingError(InputError, ValueError):
     """A model that FSDP cannot shard as configured; the message names the config key."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from jsonargparse import Namespace
 
 from mmft.checkpoint_io import pid_alive
+from mmft.errors import InputError
 
 RUNS = Path("runs")
 CHECKPOINTS = "checkpoints"
@@ -76,7 +77,7 @@ LOCK_NAME = ".mmft.lock"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 
 
-class RunFolderLocked(RuntimeError):
+class RunFolderLocked(InputError, RuntimeError):
     """Another live mmft run writes to this run folder."""
 
 

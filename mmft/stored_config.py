@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from mmft.errors import InputError
+
 OWN_PACKAGES = ("mmft", "data_modules")
 
 _LIGHTNING_CLASSES = {
@@ -68,7 +70,7 @@ USER_ONLY_SETTINGS = ("trust_remote_code",)
 _DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
-class StoredConfigError(ValueError):
+class StoredConfigError(InputError, ValueError):
     """A checkpoint's stored run config asks for something only the user's own ``--config`` may ask for."""
 
 

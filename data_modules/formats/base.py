@@ -19,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 from data_modules.media import MISSING, MediaError
 from data_modules.records import Example
+from mmft.errors import InputError
 
 log = logging.getLogger("data_modules")
 
@@ -31,7 +32,7 @@ TOO_LONG = "too long for the model"
 T = TypeVar("T")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(InputError, ValueError):
     """A dataset file, or one record in it, does not have the documented format. The message names both."""
 
     def __init__(self, message: str, reason: str = MALFORMED) -> None:

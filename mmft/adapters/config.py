@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 from typing import Literal
+
+from mmft.errors import InputError
 
 from .methods import METHODS, AdapterMethod, adapter_method
 
@@ -14,7 +15,7 @@ BiasMode = Literal["none", "all", "lora_only"]
 TargetSpec = str | list[str] | None
 
 
-class AdapterConfigError(ValueError):
+class AdapterConfigError(InputError, ValueError):
     """An AdapterConfig field has a value mmft cannot use; the message names the field."""
 
 

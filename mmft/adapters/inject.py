@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from mmft.errors import InputError
+
 from .base_weight import is_4bit, parameter_count
 from .config import AdapterConfig, TargetSpec
 from .layers import AdaptedLinear, VeraProjections
@@ -17,7 +19,7 @@ VERA_ATTRIBUTE = "mmft_vera"
 CONFIG_ATTRIBUTE = "mmft_adapter_config"
 
 
-class AdapterError(ValueError):
+class AdapterError(InputError, ValueError):
     """Adapters cannot be applied or loaded as asked; the message says which module, key or file."""
 
 

@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from mmft.errors import InputError
+
 from .config import AdapterConfigError
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -61,7 +63,7 @@ def quantization_device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-class QuantizationError(ValueError):
+class QuantizationError(InputError, ValueError):
     """bitsandbytes quantized a layer wrongly on this machine (its weights are not within the 4-bit format's error
     bound); the message names the layer and what to do."""
 

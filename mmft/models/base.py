@@ -40,6 +40,7 @@ from torchmetrics import Metric
 from data_modules.records import Example
 from mmft.adapters import AdapterConfig, AdapterReport, apply_adapters, frozen_weights_hash
 from mmft.checkpoint_io import install_atomic_checkpoint_io
+from mmft.errors import InputError
 from mmft.fsdp import is_sharded, shard_model
 
 from .optim import ParamGroup, SchedulerCallable, build_param_groups
@@ -91,7 +92,7 @@ def require_embedding_grads(model: nn.Module) -> None:
         transformers_model.enable_input_require_grads()
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(InputError, RuntimeError):
     """A checkpoint's parameters, base model or adapter config are not those of the configured model."""
 
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from mmft.adapters import QuantizationConfig, quantize_linear_layers
 from mmft.adapters.quantize import quantization_device
+from mmft.errors import InputError
 
 from .llava_collate import HFImageTransform, ImageTransform, TimmImageTransform
 from .templates import IMAGE_PLACEHOLDER
@@ -33,7 +34,7 @@ BACKBONE_KEY = "model.init_args.backbone.init_args"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class BackboneConfigError(ValueError):
+class BackboneConfigError(InputError, ValueError):
     """A backbone setting is missing or points nowhere; the message names the config key."""
 
 

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from data_modules.media import pad_to_square
 from data_modules.records import Example, LengthCheck, Sample, Turn
+from mmft.errors import InputError
 
 from .base import batch_metadata
 from .templates import IMAGE_PLACEHOLDER, TemplateName, render
@@ -68,7 +69,7 @@ LLAVA_INSTRUCTIONS = {
 }
 
 
-class CollateError(ValueError):
+class CollateError(InputError, ValueError):
     """A sample cannot be turned into model inputs; the message names the record and the setting to change."""
 
 

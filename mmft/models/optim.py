@@ -11,11 +11,13 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from mmft.errors import InputError
+
 # Called as ``scheduler(optimizer, total_steps)``: the module knows the step count only once the Trainer is set up.
 SchedulerCallable = Callable[[Optimizer, int], LRScheduler]
 
 
-class ParamGroupError(ValueError):
+class ParamGroupError(InputError, ValueError):
     """A parameter group setting does not fit the model; the message names the config key."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from data_modules.records import Turn
+from mmft.errors import InputError
 
 IMAGE_PLACEHOLDER = "<image>"
 VICUNA_V1_SYSTEM = (
@@ -38,7 +39,7 @@ VICUNA_V1_CHAT_TEMPLATE = (
 )
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError, ValueError):
     """A conversation cannot be rendered by the chosen template; the message names the record."""
 
 

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmft.errors import InputError
+
 FEATURE_FORMAT = "mmft-visual-features-v1"
 VISUAL_KEY = "model.init_args.visual"
 # a video's entry holds the features of its stored frames, [frames, tokens, channels]; this entry beside it holds the
@@ -26,7 +28,7 @@ VISUAL_KEY = "model.init_args.visual"
 FPS_SUFFIX = "#fps"
 
 
-class VisualFeatureError(ValueError):
+class VisualFeatureError(InputError, ValueError):
     """A visual encoder setting, a feature file or an image's features are missing or do not fit the model."""
 
 

@@ -27,17 +27,18 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from mmft.adapters import AdapterConfig
+from mmft.errors import InputError
 from mmft.fsdp import ShardingError
 
 from .base import AdapterModule
 from .optim import ParamGroup, SchedulerCallable
-from .vlbart_collate import IGNORE_INDEX, VLBART_PREFIXES, VLBartCollate
 from .visual_features import FeatureStore, VisualConfig, VisualEncoder
+from .vlbart_collate import IGNORE_INDEX, VLBART_PREFIXES, VLBartCollate
 
 MODEL_KEY = "model.init_args"
 
 
-class VLBartConfigError(ValueError):
+class VLBartConfigError(InputError, ValueError):
     """A VL-BART setting is missing or does not fit; the message names the config key."""
 
 

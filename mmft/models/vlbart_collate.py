@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from data_modules.records import Example, LengthCheck, Sample
+from mmft.errors import InputError
 
 from .base import batch_metadata
 from .visual_features import FeatureStore, ImageTransform
@@ -44,7 +45,7 @@ VLBART_PREFIXES = {
 }
 
 
-class VLBartCollateError(ValueError):
+class VLBartCollateError(InputError, ValueError):
     """A sample cannot become VL-BART inputs; the message names the record and the setting to change."""
 
 
