@@ -283,3 +283,29 @@ def test_each_tools_help_says_what_it_does_in_whole_sentences(tool):
                           timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     description = done.stdout.split("\n\n")[1]
     assert done.returncode == 0 and description.rstrip().endswith("."), description
+
+
+def shipped_runs() -> list[list[str]]:
+    """Every shipped recipe alone, and composed with every overlay, method and evaluation config."""
+    configs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+    recipes = [c for c in configs if not any(part in c for part in ("/overlays/", "/methods/", "/eval/", "/tokenizer/"))]
+    runs = [[recipe] for recipe in recipes]
+    runs += [["configs/tiny/llava_dora.yaml", c] for c in configs if c.startswith("configs/tiny/overlays/")]
+    runs += [["configs/llava_dora.yaml", c] for c in configs if c.startswith("configs/overlays/")]
+    runs += [["configs/tiny/llava.yaml", c] for c in configs if c.startswith("configs/methods/")]
+    runs += [["configs/tiny/llava_dora.yaml", c] for c in configs if c.startswith("configs/eval/")]
+    return runs
+
+
+def test_every_shipped_run_config_passes_as_a_stored_config(monkeypatch):
+    """What a checkpoint of any shipped recipe stores is accepted unchanged: the checks refuse only what no recipe
+    asks for."""
+    from mmft.cli import RUN_CONFIG_SECTIONS, resolve_config
+
+    monkeypatch.chdir(ROOT)
+    runs = shipped_runs()
+    assert len(runs) > 40
+    for files in runs:
+        resolved = resolve_config([arg for path in files for arg in ("--config", path)])
+        stored = {key: resolved[key] for key in RUN_CONFIG_SECTIONS if key in resolved}
+        assert checked_stored_config(copy.deepcopy(stored), "runs/x/checkpoints/last.ckpt", None) == stored, files
