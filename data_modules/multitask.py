@@ -532,9 +532,9 @@ class MultitaskDataModule(LightningDataModule):
             return
         if int(state_dict["batches_trained"]) > 0:
             now = self._order_settings()
-            changed = [f"data.init_args.{key}: {state_dict[key]!r} in the checkpoint, {now[key]!r} now"
-                       if key != "world_size" else f"devices x nodes: {state_dict[key]} in the checkpoint, "
-                       f"{now[key]} now" for key in now if key in state_dict and state_dict[key] != now[key]]
+            names = {key: f"data.init_args.{key}" for key in now} | {"world_size": "devices x nodes"}
+            changed = [f"{names[key]}: {state_dict[key]!r} in the checkpoint, {value!r} now"
+                       for key, value in now.items() if key in state_dict and state_dict[key] != value]
             if changed:
                 raise DataConfigError(
                     f"the checkpoint was saved {state_dict['batches_trained']} batches into epoch "

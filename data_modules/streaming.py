@@ -130,13 +130,14 @@ class ShardDataset(Dataset):
         self.max_cache_size = max_cache_size
         self._items: Any = None
         self._opened_by: int | None = None
-        self._chunks: list[tuple[int, str, str | None]] = []  # (first item after the chunk, file, damage or None)
+        self._chunks: list[tuple[str, str | None]] = []  # per chunk: its file, what is wrong with it or None
+        self._chunk_ends: list[int] = []  # per chunk: the index after its last item
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_items": None, "_opened_by": None, "_chunks": []}
+        return {**self.__dict__, "_items": None, "_opened_by": None, "_chunks": [], "_chunk_ends": []}
 
     def items(self) -> Any:
         """litdata's dataset over the shards, opened once per process."""
@@ -147,14 +148,16 @@ class ShardDataset(Dataset):
             if written != len(self.ids):
                 raise ShardIndexError(f"{self.input_dir}: the shards hold {written} items, their index "
                                       f"{len(self.ids)}: rewrite the shards with `mmft optimize`")
-            self._chunks = chunk_files(self.input_dir)
+            chunks = chunk_files(self.input_dir)
+            self._chunk_ends = [end for end, _, _ in chunks]
+            self._chunks = [(name, damage) for _, name, damage in chunks]
             self._items, self._opened_by = items, os.getpid()
         return self._items
 
     def __getitem__(self, index: int) -> Sample | SkippedSample:
         items = self.items()
-        chunk = bisect.bisect_right([end for end, _, _ in self._chunks], index)
-        name, damage = self._chunks[chunk][1:] if chunk < len(self._chunks) else ("a chunk", None)
+        chunk = bisect.bisect_right(self._chunk_ends, index)
+        name, damage = self._chunks[chunk] if chunk < len(self._chunks) else ("a chunk", None)
         if damage is None:
             try:
                 example, images, video = item_to_example(items[index])
@@ -180,20 +183,21 @@ def chunk_files(input_dir: str) -> list[tuple[int, str, str | None]]:
         return []
     folder = Path(input_dir)
     try:
-        chunks = json.loads((folder / "index.json").read_text(encoding="utf-8"))["chunks"]
+        chunks = [(int(c["chunk_size"]), str(c["filename"]), int(c["chunk_bytes"]))
+                  for c in json.loads((folder / "index.json").read_text(encoding="utf-8"))["chunks"]]
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DamagedShardError(f"{folder / 'index.json'}: litdata's index cannot be read ({error}): rewrite the "
+        raise DamagedShardError(f"{folder / 'index.json'}: litdata's index cannot be read ({error!r}): rewrite the "
                                 "shards with `mmft optimize`") from None
     found, end = [], 0
-    for chunk in chunks:
-        end += int(chunk["chunk_size"])
-        path = folder / chunk["filename"]
+    for size, filename, written in chunks:
+        end += size
+        path = folder / filename
         damage = None
         if not path.is_file():
             damage = "is missing"
-        elif path.stat().st_size != int(chunk["chunk_bytes"]):
-            damage = f"holds {path.stat().st_size} bytes, not the {chunk['chunk_bytes']} written (truncated?)"
-        found.append((end, chunk["filename"], damage))
+        elif path.stat().st_size != written:
+            damage = f"holds {path.stat().st_size} bytes, not the {written} written (truncated?)"
+        found.append((end, filename, damage))
     return found
 
 

@@ -44,9 +44,8 @@ _TORCH_SCHEDULERS = ("StepLR", "MultiStepLR", "ConstantLR", "LinearLR", "Exponen
 _BNB_OPTIMIZERS = ("AdamW8bit", "PagedAdamW", "PagedAdamW8bit", "PagedAdamW32bit", "Adam8bit", "PagedAdam8bit")
 
 ALLOWED_CLASS_PATHS = frozenset(
-    [f"{package}.pytorch.{group}.{name}" for package in ("lightning",) for group, names in _LIGHTNING_CLASSES.items()
-     for name in names]
-    + [f"pytorch_lightning.{group}.{name}" for group, names in _LIGHTNING_CLASSES.items() for name in names]
+    [f"{package}.{group}.{name}" for package in ("lightning.pytorch", "pytorch_lightning")
+     for group, names in _LIGHTNING_CLASSES.items() for name in names]
     + [f"torch.optim.{name}" for name in _TORCH_OPTIMIZERS]
     + [f"torch.optim.lr_scheduler.{name}" for name in _TORCH_SCHEDULERS]
     + [f"bitsandbytes.optim.{name}" for name in _BNB_OPTIMIZERS]
@@ -80,11 +79,15 @@ def checked_stored_config(config: dict[str, Any], ckpt_path: str | Path, root_ov
     where = f"--ckpt_path {ckpt_path}"
     check_as_data(config, where)
     trainer = config.get("trainer") or {}
+    if not isinstance(trainer, dict):
+        raise StoredConfigError(f"{where}: its run config's trainer section is not a mapping of settings")
     stored_root = trainer.get("default_root_dir")
     if stored_root is None:
         return config
     root = Path(root_override) if root_override else _checked_root(Path(stored_root), Path(ckpt_path), where)
     for key, holder, name in _output_paths(trainer):
+        if not isinstance(holder[name], str):
+            raise StoredConfigError(f"{where}: its run config sets {key} = {holder[name]!r}, not a path")
         target = Path(holder[name])
         relative = _relative_inside(target, Path(stored_root))
         if relative is None:

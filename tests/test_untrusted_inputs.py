@@ -134,6 +134,15 @@ def test_a_run_folder_that_neither_holds_the_checkpoint_nor_lies_below_the_worki
     assert checked_stored_config(config, root / "checkpoints" / "last.ckpt", None) == config
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("trainer", ["not", "a", "mapping"], "trainer section is not a mapping"),
+    ("trainer/callbacks/0/init_args/dirpath", {"path": "x"}, r"dirpath = \{'path': 'x'\}, not a path"),
+])
+def test_a_malformed_stored_config_is_a_named_error(key, value, message):
+    with pytest.raises(StoredConfigError, match=message):
+        checked_stored_config(stored(**{key: value}), CKPT, None)
+
+
 def test_a_given_run_folder_moves_every_output_path_with_it():
     config = checked_stored_config(stored(), CKPT, "runs/evaluation")
     trainer = config["trainer"]

@@ -9,7 +9,7 @@ import torch
 from torchmetrics import Metric
 
 from mmft.metrics.normalize import normalize_vqa_answer
-from mmft.metrics.vqa_eval import textvqa_score, vqav2_score
+from mmft.metrics.vqa_eval import leave_one_out_accuracy, textvqa_score, vqav2_score
 
 
 def vqa_score(prediction: str, answers: Sequence[str]) -> float:
@@ -20,12 +20,7 @@ def vqa_score(prediction: str, answers: Sequence[str]) -> float:
     punctuation, and only when they disagree); VQAv2's answers are already normalised, so scores are the same there,
     and other datasets' raw answers ("Two") are treated like predictions.
     """
-    if not answers:
-        raise ValueError("VQA accuracy needs at least one reference answer")
-    prediction = normalize_vqa_answer(prediction)
-    matches = [normalize_vqa_answer(answer) == prediction for answer in answers]
-    total = sum(matches)
-    return sum(min(1.0, (total - match) / 3.0) for match in matches) / len(matches)
+    return leave_one_out_accuracy(normalize_vqa_answer(prediction), [normalize_vqa_answer(a) for a in answers])
 
 
 class _MeanScore(Metric):

@@ -19,10 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
-NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-                "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
-ARTICLES = ("a", "an", "the")
+from mmft.metrics.normalize import ARTICLES, NUMBER_WORDS, PUNCTUATION
+
 MOST_PERIODS_STRIPPED = 32
 # the official contraction table, spelling -> replacement, pairs as written there (capitalised keys included)
 _TABLE = """
@@ -51,6 +49,16 @@ CONTRACTIONS = dict(pair.split() for pair in _TABLE.replace("\n", "").split("|")
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")  # as written: the "lookbehind" is a lookahead that always passes
 _EVALAI_DIGIT_COMMA = re.compile(r"(?<=\d)(\,)+(?=\d)")
 _VQA_EVAL_DIGIT_COMMA = re.compile(r"(\d)(\,)(\d)")
+
+
+def leave_one_out_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """VQA accuracy of an already processed prediction: ``min(1, matches among the other answers / 3)`` averaged over
+    leaving each answer out (with 10 answers: 1 match scores 0.3, 2 score 0.6, 3 score 0.9, 4 or more 1)."""
+    if not answers:
+        raise ValueError("VQA accuracy needs at least one reference answer")
+    matches = [answer == prediction for answer in answers]
+    total = sum(matches)
+    return sum(min(1.0, (total - match) / 3.0) for match in matches) / len(matches)
 
 
 def _punctuation(text: str, digit_comma: re.Pattern) -> str:
@@ -88,16 +96,12 @@ def vqa_eval_punctuation(text: str) -> str:
 def vqa_eval_score(prediction: str, answers: Sequence[str]) -> float:
     """One question's score by the official VQA evaluation: ``min(1, matches among the other answers / 3)``
     averaged over leaving each answer out, the prediction and answers processed only when the answers disagree."""
-    if not answers:
-        raise ValueError("VQA accuracy needs at least one reference answer")
     prediction = _whitespace(prediction)
     answers = [_whitespace(answer) for answer in answers]
     if len(set(answers)) > 1:
         answers = [vqa_eval_punctuation(answer) for answer in answers]
         prediction = _digits_and_articles(vqa_eval_punctuation(prediction))
-    matches = [answer == prediction for answer in answers]
-    total = sum(matches)
-    return sum(min(1.0, (total - match) / 3.0) for match in matches) / len(matches)
+    return leave_one_out_accuracy(prediction, answers)
 
 
 def vqav2_score(prediction: str, answers: Sequence[str]) -> float:
@@ -109,13 +113,9 @@ def vqav2_score(prediction: str, answers: Sequence[str]) -> float:
 def textvqa_score(prediction: str, answers: Sequence[str]) -> float:
     """TextVQA's evaluator (LLaVA's, from M4C): both sides through the EvalAI processor; the prediction scores what
     its processed form scores among the processed answers (0 when it is none of them)."""
-    if not answers:
-        raise ValueError("TextVQA accuracy needs at least one reference answer")
     answers = [evalai_answer(answer) for answer in answers]
     prediction = evalai_answer(prediction)
-    matches = [answer == prediction for answer in answers]
-    total = sum(matches)
-    return sum(min(1.0, (total - match) / 3.0) for match in matches) / len(matches)
+    return leave_one_out_accuracy(prediction, answers)
 
 
 def vqa_eval_reply(prediction: str) -> str:
@@ -126,9 +126,5 @@ def vqa_eval_reply(prediction: str) -> str:
 def vizwiz_score(prediction: str, answers: Sequence[str]) -> float:
     """VizWiz's evaluation: the prediction processed (:func:`vqa_eval_reply`), compared with the answers as
     annotated (only their ends stripped), so "2" does not match "Two"."""
-    if not answers:
-        raise ValueError("VizWiz accuracy needs at least one reference answer")
     prediction = vqa_eval_reply(prediction)
-    matches = [_whitespace(answer) == prediction for answer in answers]
-    total = sum(matches)
-    return sum(min(1.0, (total - match) / 3.0) for match in matches) / len(matches)
+    return leave_one_out_accuracy(prediction, [_whitespace(answer) for answer in answers])
