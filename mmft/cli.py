@@ -157,7 +157,9 @@ class MMFTCLI(LightningCLI):
         if args is not None and not isinstance(args, (list, tuple)):  # a dict or Namespace from Python
             super().parse_arguments(parser, args)
             return
-        self.config = parser.parse_args(with_stored_config(list(sys.argv[1:] if args is None else args)))
+        args = with_stored_config(list(sys.argv[1:] if args is None else args))
+        self.given_configs = {Path(value).resolve() for value in _option_values(args, "--config")}
+        self.config = parser.parse_args(args)
 
     def _parse_ckpt_path(self) -> None:
         """Nothing: LightningCLI would re-apply the checkpoint's model hyperparameters over the parsed config, so a
@@ -173,7 +175,9 @@ class MMFTCLI(LightningCLI):
         # the --config files given (an include inside a file may be listed as its string; YAML text as None)
         files = [Path(os.fspath(path)) for path in config.get("config") or []
                  if path is not None and not isinstance(path, str)]
-        fill_run_paths(config.trainer, files, method)
+        # the run is named after the files given on the command line, not the recipes they include
+        given = [f for f in files if f.resolve() in getattr(self, "given_configs", ())] or files
+        fill_run_paths(config.trainer, given, method)
 
     # validate / test print mmft's per-task table instead of Lightning's, which repeats epoch-level metrics under
     # every dataloader's column
@@ -246,6 +250,12 @@ class ConfigReader(MMFTCLI):
 def resolve_config(args: Sequence[str]) -> dict[str, Any]:
     """The run config that ``mmft fit <args>`` would run, as plain data with every default and output path filled."""
     return ConfigReader(args=list(args), run=False, save_config_callback=None).resolved()
+
+
+def _option_values(args: Sequence[str], name: str) -> list[str]:
+    """Every value of ``--name value`` / ``--name=value`` among ``args``, in order."""
+    return [args[i + 1] if arg == name else arg[len(name) + 1:] for i, arg in enumerate(args)
+            if (arg == name and i + 1 < len(args)) or arg.startswith(name + "=")]
 
 
 def _option(args: Sequence[str], *names: str) -> str | None:

@@ -138,3 +138,14 @@ def test_dvora_folders_are_refused_by_peft_rather_than_misread(tmp_path):
 
     with pytest.raises(Exception, match="DVORA"):
         PeftModel.from_pretrained(tiny_llama(), tmp_path)
+
+
+def test_modules_to_save_on_a_module_list_names_its_entries():
+    """PEFT cannot train a ModuleList as one module: the error names the entries to write instead."""
+    model = nn.Sequential()
+    model.add_module("proj", nn.Linear(4, 4))
+    model.add_module("mergers", nn.ModuleList([nn.Linear(4, 4), nn.Linear(4, 4)]))
+    with pytest.raises(AdapterError, match=r"mergers is a container.*mergers\.0, mergers\.1"):
+        apply_adapters(model, lora(target_modules=["proj"], modules_to_save=["mergers"]))
+    report = apply_adapters(model, lora(target_modules=["proj"], modules_to_save=["mergers.0", "mergers.1"]))
+    assert report.modules_to_save == ["mergers.0", "mergers.1"]

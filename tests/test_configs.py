@@ -17,7 +17,9 @@ from mmft.run_folder import run_name
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["tiny/llava", "tiny/llava_ocr", "tiny/vlbart_image", "tiny/vlbart_video", "tiny/qwen2_5_vl",
            "tiny/smolvlm", "tiny/llava_onevision_video", "tiny/qwen2_vl", "tiny/llava_next", "tiny/llava_next_video",
-           "tiny/idefics3", "llava", "vlbart_image", "vlbart_video", "qwen2_5_vl_7b", "llava_onevision_7b_video"]
+           "tiny/idefics3", "tiny/qwen3_vl", "tiny/qwen3_vl_moe", "tiny/gemma3", "tiny/internvl", "tiny/mistral3",
+           "tiny/glm4v", "llava", "vlbart_image", "vlbart_video", "qwen2_5_vl_7b", "llava_onevision_7b_video",
+           "qwen3_vl_8b"]
 METHODS = ["lora", "dora", "vera", "dvora"]
 # where a named config departs from recipe + overlay on purpose, with the reason in its header
 DEPARTURES = {
@@ -180,7 +182,7 @@ def assert_overrides(printed, overlay, key: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["llava_dora.yaml", "llava_lora.yaml", "qwen2_5_vl_7b_dora.yaml",
-                                  "llava_onevision_7b_video_dora.yaml"])
+                                  "llava_onevision_7b_video_dora.yaml", "qwen3_vl_8b_dora.yaml"])
 def test_real_recipe_asks_for_the_checkpoint_path(name, monkeypatch):
     """The message alone, naming the key, not a traceback."""
     with pytest.raises(SystemExit, match=r"^mmft fit: model\.init_args\.backbone\.init_args\.path is not set"):

@@ -19,7 +19,9 @@ from mmft.metrics import VQAAccuracy
 from mmft.models import VisionLanguageModule
 from mmft.models.chat_collate import MEDIA_KEYS_SKIPPED
 from mmft.models.lm_loss import next_token_loss
+from mmft.models.vlm_parts import find_parts
 from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX
+from mmft.models.vlm_families import FAMILIES as TINY_FAMILIES
 from generation_checks import assert_batched_logits_equal_one_by_one
 from test_llava_collate import VICUNA_V1_SYSTEM
 from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
@@ -27,16 +29,45 @@ from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
 RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
 # the two-turn conversation of the mask test, as each family's published format writes it: (text, supervised); a
 # reply is supervised with its end-of-turn token and the newline the template writes after it
-QWEN_TWO_TURNS = [
+QWEN3_TWO_TURNS = [
     ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
      "<|im_start|>assistant\n", False),
     ("a red circle<|im_end|>\n", True),
     ("<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
     ("blue<|im_end|>\n", True),
 ]
+# Qwen2-VL / Qwen2.5-VL Instruct write a default system turn first
+QWEN_TWO_TURNS = [("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + QWEN3_TWO_TURNS[0][0], False),
+                  *QWEN3_TWO_TURNS[1:]]
 TWO_TURNS = {
     "qwen2_5_vl": QWEN_TWO_TURNS,
     "qwen2_vl": QWEN_TWO_TURNS,
+    "qwen3_vl": QWEN3_TWO_TURNS,
+    "qwen3_vl_moe": QWEN3_TWO_TURNS,
+    "glm4v": [
+        ("[gMASK]<sop><|user|>\n<|begin_of_image|><|image|><|end_of_image|>What is it?<|assistant|>\n", False),
+        ("a red circle<|endoftext|>", True),  # GLM writes no end of turn: mmft supervises the end of text
+        ("<|user|>\nAnd the square?<|assistant|>\n", False),
+        ("blue<|endoftext|>", True),
+    ],
+    "gemma3": [
+        ("<s><start_of_turn>user\n<start_of_image>What is it?<end_of_turn>\n<start_of_turn>model\n", False),
+        ("a red circle<end_of_turn>\n", True),
+        ("<start_of_turn>user\nAnd the square?<end_of_turn>\n<start_of_turn>model\n", False),
+        ("blue<end_of_turn>\n", True),
+    ],
+    "internvl": [
+        ("<|im_start|>user\n<IMG_CONTEXT>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("a red circle<|im_end|>\n", True),
+        ("<|im_start|>user\nAnd the square?<|im_end|>\n<|im_start|>assistant\n", False),
+        ("blue<|im_end|>\n", True),
+    ],
+    "mistral3": [
+        ("<s>[INST][IMG]What is it?[/INST]", False),
+        ("a red circle</s>", True),
+        ("[INST]And the square?[/INST]", False),
+        ("blue</s>", True),
+    ],
     "llava_onevision": [
         ("<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\n", False),
         ("a red circle<|im_end|>\n", True),
@@ -111,7 +142,7 @@ def test_labels_are_the_assistant_replies_with_their_end_of_turn_token(family, m
     # the prompt view ends where the last reply starts
     prompt = [t for piece in pieces[:3] for t in piece]
     assert batch["prompt_input_ids"][0].tolist() == prompt
-    end_of_turn = processor.tokenizer.convert_tokens_to_ids(module.family.end_of_turn)
+    end_of_turn = processor.tokenizer.convert_tokens_to_ids(TINY_FAMILIES[family].end_of_turn)
     assert module.end_of_turn_id == end_of_turn and expected_labels.count(end_of_turn) == 2
 
 
@@ -244,6 +275,12 @@ VISION_TARGETS = {
     # the encoder layers' linears (SigLIP's pooling head is an nn.MultiheadAttention, whose out_proj it reads directly)
     "llava_onevision": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
     "smolvlm": r".*vision_model.*layers.*\.(q_proj|v_proj|out_proj)",
+    "qwen3_vl": r".*visual\.blocks.*\.(qkv|proj)",
+    "qwen3_vl_moe": r".*visual\.blocks.*\.(qkv|proj)",
+    "glm4v": r".*visual\.blocks.*\.(qkv|proj)",
+    "gemma3": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
+    "internvl": r".*vision_tower.*layer\..*\.(q_proj|v_proj|projection_layer)",
+    "mistral3": r".*vision_tower.*layers.*\.(q_proj|v_proj|o_proj)",
 }
 
 
@@ -255,9 +292,7 @@ def test_vision_tower_adapters_get_gradients_under_checkpointing(family, method)
     assert module.model.is_gradient_checkpointing
     module.training_loss(module.collate(vqa_samples(2))).backward()
     adapted = [(n, p) for n, p in module.named_parameters() if p.requires_grad and ".lora_" in n]
-    tower = {"qwen2_5_vl": ".visual.", "qwen2_vl": ".visual.", "llava_onevision": ".vision_tower.",
-             "llava_next": ".vision_tower.", "llava_next_video": ".vision_tower.", "smolvlm": ".vision_model.",
-             "idefics3": ".vision_model."}[family]
+    tower = f"model.{find_parts(module.model).vision_tower}."  # found from the model's structure
     assert adapted and all(tower in n for n, _ in adapted)
     # B starts at zero, so A's first gradient is zero by construction; B's (and DoRA's magnitude's) must not be
     receiving = [(n, p) for n, p in adapted if "lora_A" not in n]
@@ -293,7 +328,8 @@ def test_qwen2_vl_video_is_the_processors_own_video_input():
     module = VisionLanguageModule(tiny_backbone("qwen2_vl"), lm_adapter("qwen2_vl"))
     sample = video_sample((0.0, 0.5, 1.0, 1.5))
     batch = module.collate([sample])
-    text = ("<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What is the man doing?\n"
+    text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+            "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What is the man doing?\n"
             f"{SHORT_ANSWER_SUFFIX}<|im_end|>\n<|im_start|>assistant\ncooking<|im_end|>\n")
     expected = module.processor(text=[text], videos=[sample.frames], videos_kwargs={"do_sample_frames": False},
                                 return_tensors="pt")
@@ -328,6 +364,38 @@ def test_onevision_video_frames_and_smolvlm_idefics3_frames_as_images():
         assert torch.isfinite(module.training_loss(batch))
 
 
+# the newer families' video: the processor's video input (its own placeholder expansion: Qwen3-VL's timestamps,
+# GLM's per-frame markers, InternVL's "Frame1:" lines), or the frames as images where the processor has no video
+# processor (Gemma 3, Mistral 3)
+NEW_FAMILY_VIDEO = {"qwen3_vl": "pixel_values_videos", "qwen3_vl_moe": "pixel_values_videos",
+                    "glm4v": "pixel_values_videos", "internvl": "pixel_values", "gemma3": "pixel_values",
+                    "mistral3": "pixel_values"}
+
+
+@pytest.mark.parametrize("name", sorted(NEW_FAMILY_VIDEO))
+def test_newer_families_take_video_and_learn_only_the_reply(name):
+    module = VisionLanguageModule(tiny_backbone(name), lm_adapter(name))
+    sample = video_sample((0.0, 0.5, 1.0, 1.5))
+    batch = module.collate([sample])
+    assert NEW_FAMILY_VIDEO[name] in batch["media"]
+    as_images = module.collate.video_as_images
+    assert as_images == (name in ("gemma3", "mistral3"))
+    if not as_images:  # the processor's own video input, as it encodes it alone
+        text = module.collate._render(sample, prompt=False)[0]
+        expected = module.processor(text=[text], videos=[sample.frames], return_tensors="pt",
+                                    videos_kwargs={"do_sample_frames": False,
+                                                   "video_metadata": [module.collate._metadata(sample)]})
+        assert batch["input_ids"].tolist() == expected["input_ids"].tolist()
+    supervised = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert module.tokenizer.decode(supervised).startswith("cooking")
+    assert supervised[-1] == module.end_of_turn_id or module.tokenizer.decode(supervised[-1:]) == "\n"
+    module.eval()
+    with torch.no_grad():
+        reference = module.model(**module._inputs(batch, prompt=False), labels=batch["labels"]).loss
+        torch.testing.assert_close(module.training_loss(batch), reference)
+    assert len(module.generate_answers(batch)) == 1
+
+
 def test_llava_next_video_takes_the_video_input_and_learns_only_the_reply():
     module = VisionLanguageModule(tiny_backbone("llava_next_video"), lm_adapter("llava_next_video"), max_new_tokens=3)
     sample = video_sample(None)
@@ -352,12 +420,22 @@ def test_llava_next_video_takes_the_video_input_and_learns_only_the_reply():
     assert_batched_logits_equal_one_by_one(module, prompts)
 
 
-QWEN_MULTI_IMAGE_TEXT = (
+QWEN3_MULTI_IMAGE_TEXT = (
     "<|im_start|>user\nLeft: <|vision_start|><|image_pad|><|vision_end|> right: "
     "<|vision_start|><|image_pad|><|vision_end|> same colour?<|im_end|>\n<|im_start|>assistant\nno<|im_end|>\n")
+QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 MULTI_IMAGE_TEXT = {
-    "qwen2_5_vl": QWEN_MULTI_IMAGE_TEXT,
-    "qwen2_vl": QWEN_MULTI_IMAGE_TEXT,
+    "qwen2_5_vl": QWEN_SYSTEM + QWEN3_MULTI_IMAGE_TEXT,
+    "qwen2_vl": QWEN_SYSTEM + QWEN3_MULTI_IMAGE_TEXT,
+    "qwen3_vl": QWEN3_MULTI_IMAGE_TEXT,
+    "qwen3_vl_moe": QWEN3_MULTI_IMAGE_TEXT,
+    "glm4v": "[gMASK]<sop><|user|>\nLeft: <|begin_of_image|><|image|><|end_of_image|> right: "
+             "<|begin_of_image|><|image|><|end_of_image|> same colour?<|assistant|>\nno<|endoftext|>",
+    "gemma3": "<s><start_of_turn>user\nLeft:<start_of_image>right:<start_of_image>same colour?<end_of_turn>\n"
+              "<start_of_turn>model\nno<end_of_turn>\n",  # Gemma 3's template trims every text part
+    "internvl": "<|im_start|>user\nLeft: <IMG_CONTEXT>\n right: <IMG_CONTEXT>\n same colour?<|im_end|>\n"
+                "<|im_start|>assistant\nno<|im_end|>\n",
+    "mistral3": "<s>[INST]Left: [IMG] right: [IMG] same colour?[/INST]no</s>",
     "llava_next": "[INST] Left: <image>\n right: <image>\n same colour? [/INST] no</s>",
     "llava_next_video": f"{VICUNA_V1_SYSTEM} USER: Left: <image>\n right: <image>\n same colour? ASSISTANT: no</s>",
     "idefics3": "<|begin_of_text|>User: Left: <image> right: <image> same colour?<end_of_utterance>\nAssistant: no"
@@ -378,17 +456,22 @@ def test_several_images_stay_where_their_markers_are(family, module):
     torch.testing.assert_close(batch["media"]["pixel_values"], expected["pixel_values"])
 
 
-@pytest.mark.parametrize("name", ["qwen2_5_vl", "llava_next_video", "idefics3"])
-def test_local_checkpoint_folder_loads_offline_with_its_processor(name, tmp_path):
-    from mmft.models import HFVisionLanguage
+@pytest.mark.parametrize("name", FAMILIES)
+def test_local_checkpoint_folder_loads_offline_with_no_table_entry(name, tmp_path, monkeypatch):
+    """A checkpoint folder needs nothing from mmft's family table: end of turn from its template and generation
+    config, processor and template its own, parts from its structure."""
+    from mmft.models import HFVisionLanguage, vlm_backbones
 
     built = tiny_backbone(name, seed=1).build()
     built.model.save_pretrained(tmp_path)
     built.processor.save_pretrained(tmp_path)
+    monkeypatch.setattr(vlm_backbones, "FAMILIES", {})
     loaded = VisionLanguageModule(HFVisionLanguage(path=str(tmp_path)), lm_adapter(name))
+    monkeypatch.undo()
     assert loaded.base_model_name_or_path == str(tmp_path)
-    assert loaded.end_of_turn_id == built.end_of_turn_id
     reference = VisionLanguageModule(tiny_backbone(name, seed=1), lm_adapter(name))
+    assert loaded.reply_end == reference.reply_end
+    assert loaded.parts == reference.parts
     batch = reference.collate(vqa_samples(2))
     assert torch.equal(loaded.collate(vqa_samples(2))["input_ids"], batch["input_ids"])  # same processor, template
     loaded.eval(), reference.eval()

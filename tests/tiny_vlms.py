@@ -15,6 +15,12 @@ TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num
 VIT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 QWEN_PIXELS = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2, "min_pixels": 16 * 16,
                "max_pixels": 32 * 32}
+# Qwen3-VL / GLM-4.1V: 4 px patches merged 2 x 2, images resized to 256..1024 pixels
+QWEN3_PIXELS = {"patch_size": 4, "merge_size": 2, "temporal_patch_size": 2,
+                "size": {"shortest_edge": 256, "longest_edge": 1024}}
+QWEN3_VIT = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+             "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2, "num_position_embeddings": 64}
+MROPE_8 = {"rope_type": "default", "mrope_section": [2, 1, 1], "mrope_interleaved": True}
 PINPOINTS = [[16, 16], [16, 32], [32, 16], [32, 32]]
 # LLaVA-NeXT: 16 px tiles of 8 px patches; the processor must count what the model keeps, the CLS token CLIP adds
 # (num_additional_image_tokens) and drops again ("default" strategy), or it writes one <image> fewer per image
@@ -64,6 +70,55 @@ FAMILY_SIZES: dict[str, dict[str, Any]] = {
     "smolvlm": {**SIGLIP_SHUFFLED,
                 "video_processor": {"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 16}}},
     "idefics3": SIGLIP_SHUFFLED,
+    "qwen3_vl": {
+        "vision_config": {**QWEN3_VIT, "deepstack_visual_indexes": [0]},
+        "text_config": {**TEXT, "head_dim": 8, "rope_parameters": MROPE_8},
+        "image_processor": QWEN3_PIXELS,
+        "video_processor": QWEN3_PIXELS,
+    },
+    # a mixture of experts in every layer: 4 experts, 2 routed a token
+    "qwen3_vl_moe": {
+        "vision_config": {**QWEN3_VIT, "deepstack_visual_indexes": [0]},
+        "text_config": {**TEXT, "head_dim": 8, "rope_parameters": MROPE_8, "num_experts": 4,
+                        "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+        "image_processor": QWEN3_PIXELS,
+        "video_processor": QWEN3_PIXELS,
+    },
+    "glm4v": {
+        "vision_config": {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+                          "image_size": 16, "patch_size": 4, "spatial_merge_size": 2, "temporal_patch_size": 2},
+        "text_config": {**TEXT, "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1]}},
+        "image_processor": QWEN3_PIXELS,
+        "video_processor": QWEN3_PIXELS,
+    },
+    # 16 px images of 4 px patches, average-pooled to 2 x 2: 4 soft tokens an image
+    "gemma3": {
+        "vision_config": {**VIT, "image_size": 16, "patch_size": 4},
+        # a sliding-window layer and a global one (as Gemma 3's 5:1 pattern): the window alone would not reach back
+        # from the reply to the image
+        "text_config": {**TEXT, "head_dim": 8, "sliding_window": 16,
+                        "layer_types": ["sliding_attention", "full_attention"]},
+        "config": {"mm_tokens_per_image": 4},
+        "image_processor": {"size": {"height": 16, "width": 16}},
+        "processor": {"image_seq_length": 4},
+    },
+    # 16 px tiles of 4 px patches, pixel-shuffled by 2: 4 tokens a tile; at most 2 tiles and a thumbnail
+    "internvl": {
+        "vision_config": {**VIT, "image_size": [16, 16], "patch_size": [4, 4]},
+        "text_config": TEXT,
+        "config": {"image_seq_length": 4},
+        "image_processor": {"size": {"height": 16, "width": 16}, "max_patches": 2},
+        "video_processor": {"size": {"height": 16, "width": 16}},
+        "processor": {"image_seq_length": 4},
+    },
+    # Pixtral: images up to 32 px in 4 px patches, merged 2 x 2, rows ended by [IMG_BREAK]
+    "mistral3": {
+        "vision_config": {**VIT, "head_dim": 16, "image_size": 32, "patch_size": 4},
+        "text_config": {**TEXT, "head_dim": 8},
+        "config": {"spatial_merge_size": 2},
+        "image_processor": {"size": {"longest_edge": 32}, "patch_size": {"height": 4, "width": 4}},
+        "processor": {"patch_size": 4, "spatial_merge_size": 2},
+    },
 }
 FAMILIES = list(FAMILY_SIZES)
 # For a 4-bit language model: rows of 64 and 128 weights, shapes bitsandbytes quantizes correctly on every CPU
@@ -77,7 +132,9 @@ QWEN2_5_VL_4BIT_SIZES = {
 LM_TARGETS = r".*(language_model|text_model).*\.(q_proj|v_proj|o_proj|down_proj)"
 PROJECTORS = {"qwen2_5_vl": "merger", "qwen2_vl": "merger", "llava_onevision": "multi_modal_projector",
               "llava_next": "multi_modal_projector", "llava_next_video": "multi_modal_projector",
-              "smolvlm": "connector", "idefics3": "connector"}
+              "smolvlm": "connector", "idefics3": "connector", "qwen3_vl": "merger", "qwen3_vl_moe": "merger",
+              "glm4v": "merger", "gemma3": "multi_modal_projector", "internvl": "multi_modal_projector",
+              "mistral3": "multi_modal_projector"}
 
 
 def tiny_backbone(family: str, seed: int = 0) -> VisionLanguageFromConfig:
@@ -85,5 +142,7 @@ def tiny_backbone(family: str, seed: int = 0) -> VisionLanguageFromConfig:
 
 
 def lm_adapter(family: str, method: str = "dora", dropout: float = 0.0, targets: Any = LM_TARGETS) -> AdapterConfig:
+    # Qwen3-VL's projector is its merger and the deepstack mergers that feed early decoder layers
+    extra = ["deepstack_merger_list.0"] if family.startswith("qwen3_vl") else []
     return AdapterConfig(method=method, r=4, alpha=8, dropout=dropout, target_modules=targets,
-                         modules_to_save=[PROJECTORS[family]])
+                         modules_to_save=[PROJECTORS[family], *extra])

@@ -165,6 +165,7 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
             "(use load_adapters to load weights into an adapted model)"
         )
     chosen, magnitude_only = _select(model, config)
+    saved = _modules_to_save(model, config)  # checked before the model changes
     vera = _build_vera(model, config, chosen) if config.is_vera and chosen else None
     for param in model.parameters():
         param.requires_grad_(False)
@@ -190,7 +191,6 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
         )
         set_submodule(model, name, layer)
 
-    saved = _modules_to_save(model, config)
     for name in saved:
         model.get_submodule(name).requires_grad_(True)
     _set_bias_trainable(model, config)
@@ -219,6 +219,14 @@ def _modules_to_save(model: nn.Module, config: AdapterConfig) -> list[str]:
     outermost = [n for n in found if not any(n.startswith(other + ".") for other in found)]
     if not outermost:
         raise _unmatched_error("modules_to_save", config.modules_to_save, names)
+    modules = dict(model.named_modules())
+    for name in outermost:
+        if isinstance(modules[name], (nn.ModuleList, nn.ModuleDict)):
+            entries = ", ".join(f"{name.rpartition('.')[2]}.{key}" for key, _ in modules[name].named_children())
+            raise AdapterError(
+                f"AdapterConfig.modules_to_save: {name} is a container of modules, which PEFT cannot train as one "
+                f"module: name its entries instead ({entries})"
+            )
     return outermost
 
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
 
 from data_modules.records import IMAGE_MARKER, Example, LengthCheck, RejectedSamples, Sample, Turn
@@ -34,7 +34,6 @@ from data_modules.records import IMAGE_MARKER, Example, LengthCheck, RejectedSam
 from .base import batch_metadata
 from .llava_collate import IGNORE_INDEX, LLAVA_INSTRUCTIONS, CollateError, pad_rows, with_instruction
 from .templates import check_turns, render_messages
-from .vlm_families import Family
 
 if TYPE_CHECKING:
     from transformers import BatchFeature
@@ -43,7 +42,9 @@ class RejectedMediaError(CollateError, RejectedSamples):
     """The processor refuses some samples' media; raised or, under ``on_error: skip``, skipped and counted."""
 
 
-MEDIA_KEYS_SKIPPED = ("input_ids", "attention_mask", "offset_mapping", "text_replacement_offsets", "mm_token_type_ids")
+# per-token types some models read beside the ids: Qwen's and GLM's modality of each token, Gemma 3's image tokens
+TOKEN_TYPE_KEYS = ("token_type_ids", "mm_token_type_ids")
+MEDIA_KEYS_SKIPPED = ("input_ids", "attention_mask", "offset_mapping", "text_replacement_offsets", *TOKEN_TYPE_KEYS)
 def media_messages(turns: Sequence[Turn], num_images: int, has_video: bool, frames: int = 0) -> list[dict]:
     """Chat messages with media parts: several images where their markers are, one image or a video (or its
     ``frames`` as images) at the start of the first user turn."""
@@ -68,24 +69,28 @@ class ChatCollate:
     """Conversations through a processor's chat template, labels on the assistant replies, media batched.
 
     Args:
-        processor: the family's processor (tokenizer, image / video processor, chat template).
-        family: the family's entry (whether video goes in as images).
+        processor: the model's processor (tokenizer, image / video processor, chat template).
+        video_as_images: pass a video as its frames, each an image part, not as the processor's video input.
         max_length: longest sequence, visual tokens included.
         instructions: task -> text appended (after a newline) to every question; ``None`` means the LLaVA collate's
             (LLaVA-1.5's evaluation instructions, and the video tasks' short-answer, choice-label and caption ones).
         default_fps: frame rate assumed for videos whose frame times are unknown.
+        reply_suffix: text added after every reply (the end-of-sequence token of a template that writes no
+            end-of-turn token, see :mod:`mmft.models.reply_end`), supervised with the reply.
     """
 
     def __init__(
         self,
         processor: Any,
-        family: Family,
+        video_as_images: bool = False,
         max_length: int = 2048,
         instructions: dict[str, str] | None = None,
         default_fps: float = 1.0,
+        reply_suffix: str = "",
     ) -> None:
         self.processor = processor
-        self.family = family
+        self.video_as_images = video_as_images
+        self.reply_suffix = reply_suffix
         self.tokenizer = processor.tokenizer
         self.max_length = max_length
         self.instructions = dict(LLAVA_INSTRUCTIONS if instructions is None else instructions)
@@ -111,12 +116,15 @@ class ChatCollate:
                 raise
             raise RejectedMediaError(rejected) from error
         batch["media"] = {k: v for k, v in encoded.items() if k not in MEDIA_KEYS_SKIPPED}
-        has_video = any(s.example.video is not None and not self.family.video_as_images for s in samples)
+        has_video = any(s.example.video is not None and not self.video_as_images for s in samples)
         replacements = _replacement_offsets(encoded, len(samples), bool(any(images) or has_video))
-        rows, labels, prompt_lengths = [], [], []
+        type_keys = [key for key in TOKEN_TYPE_KEYS if key in encoded]
+        rows, labels, prompt_lengths, types = [], [], [], {key: [] for key in type_keys}
         for i, (sample, (text, spans)) in enumerate(zip(samples, rendered)):
             length = int(encoded["attention_mask"][i].sum())
             ids = encoded["input_ids"][i, :length].tolist()
+            for key in type_keys:
+                types[key].append(encoded[key][i, :length].tolist())
             name = self._name(sample.example)
             if len(ids) > self.max_length:
                 raise CollateError(f"{name}: {len(ids)} tokens (visual tokens included), more than max_length="
@@ -130,17 +138,22 @@ class ChatCollate:
         if training:
             batch["input_ids"], batch["attention_mask"] = pad_rows(rows, self.pad_token_id, left=False)
             batch["labels"], _ = pad_rows(labels, IGNORE_INDEX, left=False)
-            self._token_types(batch, "input_ids", "mm_token_type_ids")
+            for key in type_keys:
+                batch[key], _ = pad_rows(types[key], 0, left=False)
         prompts = [row[:n] for row, n in zip(rows, prompt_lengths)]
         batch["prompt_input_ids"], batch["prompt_attention_mask"] = pad_rows(prompts, self.pad_token_id, left=True)
-        self._token_types(batch, "prompt_input_ids", "prompt_mm_token_type_ids")
+        for key in type_keys:
+            batch[f"prompt_{key}"], _ = pad_rows([row[:n] for row, n in zip(types[key], prompt_lengths)], 0, left=True)
         return batch
 
     def _process(self, samples: list[Sample], texts: list[str], images: list[list]) -> Any:
         """The processor over the rendered texts and the samples' media."""
-        videos = [s.frames for s in samples if s.example.video is not None and not self.family.video_as_images]
+        videos = [s.frames for s in samples if s.example.video is not None and not self.video_as_images]
+        # a template that writes the BOS itself is not given a second one (as transformers' apply_chat_template)
+        bos = self.tokenizer.bos_token
         kwargs: dict[str, Any] = {"return_offsets_mapping": True, "return_text_replacement_offsets": True,
-                                  "padding": True, "padding_side": "right"}
+                                  "padding": True, "padding_side": "right",
+                                  "add_special_tokens": not (bos and texts[0].startswith(bos))}
         if videos:
             kwargs["videos_kwargs"] = {"video_metadata": [self._metadata(s) for s in samples if s.example.video
                                                           is not None], "do_sample_frames": False}
@@ -166,8 +179,10 @@ class ChatCollate:
             turns = turns[:-1]
         check_turns(turns, self._name(example))
         turns = with_instruction(turns, self.instructions.get(example.task))
+        if self.reply_suffix:
+            turns = [replace(t, text=t.text + self.reply_suffix) if t.role == "assistant" else t for t in turns]
         frames = 0
-        if example.video is not None and self.family.video_as_images:
+        if example.video is not None and self.video_as_images:
             frames = len(sample.frames) if sample.frames is not None else 1
         messages = media_messages(turns, len(example.images), example.video is not None, frames)
         rendered = render_messages(messages, self._chat, add_generation_prompt=prompt, source=self._name(example))
@@ -181,7 +196,7 @@ class ChatCollate:
         if example.video is not None:
             if sample.frames is None:
                 raise CollateError(f"{self._name(example)}: has a video but no decoded frames")
-            if self.family.video_as_images:
+            if self.video_as_images:
                 return [Image.fromarray(frame.numpy()) for frame in sample.frames]
             return []
         if len(sample.images) != len(example.images):
@@ -202,11 +217,6 @@ class ChatCollate:
         duration = times[-1] + step
         return VideoMetadata(total_num_frames=round(duration * 1000), fps=1000.0, duration=duration,
                              frames_indices=[round(t * 1000) for t in times])
-
-    def _token_types(self, batch: dict[str, Any], ids_key: str, out_key: str) -> None:
-        if getattr(self.processor, "return_mm_token_type_ids", False):
-            types = self.processor.create_mm_token_type_ids(batch[ids_key].tolist())
-            batch[out_key] = torch.tensor(types, dtype=torch.long)
 
     # ----------------------------------------------------------------------------------------------------- length
     def check_length(self, example: Example, training: bool) -> LengthCheck:

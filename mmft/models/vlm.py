@@ -1,9 +1,11 @@
-"""Fine-tuning any transformers image-text-to-text family (Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT,
-LLaVA-NeXT-Video, SmolVLM, Idefics3) with adapters: the LightningModule.
+"""Fine-tuning any transformers image-text-to-text model with adapters: the LightningModule.
 
-The network and its processor come from a backbone (:mod:`mmft.models.vlm_backbones`), prompts from the
-processor's chat template (:class:`~mmft.models.chat_collate.ChatCollate`). Adapters go wherever
-``target_modules`` reach, the vision tower included.
+The network and its processor come from a backbone (:mod:`mmft.models.vlm_backbones`): any checkpoint folder
+``AutoModelForImageTextToText`` loads, or a tiny model of a family built from its config. Prompts come from the
+processor's chat template (:class:`~mmft.models.chat_collate.ChatCollate`), where a reply ends from the template and
+the generation config (:mod:`mmft.models.reply_end`), and the language model, vision tower and projector from the
+model's structure (:mod:`mmft.models.vlm_parts`). Adapters go wherever ``target_modules`` reach, the vision tower
+included.
 
 Several processes: a rank whose batch has no image or video still runs the vision tower and projector
 (:mod:`mmft.models.vision_dummy`).
@@ -15,6 +17,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import Tensor, nn
 from torchmetrics import Metric
@@ -22,12 +25,14 @@ from torchmetrics import Metric
 from mmft.adapters import AdapterConfig
 
 from .base import AdapterModule, default_optimizer, no_split_layers
-from .chat_collate import ChatCollate
+from .chat_collate import TOKEN_TYPE_KEYS, ChatCollate
 from .llava import enable_activation_checkpointing
 from .lm_loss import next_token_loss
 from .optim import ParamGroup, SchedulerCallable
+from .reply_end import find_reply_end
 from .vision_dummy import dummy_vision_loss
 from .vlm_backbones import VisionLanguageBackbone
+from .vlm_parts import find_parts
 
 VISUAL_INPUTS = ("pixel_values", "pixel_values_videos")
 
@@ -66,14 +71,18 @@ class VisionLanguageModule(AdapterModule):
         super().__init__(adapter, optimizer, scheduler, param_groups, metrics, allow_base_mismatch)
         self.save_hyperparameters(logger=False)
         built = backbone.build()
+        self.parts = find_parts(built.model)
+        rank_zero_info(f"mmft model parts (for target_modules / modules_to_save): {self.parts}")
         self.attach_model(built.model)
         self.processor = built.processor
         self.tokenizer = built.processor.tokenizer
-        self.family = built.family
-        self.end_of_turn_id = built.end_of_turn_id
+        self.reply_end = find_reply_end(built.processor, built.model.generation_config,
+                                        built.name_or_path or "the tiny model")
+        self.end_of_turn_id = self.reply_end.token_id
         self.base_model_name_or_path = built.name_or_path
         self.max_new_tokens = max_new_tokens
-        self.collate = ChatCollate(built.processor, built.family, max_length, instructions, default_fps)
+        self.collate = ChatCollate(built.processor, built.video_as_images, max_length, instructions, default_fps,
+                                   reply_suffix=self.reply_end.appended)
         dummy = built.processor.image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")
         self.dummy_vision_inputs = {k: torch.as_tensor(v) for k, v in dummy.items()}
         if gradient_checkpointing:
@@ -90,8 +99,9 @@ class VisionLanguageModule(AdapterModule):
         prefix = "prompt_" if prompt else ""
         inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
                   **batch["media"]}
-        if f"{prefix}mm_token_type_ids" in batch:
-            inputs["mm_token_type_ids"] = batch[f"{prefix}mm_token_type_ids"]
+        for key in TOKEN_TYPE_KEYS:
+            if f"{prefix}{key}" in batch:
+                inputs[key] = batch[f"{prefix}{key}"]
         return inputs
 
     def training_loss(self, batch: dict[str, Any]) -> Tensor:
@@ -110,7 +120,7 @@ class VisionLanguageModule(AdapterModule):
         """Greedy decoding from the batch's left-padded prompts (transformers' ``generate``; ``options`` such as
         ``output_logits=True, return_dict_in_generate=True`` pass through)."""
         settings = {"max_new_tokens": self.max_new_tokens, "do_sample": False, "num_beams": 1,
-                    "pad_token_id": self.collate.pad_token_id, "eos_token_id": self.end_of_turn_id,
+                    "pad_token_id": self.collate.pad_token_id, "eos_token_id": list(self.reply_end.stop_ids),
                     # sharded: every rank runs as many forwards as the longest answer needs
                     "synced_gpus": self.sharded, **options}
         return self.model.generate(**self._inputs(batch, prompt=True), **settings)

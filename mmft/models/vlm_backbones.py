@@ -21,7 +21,8 @@ from torch import nn
 from mmft.adapters import QuantizationConfig
 
 from .llava_backbones import BACKBONE_KEY, BackboneConfigError, _dtype, _local_folder, quantize_language_model
-from .vlm_families import FAMILIES, Family, family_template, get_family
+from .vlm_families import FAMILIES, family_classes, family_template, get_family
+from .vlm_parts import find_parts
 
 
 @dataclass
@@ -30,8 +31,7 @@ class BuiltVisionLanguage:
 
     model: nn.Module
     processor: Any
-    family: Family
-    end_of_turn_id: int
+    video_as_images: bool
     name_or_path: str | None = None
 
 
@@ -48,13 +48,35 @@ def _transformers_class(name: str) -> Any:
     return getattr(transformers, name)
 
 
-def _family_of(model: nn.Module, folder: str) -> Family:
-    model_type = model.config.model_type
-    if model_type not in FAMILIES:
+def _load_model(folder: Any, dtype: Any) -> nn.Module:
+    """``AutoModelForImageTextToText`` on ``folder``, offline; a model type it does not know is a named error."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    if config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise BackboneConfigError(
-            f"{folder}: model_type {model_type!r} is not one of the supported families ({', '.join(FAMILIES)})"
+            f"{folder}: model_type {config.model_type!r} is not an image-text-to-text model of this transformers "
+            f"(AutoModelForImageTextToText takes {len(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)} types, e.g. "
+            "qwen3_vl, internvl, gemma3, llava)"
         )
-    return FAMILIES[model_type]
+    return AutoModelForImageTextToText.from_pretrained(
+        folder, config=config, dtype=dtype, local_files_only=True, trust_remote_code=False
+    )
+
+
+def _chat_template(processor: Any, model_type: str, template: str | None, folder: Any) -> None:
+    """Give ``processor`` the chat template to train with: ``template`` if given, else the checkpoint's own, else
+    the family's (for checkpoints that ship none); none at all is a named error."""
+    if template is None and not getattr(processor, "chat_template", None) and model_type in FAMILIES:
+        template = family_template(FAMILIES[model_type])
+    if template is not None:
+        processor.chat_template = template
+    if not getattr(processor, "chat_template", None):
+        raise BackboneConfigError(
+            f"{folder}: the processor has no chat template (chat_template.jinja) and mmft knows none for "
+            f"{model_type!r}: set {BACKBONE_KEY}.chat_template to the template the model was trained with"
+        )
 
 
 def _media_processor(auto_class: str, folder: Any, settings: dict[str, Any], key: str) -> Any:
@@ -76,6 +98,15 @@ def _media_processor(auto_class: str, folder: Any, settings: dict[str, Any], key
     )
 
 
+def _unzero_projector(model: nn.Module, std: float) -> None:
+    """Draw the projector's zero-initialised matrices (Gemma 3's ``mm_input_projection_weight``) from N(0, std), as
+    a trained checkpoint's are non-zero: a zero projector passes no gradient to the vision tower."""
+    for name in find_parts(model).projectors:
+        for param in model.get_submodule(name).parameters():
+            if param.dim() == 2 and not param.any():
+                nn.init.normal_(param, std=std)
+
+
 class HFVisionLanguage(VisionLanguageBackbone):
     """A local transformers image-text-to-text checkpoint (e.g. ``Qwen/Qwen2.5-VL-7B-Instruct`` downloaded
     beforehand): ``AutoModelForImageTextToText`` and ``AutoProcessor`` with its chat template, offline.
@@ -87,6 +118,10 @@ class HFVisionLanguage(VisionLanguageBackbone):
         image_processor: settings of the checkpoint's image processor to replace, as a recipe sets its resolution
             (Qwen2.5-VL's ``min_pixels`` / ``max_pixels``); names the processor does not take are refused.
         video_processor: the same for its video processor (Qwen2.5-VL's per-frame ``min_pixels`` / ``max_pixels``).
+        chat_template: a Jinja chat template to train with, for a checkpoint that ships none (or to replace its own).
+
+    A video goes in as the processor's video input when it has a video processor, else as its frames, each an
+    image (Gemma 3, Mistral 3).
     """
 
     def __init__(
@@ -96,20 +131,20 @@ class HFVisionLanguage(VisionLanguageBackbone):
         quantization: QuantizationConfig | None = None,
         image_processor: dict[str, Any] | None = None,
         video_processor: dict[str, Any] | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self.path = path
+        self.chat_template = chat_template
         self.dtype = dtype
         self.quantization = quantization
         self.image_processor = dict(image_processor or {})
         self.video_processor = dict(video_processor or {})
 
     def build(self) -> BuiltVisionLanguage:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoProcessor
 
         folder = _local_folder(self.path, f"{BACKBONE_KEY}.path", "a local image-text-to-text checkpoint folder")
-        model = AutoModelForImageTextToText.from_pretrained(
-            folder, dtype=_dtype(self.dtype, f"{BACKBONE_KEY}.dtype"), local_files_only=True, trust_remote_code=False
-        )
+        model = _load_model(folder, _dtype(self.dtype, f"{BACKBONE_KEY}.dtype"))
         parts = {
             name: _media_processor(auto_class, folder, settings, f"{BACKBONE_KEY}.{name}")
             for name, auto_class, settings in (
@@ -119,15 +154,17 @@ class HFVisionLanguage(VisionLanguageBackbone):
             if settings
         }
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=False, **parts)
-        if not getattr(processor, "chat_template", None):
-            raise BackboneConfigError(f"{folder}: the processor has no chat template (chat_template.jinja)")
-        family = _family_of(model, str(folder))
-        eos = model.generation_config.eos_token_id
-        end_of_turn = processor.tokenizer.convert_tokens_to_ids(family.end_of_turn)
-        if end_of_turn is None or end_of_turn == processor.tokenizer.unk_token_id:
-            end_of_turn = eos[0] if isinstance(eos, list) else eos
+        model_type = model.config.model_type
+        if getattr(processor, "image_processor", None) is None:
+            raise BackboneConfigError(
+                f"{folder}: AutoProcessor loads no image processor here ({type(processor).__name__}): the folder needs "
+                "the processor's files (preprocessor_config.json)"
+            )
+        _chat_template(processor, model_type, self.chat_template, folder)
+        known = FAMILIES.get(model_type)
+        video_as_images = known.video_as_images if known else getattr(processor, "video_processor", None) is None
         quantize_language_model(model, self.quantization)
-        return BuiltVisionLanguage(model, processor, family, int(end_of_turn), str(self.path))
+        return BuiltVisionLanguage(model, processor, video_as_images, str(self.path))
 
 
 class VisionLanguageFromConfig(VisionLanguageBackbone):
@@ -174,13 +211,14 @@ class VisionLanguageFromConfig(VisionLanguageBackbone):
         from transformers import AutoTokenizer
 
         family = get_family(self.family, f"{BACKBONE_KEY}.family")
+        classes = family_classes(self.family)
         folder = _local_folder(self.tokenizer, f"{BACKBONE_KEY}.tokenizer", "a tokenizer folder")
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
+                                                  extra_special_tokens=dict(family.named_tokens))
         tokenizer.add_special_tokens({"additional_special_tokens": list(family.special_tokens)},
                                      replace_extra_special_tokens=False)
         end_of_turn = tokenizer.convert_tokens_to_ids(family.end_of_turn)
         text = {
-            "model_type": family.text_model_type,
             "vocab_size": len(tokenizer),
             "pad_token_id": tokenizer.pad_token_id,
             "bos_token_id": tokenizer.bos_token_id,
@@ -188,22 +226,18 @@ class VisionLanguageFromConfig(VisionLanguageBackbone):
             **self.text_config,
         }
         token_ids = {key: tokenizer.convert_tokens_to_ids(token) for key, token in family.token_ids.items()}
-        config = _transformers_class(family.config_class)(
-            vision_config={"model_type": family.vision_model_type, **self.vision_config},
-            text_config=text,
-            **token_ids,
-            **{**family.config_defaults, **self.config},
-        )
+        config = classes.config(vision_config=self.vision_config, text_config=text, **token_ids,
+                                **{**family.config_defaults, **self.config})
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            model = _transformers_class(family.model_class)(config)
+            model = classes.model(config)
+            _unzero_projector(model, getattr(config, "initializer_range", 0.02))
         model.generation_config.eos_token_id = end_of_turn
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         quantize_language_model(model, self.quantization)
-        parts = {"image_processor": _transformers_class(family.image_processor_class)(**self.image_processor)}
-        if family.video_processor_class is not None:
-            parts["video_processor"] = _transformers_class(family.video_processor_class)(**self.video_processor)
-        processor = _transformers_class(family.processor_class)(
-            tokenizer=tokenizer, chat_template=family_template(family), **parts, **self.processor
-        )
-        return BuiltVisionLanguage(model, processor, family, end_of_turn, None)
+        parts = {"image_processor": classes.image_processor(**self.image_processor)}
+        if classes.video_processor is not None:
+            parts["video_processor"] = classes.video_processor(**self.video_processor)
+        processor = classes.processor(tokenizer=tokenizer, chat_template=family_template(family), **parts,
+                                      **self.processor)
+        return BuiltVisionLanguage(model, processor, family.video_as_images, None)

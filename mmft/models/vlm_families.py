@@ -1,12 +1,14 @@
-"""What differs between transformers' image-text-to-text families, in one table: the classes that build a model and
-its processor from parts, the special tokens a tokenizer needs, the end-of-turn token, and a chat template.
+"""What a checkpoint cannot say about transformers' image-text-to-text families, in one table: how to build a tiny
+model from a config (the special tokens its tokenizer needs, the config fields that take their ids, the token that
+ends a reply) and a chat template. Classes come from transformers' Auto tables.
 
-Only tiny models built from a config need this table (a checkpoint folder carries its own classes, processor and
-template). Chat templates: SmolVLM's is transformers' own constant; the others follow each family's published
-format (ChatML with Qwen's vision tokens for Qwen2-VL / Qwen2.5-VL, ChatML with ``<image>`` / ``<video>`` for
-LLaVA-OneVision, Mistral's ``[INST]`` for LLaVA-NeXT, vicuna_v1 for LLaVA-NeXT-Video-7B, which LLaVA-NeXT's video
-code trains with, Idefics3-8B-Llama3's ``User:`` / ``Assistant:`` turns ending in ``<end_of_utterance>``), written
-here and rendering media parts where they stand.
+A checkpoint folder needs no entry (it carries its classes, processor and template); an entry's template serves a
+checkpoint that ships none. Chat templates: SmolVLM's is transformers' own constant; the others follow each family's
+published format (ChatML with Qwen's vision tokens, with Qwen2-VL / Qwen2.5-VL Instruct's default system turn and
+without it for Qwen3-VL; ChatML with ``<image>`` / ``<video>`` for LLaVA-OneVision and ``<IMG_CONTEXT>`` for
+InternVL's -hf checkpoints; Mistral's ``[INST]`` for LLaVA-NeXT and Mistral 3; vicuna_v1 for LLaVA-NeXT-Video-7B,
+which LLaVA-NeXT's video code trains with; Idefics3-8B-Llama3's ``User:`` / ``Assistant:`` turns; Gemma 3's
+``<start_of_turn>`` turns; GLM-4.1V's ``<|user|>`` / ``<|assistant|>``), rendering media parts where they stand.
 """
 
 from __future__ import annotations
@@ -66,6 +68,51 @@ IDEFICS3 = (
 )
 
 
+CHATML_QWEN_VL_SYSTEM = (
+    # Qwen2-VL / Qwen2.5-VL Instruct: a default system turn when the conversation has none
+    "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{% endif %}" + CHATML_QWEN_VL
+)
+# InternVL's Hugging Face checkpoints (InternVL3 / 3.5 "-hf"): ChatML, no default system turn, <IMG_CONTEXT> or
+# <video> then a newline for each media part
+CHATML_INTERNVL = _chatml("<IMG_CONTEXT>\\n", "<video>\\n")
+GEMMA3 = (
+    # Gemma 3 instruction-tuned: <bos>, turns "user" / "model", a system text folded into the first user turn,
+    # text parts trimmed, an image part written as <start_of_image> (the processor expands it)
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<start_of_turn>' + ('model' if message['role'] == 'assistant' else message['role']) + '\\n' }}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<start_of_image>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] | trim }}{% endif %}"
+    "{% endfor %}{{ '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+MISTRAL3 = (
+    # Mistral-Small-3.1 Instruct's turns: <s>[INST]...[/INST]reply</s>, [IMG] where an image part stands. The
+    # published template adds a default system prompt carrying the current date; mmft leaves it out (see README)
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST]' }}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '[IMG]' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{{ '[/INST]' }}"
+    "{% else %}{{ message['content'][0]['text'] + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+GLM4V = (
+    # GLM-4.1V: [gMASK]<sop>, <|user|> and <|assistant|> turns, media between begin / end markers; no end-of-turn
+    # token after a reply (the collate adds the tokenizer's end of text, which generation stops at)
+    "[gMASK]<sop>{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '<|user|>\\n' }}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<|begin_of_image|><|image|><|end_of_image|>' }}"
+    "{% elif part['type'] == 'video' %}{{ '<|begin_of_video|><|video|><|end_of_video|>' }}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}"
+    "{% else %}{{ '<|assistant|>\\n' + message['content'][0]['text'] }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
 def smolvlm_template() -> str:
     from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
 
@@ -74,73 +121,77 @@ def smolvlm_template() -> str:
 
 @dataclass(frozen=True)
 class Family:
-    """One image-text-to-text family: class names in ``transformers``, tokens, module names, template.
+    """What a checkpoint cannot say about one image-text-to-text family: how to build a tiny one from its config,
+    and its chat template. Classes come from transformers' Auto tables under the family's ``model_type``.
 
-    ``token_ids`` maps a config field to the special token whose id it takes; ``end_of_turn`` is the token that ends
-    an assistant reply (generation stops there); ``video_as_images`` families take a video as its frames, each an
-    image part (SmolVLM, Idefics3).
+    ``special_tokens`` are added to the tiny tokenizer; ``named_tokens`` become tokenizer attributes that some
+    processors read (InternVL's ``start_image_token``, Gemma 3's ``boi_token``); ``token_ids`` maps a config field
+    to the special token whose id it takes; ``end_of_turn`` ends a reply of the tiny model (its generation config's
+    end of sequence); ``video_as_images`` families take a video as its frames, each an image part (SmolVLM,
+    Idefics3); ``processor_type`` is the ``model_type`` whose processor parts the family shares.
     """
 
-    model_class: str
-    config_class: str
-    processor_class: str
-    image_processor_class: str
-    video_processor_class: str | None
-    text_model_type: str
-    vision_model_type: str
     special_tokens: tuple[str, ...]
     token_ids: dict[str, str]
     end_of_turn: str
     chat_template: str
+    named_tokens: dict[str, str] = field(default_factory=dict)
     video_as_images: bool = False
     config_defaults: dict[str, Any] = field(default_factory=dict)
+    processor_type: str | None = None
 
 
 QWEN_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 QWEN_TOKEN_IDS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
                   "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
+GEMMA3_NAMED = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+INTERNVL_NAMED = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                  "video_token": "<video>"}
+GLM4V_TOKENS = ("[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|endoftext|>", "<|begin_of_image|>",
+                "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|video|>")
 
 FAMILIES: dict[str, Family] = {
-    "qwen2_5_vl": Family(
-        "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLConfig", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor",
-        "Qwen2VLVideoProcessor", "qwen2_5_vl_text", "qwen2_5_vl", QWEN_TOKENS, QWEN_TOKEN_IDS, "<|im_end|>",
-        CHATML_QWEN_VL,
-    ),
-    "qwen2_vl": Family(
-        "Qwen2VLForConditionalGeneration", "Qwen2VLConfig", "Qwen2VLProcessor", "Qwen2VLImageProcessor",
-        "Qwen2VLVideoProcessor", "qwen2_vl_text", "qwen2_vl", QWEN_TOKENS, QWEN_TOKEN_IDS, "<|im_end|>",
-        CHATML_QWEN_VL,
-    ),
+    "qwen2_5_vl": Family(QWEN_TOKENS, QWEN_TOKEN_IDS, "<|im_end|>", CHATML_QWEN_VL_SYSTEM),
+    "qwen2_vl": Family(QWEN_TOKENS, QWEN_TOKEN_IDS, "<|im_end|>", CHATML_QWEN_VL_SYSTEM),
+    "qwen3_vl": Family(QWEN_TOKENS, QWEN_TOKEN_IDS, "<|im_end|>", CHATML_QWEN_VL),
+    "qwen3_vl_moe": Family(QWEN_TOKENS, QWEN_TOKEN_IDS, "<|im_end|>", CHATML_QWEN_VL, processor_type="qwen3_vl"),
     "llava_onevision": Family(
-        "LlavaOnevisionForConditionalGeneration", "LlavaOnevisionConfig", "LlavaOnevisionProcessor",
-        "LlavaOnevisionImageProcessor", "LlavaOnevisionVideoProcessor", "qwen2", "siglip_vision_model",
         ("<|im_start|>", "<|im_end|>", "<image>", "<video>"),
-        {"image_token_id": "<image>", "video_token_id": "<video>"}, "<|im_end|>",
-        CHATML_ONEVISION,
+        {"image_token_id": "<image>", "video_token_id": "<video>"}, "<|im_end|>", CHATML_ONEVISION,
         config_defaults={"vision_feature_layer": -1},
     ),
-    "llava_next": Family(
-        "LlavaNextForConditionalGeneration", "LlavaNextConfig", "LlavaNextProcessor", "LlavaNextImageProcessor",
-        None, "llama", "clip_vision_model", ("<image>",), {"image_token_id": "<image>"}, "</s>",
-        MISTRAL_INST,
-    ),
+    "llava_next": Family(("<image>",), {"image_token_id": "<image>"}, "</s>", MISTRAL_INST),
     "llava_next_video": Family(
-        "LlavaNextVideoForConditionalGeneration", "LlavaNextVideoConfig", "LlavaNextVideoProcessor",
-        "LlavaNextImageProcessor", "LlavaNextVideoVideoProcessor", "llama", "clip_vision_model",
-        ("<image>", "<video>"), {"image_token_id": "<image>", "video_token_id": "<video>"}, "</s>",
-        VICUNA_V1_MEDIA,
+        ("<image>", "<video>"), {"image_token_id": "<image>", "video_token_id": "<video>"}, "</s>", VICUNA_V1_MEDIA,
     ),
     "idefics3": Family(
-        "Idefics3ForConditionalGeneration", "Idefics3Config", "Idefics3Processor", "Idefics3ImageProcessor", None,
-        "llama", "idefics3_vision",
         ("<|begin_of_text|>", "<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"),
         {"image_token_id": "<image>"}, "<end_of_utterance>", IDEFICS3, video_as_images=True,
     ),
     "smolvlm": Family(
-        "SmolVLMForConditionalGeneration", "SmolVLMConfig", "SmolVLMProcessor", "SmolVLMImageProcessor",
-        "SmolVLMVideoProcessor", "llama", "smolvlm_vision",
         ("<|im_start|>", "<image>", "<video>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"),
         {"image_token_id": "<image>"}, "<end_of_utterance>", "smolvlm", video_as_images=True,
+    ),
+    "gemma3": Family(
+        ("<start_of_turn>", "<end_of_turn>", *GEMMA3_NAMED.values()),
+        {"boi_token_index": "<start_of_image>", "eoi_token_index": "<end_of_image>",
+         "image_token_index": "<image_soft_token>"},
+        "<end_of_turn>", GEMMA3, named_tokens=GEMMA3_NAMED, video_as_images=True,
+    ),
+    "internvl": Family(
+        ("<|im_start|>", "<|im_end|>", *INTERNVL_NAMED.values()),
+        {"image_token_id": "<IMG_CONTEXT>"}, "<|im_end|>", CHATML_INTERNVL, named_tokens=INTERNVL_NAMED,
+    ),
+    "mistral3": Family(
+        ("[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"), {"image_token_index": "[IMG]"}, "</s>", MISTRAL3,
+        video_as_images=True,
+    ),
+    "glm4v": Family(
+        GLM4V_TOKENS,
+        {"image_token_id": "<|image|>", "video_token_id": "<|video|>", "image_start_token_id": "<|begin_of_image|>",
+         "image_end_token_id": "<|end_of_image|>", "video_start_token_id": "<|begin_of_video|>",
+         "video_end_token_id": "<|end_of_video|>"},
+        "<|endoftext|>", GLM4V,
     ),
 }
 
@@ -148,6 +199,37 @@ FAMILIES: dict[str, Family] = {
 def family_template(family: Family) -> str:
     """The family's chat template text (SmolVLM's is read from transformers)."""
     return smolvlm_template() if family.chat_template == "smolvlm" else family.chat_template
+
+
+@dataclass(frozen=True)
+class FamilyClasses:
+    """The transformers classes of one family, looked up in the Auto tables by ``model_type``."""
+
+    config: type
+    model: type
+    processor: type
+    image_processor: type
+    video_processor: type | None
+
+
+def family_classes(model_type: str) -> FamilyClasses:
+    """``model_type``'s config, image-text-to-text model, processor and its image / video processors."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    from transformers.models.auto.video_processing_auto import VIDEO_PROCESSOR_MAPPING_NAMES
+
+    parts_type = FAMILIES[model_type].processor_type or model_type
+    video = (VIDEO_PROCESSOR_MAPPING_NAMES.get(parts_type) or {}).get("torchvision")
+    return FamilyClasses(
+        config=CONFIG_MAPPING[model_type],
+        model=getattr(transformers, MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES[model_type]),
+        processor=getattr(transformers, PROCESSOR_MAPPING_NAMES[parts_type]),
+        image_processor=getattr(transformers, IMAGE_PROCESSOR_MAPPING_NAMES[parts_type]["torchvision"]),
+        video_processor=getattr(transformers, video) if video else None,
+    )
 
 
 def get_family(name: str, key: str) -> Family:
