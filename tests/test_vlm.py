@@ -18,10 +18,11 @@ from mmft.adapters import save_adapters
 from mmft.metrics import VQAAccuracy
 from mmft.models import VisionLanguageModule
 from mmft.models.chat_collate import MEDIA_KEYS_SKIPPED
-from mmft.models.lm_loss import next_token_loss
-from mmft.models.vlm_parts import find_parts
 from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX
+from mmft.models.lm_loss import next_token_loss
 from mmft.models.vlm_families import FAMILIES as TINY_FAMILIES
+from mmft.models.vlm_families import family_template
+from mmft.models.vlm_parts import find_parts
 from generation_checks import assert_batched_logits_equal_one_by_one
 from test_llava_collate import VICUNA_V1_SYSTEM
 from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
@@ -538,3 +539,37 @@ def test_an_image_the_processor_rejects_is_a_named_error_or_a_counted_skip(tmp_p
     assert [sorted(batch["ids"]) for batch in trained] == [["square", "square2"]]
     assert data.media_skips.counts == {REJECTED_MEDIA: 1}
     module.training_loss(trained[0])  # the rest of the batch trains
+
+
+def test_a_checkpoint_folder_mmft_cannot_train_is_a_named_error(tmp_path, monkeypatch):
+    """A model type that is not image-text-to-text, a processor with no chat template (and no family template to
+    fall back on), and a template that never writes a reply each stop with a message naming the folder."""
+    from transformers import LlamaConfig
+
+    from mmft.models import HFVisionLanguage, vlm_backbones
+    from mmft.models.llava_backbones import BackboneConfigError
+    from mmft.models.reply_end import ReplyEndError
+
+    text_only = tmp_path / "llama"
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4).save_pretrained(
+        text_only)
+    with pytest.raises(BackboneConfigError, match=r"llama.*model_type 'llama' is not an image-text-to-text model"):
+        HFVisionLanguage(path=str(text_only)).build()
+
+    folder = tmp_path / "qwen3_vl"
+    built = tiny_backbone("qwen3_vl").build()
+    built.model.save_pretrained(folder)
+    built.processor.chat_template = None
+    built.processor.save_pretrained(folder)
+    monkeypatch.setattr(vlm_backbones, "FAMILIES", {})
+    with pytest.raises(BackboneConfigError, match=r"qwen3_vl: the processor has no chat template.*chat_template"):
+        HFVisionLanguage(path=str(folder)).build()
+    # the template given in the config serves such a checkpoint (here the family's, so the batches are the tiny one's)
+    template = family_template(TINY_FAMILIES["qwen3_vl"])
+    given = VisionLanguageModule(HFVisionLanguage(path=str(folder), chat_template=template), lm_adapter("qwen3_vl"))
+    reference = VisionLanguageModule(tiny_backbone("qwen3_vl"), lm_adapter("qwen3_vl"))
+    batch, expected = given.collate(vqa_samples(2)), reference.collate(vqa_samples(2))
+    assert batch["input_ids"].tolist() == expected["input_ids"].tolist()
+    no_reply = "{% for m in messages if m['role'] == 'user' %}{{ m['content'][0]['text'] }}{% endfor %}"
+    with pytest.raises(ReplyEndError, match=r"qwen3_vl: the chat template does not write an assistant reply"):
+        VisionLanguageModule(HFVisionLanguage(path=str(folder), chat_template=no_reply), lm_adapter("qwen3_vl"))

@@ -40,6 +40,9 @@ def find_reply_end(processor: Any, generation_config: Any, source: str) -> Reply
     messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": SENTINEL}]}]
     text = processor.apply_chat_template(messages, tokenize=False)
+    if SENTINEL not in text:
+        raise ReplyEndError(f"{source}: the chat template does not write an assistant reply's text (rendered: "
+                            f"{text[-200:]!r}); mmft cannot find where replies end: give a template that does")
     after = text[text.index(SENTINEL) + len(SENTINEL):]
     special = set(tokenizer.all_special_ids) | set(eos_ids)
     written = [t for t in tokenizer(after, add_special_tokens=False)["input_ids"] if t in special]
