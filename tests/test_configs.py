@@ -245,3 +245,19 @@ def test_full_recipe_numbers_are_the_published_ones(recipe, method):
     backbone = model["backbone"]["init_args"]
     assert {k: backbone[k] for k in want["processors"]} == want["processors"]
     assert backbone["path"] is None and trainer["precision"] == "bf16-mixed"
+
+
+TINY_VLMS = [r for r in RECIPES if r.startswith("tiny/") and
+             resolved(r, "methods/dora")["model"]["class_path"].endswith("VisionLanguageModule")]
+
+
+@pytest.mark.parametrize("recipe", TINY_VLMS)
+def test_tiny_vision_language_recipe_builds_its_model_and_adapters(recipe):
+    """The recipe's sizes build the family's model and its adapter targets and projector match modules of it."""
+    from mmft.adapters import AdapterConfig
+    from mmft.models import VisionLanguageFromConfig, VisionLanguageModule
+
+    model = resolved(recipe, "methods/dora")["model"]["init_args"]
+    backbone = VisionLanguageFromConfig(**model["backbone"]["init_args"])
+    module = VisionLanguageModule(backbone, AdapterConfig(**model["adapter"]), max_length=model["max_length"])
+    assert module.adapter_report.adapted and module.adapter_report.modules_to_save
