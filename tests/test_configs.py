@@ -261,3 +261,20 @@ def test_tiny_vision_language_recipe_builds_its_model_and_adapters(recipe):
     backbone = VisionLanguageFromConfig(**model["backbone"]["init_args"])
     module = VisionLanguageModule(backbone, AdapterConfig(**model["adapter"]), max_length=model["max_length"])
     assert module.adapter_report.adapted and module.adapter_report.modules_to_save
+
+
+def test_tiny_moe_experts_recipe_adapts_the_expert_weights_too():
+    """The experts recipe differs from the MoE LoRA recipe only by the expert targets (and no dropout)."""
+    from mmft.adapters import AdapterConfig
+    from mmft.models import VisionLanguageFromConfig, VisionLanguageModule
+
+    experts, lora = resolved("tiny/qwen3_vl_moe_experts"), resolved("tiny/qwen3_vl_moe_lora")
+    adapter = ("model", "init_args", "adapter")
+    changed = differences(experts, lora)
+    assert {k: v for k, v in changed.items() if k[:3] == adapter} == {(*adapter, "target_parameters"): (
+        ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], None), (*adapter, "dropout"): (0.0, 0.05)}
+    assert all(k[0] == "trainer" for k in changed if k[:3] != adapter)  # and the run folder's name
+    model = experts["model"]["init_args"]
+    module = VisionLanguageModule(VisionLanguageFromConfig(**model["backbone"]["init_args"]),
+                                  AdapterConfig(**model["adapter"]), max_length=model["max_length"])
+    assert len(module.adapter_report.adapted_parameters) == 4  # two expert tensors in each of two layers

@@ -18,7 +18,7 @@ from mmft.adapters import save_adapters
 from mmft.metrics import VQAAccuracy
 from mmft.models import VisionLanguageModule
 from mmft.models.chat_collate import MEDIA_KEYS_SKIPPED
-from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX
+from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX, CollateError
 from mmft.models.lm_loss import next_token_loss
 from mmft.models.vlm_families import FAMILIES as TINY_FAMILIES
 from mmft.models.vlm_families import family_template
@@ -455,6 +455,69 @@ def test_several_images_stay_where_their_markers_are(family, module):
     expected = module.processor(text=[MULTI_IMAGE_TEXT[family]], images=[[RED, BLUE]], return_tensors="pt")
     assert batch["input_ids"][0].tolist() == expected["input_ids"][0].tolist()
     torch.testing.assert_close(batch["media"]["pixel_values"], expected["pixel_values"])
+
+
+THREE_EXCHANGES = (Turn("user", "What is it?"), Turn("assistant", "a red circle"), Turn("user", "And the square?"),
+                   Turn("assistant", "blue"), Turn("user", "Which one is bigger?"), Turn("assistant", "the circle"))
+
+
+def conversation(turns, images=(RED,), example_id="long") -> Sample:
+    return Sample(Example("instruct", example_id, tuple(turns), images=tuple(Path(f"{i}.jpg") for i in
+                                                                               range(len(images)))), list(images))
+
+
+def test_over_long_conversations_lose_their_earliest_exchanges(family, module):
+    """With max_length between the last two exchanges' length and the whole conversation's, the batch is the one
+    of the last two exchanges alone: the image moves to the first turn kept, the last answer and its end of turn
+    stay supervised, the prompt view is cut the same way; the DataModule's length check counts it as truncated."""
+    collate = module.collate
+    whole, last_two, last_one = (collate([conversation(THREE_EXCHANGES[k:])]) for k in (0, 2, 4))
+    assert whole["input_ids"].shape[1] > last_two["input_ids"].shape[1] > last_one["input_ids"].shape[1]
+    original = collate.max_length
+    try:
+        for kept, expected in ((last_two, 2), (last_one, 4)):
+            collate.max_length = kept["input_ids"].shape[1]  # exactly the length of what is kept
+            batch = collate([conversation(THREE_EXCHANGES), conversation(THREE_EXCHANGES[4:], example_id="short")])
+            reference = collate([conversation(THREE_EXCHANGES[expected:]), conversation(THREE_EXCHANGES[4:],
+                                                                                         example_id="short")])
+            for key in ("input_ids", "labels", "prompt_input_ids", "attention_mask"):
+                assert batch[key].tolist() == reference[key].tolist(), key
+            for key, tensor in reference["media"].items():
+                assert torch.equal(batch["media"][key], tensor), key
+            supervised = batch["labels"][0][batch["labels"][0] != -100].tolist()
+            assert module.tokenizer.decode(supervised).endswith(module.tokenizer.decode(
+                reference["labels"][0][reference["labels"][0] != -100].tolist()))
+        collate.max_length = whole["input_ids"].shape[1]
+        assert collate([conversation(THREE_EXCHANGES)])["input_ids"].tolist() == whole["input_ids"].tolist()
+        example = conversation(THREE_EXCHANGES).example  # the check estimates visual tokens with a probe image
+        collate.max_length = collate._estimated_length(example, THREE_EXCHANGES[2:], training=True)
+        verdict = collate.check_length(example, training=True)
+        assert verdict.problem is None and verdict.truncated
+        assert not collate.check_length(conversation(THREE_EXCHANGES[4:]).example, training=True).truncated
+    finally:
+        collate.max_length = original
+
+
+def test_a_conversation_that_cannot_be_shortened_enough_is_named(family, module):
+    collate = module.collate
+    last_one = collate([conversation(THREE_EXCHANGES[4:])])["input_ids"].shape[1]
+    marked = (Turn("user", "Left: <image> right: <image> same colour?"), Turn("assistant", "no"),
+              Turn("user", "And now?"), Turn("assistant", "yes"))
+    several = collate([conversation(marked, images=(RED, BLUE))])["input_ids"].shape[1]
+    original = collate.max_length
+    try:
+        collate.max_length = last_one - 1
+        with pytest.raises(CollateError, match=r"instruct example long: \d+ tokens with only its last question and "
+                                               r"answer .*max_length="):
+            collate([conversation(THREE_EXCHANGES)])
+        collate.max_length = 5  # the length check estimates with a probe image: far too short for any family
+        verdict = collate.check_length(conversation(THREE_EXCHANGES).example, training=True)
+        assert "instruct example long: about" in verdict.problem
+        collate.max_length = several - 1  # images placed by markers: the conversation is never shortened
+        with pytest.raises(CollateError, match=r"its whole conversation \(several images"):
+            collate([conversation(marked, images=(RED, BLUE))])
+    finally:
+        collate.max_length = original
 
 
 @pytest.mark.parametrize("name", FAMILIES)

@@ -32,6 +32,10 @@ class AdapterConfig:
         dropout: dropout on the adapter input during training.
         target_modules: modules that get a direction update: a regex string (must match the full module name) or a
             list of names (a module matches a name exactly or ends with ``"." + name``), as in PEFT.
+        target_parameters: LoRA only: parameters that are not a Linear layer's weight, such as the expert weights of
+            a mixture-of-experts model (``mlp.experts.gate_up_proj``): a list of names, each matching a parameter's
+            full name exactly or as a suffix after a ``.``, as PEFT's ``target_parameters``. Each expert gets its own
+            pair of rank-``r`` factors. Takes no dropout (the update cannot be applied to a dropped-out input).
         magnitude_only_modules: DoRA/DVoRA only: modules that get only a trainable magnitude vector (the DoRA paper's
             "fewer parameters" granularity). Same matching rules; takes precedence over ``target_modules``.
         modules_to_save: modules trained fully (e.g. a projector), matched by exact name or ``"." + name`` suffix.
@@ -51,6 +55,7 @@ class AdapterConfig:
     alpha: float = 8.0
     dropout: float = 0.0
     target_modules: TargetSpec = None
+    target_parameters: list[str] | None = None
     magnitude_only_modules: TargetSpec = None
     modules_to_save: list[str] | None = None
     rank_pattern: dict[str, int] = field(default_factory=dict)
@@ -83,8 +88,10 @@ class AdapterConfig:
             raise AdapterConfigError(f"AdapterConfig.dropout={self.dropout}: must be in [0, 1)")
         if self.bias not in ("none", "all", "lora_only"):
             raise AdapterConfigError(f"AdapterConfig.bias={self.bias!r}: choose none, all or lora_only")
-        if self.target_modules is None and self.magnitude_only_modules is None:
+        if self.target_modules is None and self.magnitude_only_modules is None and not self.target_parameters:
             raise AdapterConfigError("AdapterConfig.target_modules is required (a regex or a list of module names)")
+        if self.target_parameters:
+            self._check_target_parameters()
         if self.magnitude_only_modules is not None and not method.magnitude:
             with_magnitude = " or ".join(name for name, m in METHODS.items() if m.magnitude)
             raise AdapterConfigError(
@@ -106,6 +113,24 @@ class AdapterConfig:
             )
         if isinstance(self.layers_to_transform, int):
             self.layers_to_transform = [self.layers_to_transform]
+
+    def _check_target_parameters(self) -> None:
+        if isinstance(self.target_parameters, str):
+            raise AdapterConfigError(
+                f"AdapterConfig.target_parameters={self.target_parameters!r}: give a list of parameter names "
+                "(for example [mlp.experts.gate_up_proj, mlp.experts.down_proj]), as in PEFT"
+            )
+        if self.method != "lora":
+            raise AdapterConfigError(
+                f"AdapterConfig.target_parameters with method {self.method!r}: parameters other than Linear weights "
+                "(mixture-of-experts expert weights) take LoRA only, as in PEFT, whose files have no other format "
+                "for them; use method lora, or keep DoRA on target_modules and leave target_parameters out"
+            )
+        if self.dropout:
+            raise AdapterConfigError(
+                f"AdapterConfig.dropout={self.dropout} with target_parameters: the update of a parameter is added to "
+                "the weight itself, so there is no adapter input to drop out; set dropout: 0.0"
+            )
 
     @property
     def method_spec(self) -> AdapterMethod:

@@ -1,4 +1,5 @@
-"""apply_adapters: find the targeted layers of any nn.Module, swap in AdaptedLinear, freeze the rest, report."""
+"""apply_adapters: find the targeted layers and parameters of any nn.Module, swap in AdaptedLinear (and
+AdaptedParameters for targeted parameters such as expert weights), freeze the rest, report."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from mmft.errors import InputError
 
 from .base_weight import is_4bit, parameter_count
 from .config import AdapterConfig, TargetSpec
+from .expert_layers import AdaptedParameters
 from .layers import AdaptedLinear, VeraProjections
 
 VERA_ATTRIBUTE = "mmft_vera"
@@ -29,6 +31,7 @@ class AdapterReport:
 
     method: str
     adapted: list[str] = field(default_factory=list)
+    adapted_parameters: list[str] = field(default_factory=list)
     magnitude_only: list[str] = field(default_factory=list)
     modules_to_save: list[str] = field(default_factory=list)
     trainable_params: int = 0
@@ -41,7 +44,8 @@ class AdapterReport:
     def __str__(self) -> str:
         lines = [
             f"mmft adapters: {self.method}, {len(self.adapted)} layers with a direction update, "
-            f"{len(self.magnitude_only)} magnitude-only, {len(self.modules_to_save)} fully trained modules",
+            f"{len(self.magnitude_only)} magnitude-only, {len(self.modules_to_save)} fully trained modules"
+            + (f", {len(self.adapted_parameters)} adapted parameters" if self.adapted_parameters else ""),
             f"trainable params: {self.trainable_params:,} / {self.total_params:,} ({self.trainable_percent:.4f}%)",
         ]
         return "\n".join(lines)
@@ -104,6 +108,11 @@ def find_adapted_modules(model: nn.Module) -> dict[str, AdaptedLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, AdaptedLinear)}
 
 
+def find_adapted_parameters(model: nn.Module) -> dict[str, AdaptedParameters]:
+    """The AdaptedParameters wrappers of ``model`` by module name (empty when merged or never adapted)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdaptedParameters)}
+
+
 def adapter_config_of(model: nn.Module) -> AdapterConfig:
     """The AdapterConfig that `apply_adapters` used on ``model``."""
     config = getattr(model, CONFIG_ATTRIBUTE, None)
@@ -138,11 +147,43 @@ def _select(model: nn.Module, config: AdapterConfig) -> tuple[list[str], list[st
     for name in chosen + magnitude_only:
         module = model.get_submodule(name)
         if not isinstance(module, nn.Linear):
+            weights = [p for p, value in module.named_parameters(recurse=False) if value.dim() in (2, 3)]
+            hint = (f"; its weights {weights} are adapted through AdapterConfig.target_parameters "
+                    f"(for example [{name.rpartition('.')[2]}.{weights[0]}])" if weights else "")
             raise AdapterError(
                 f"module {name!r} ({type(module).__name__}) matches the adapter targets, but mmft adapters support "
-                "nn.Linear layers only: narrow AdapterConfig.target_modules to the Linear layers you mean"
+                f"nn.Linear layers only: narrow AdapterConfig.target_modules to the Linear layers you mean{hint}"
             )
     return chosen, magnitude_only
+
+
+def _select_parameters(model: nn.Module, config: AdapterConfig, chosen: list[str]) -> dict[str, list[str]]:
+    """``target_parameters`` as PEFT matches them: module name -> names of its matched parameters, in the module's
+    own parameter order (the order PEFT nests its wrappers in, and so names their tensors)."""
+    targets = config.target_parameters or []
+    if not targets:
+        return {}
+    found: dict[str, list[str]] = {}
+    keys = []
+    for module_name, module in model.named_modules():
+        for parameter_name, parameter in module.named_parameters(recurse=False):
+            key = f"{module_name}.{parameter_name}" if module_name else parameter_name
+            keys.append(key)
+            if not any(key == target or key.endswith("." + target) for target in targets):
+                continue
+            if not module_name or module_name in chosen:
+                where = "the top-level module" if not module_name else f"{module_name}, which target_modules adapts"
+                raise AdapterError(f"AdapterConfig.target_parameters matches {key}, a parameter of {where}: a "
+                                   "targeted parameter must belong to a submodule that is not itself a target")
+            if parameter.dim() not in (2, 3) or not parameter.is_floating_point():
+                raise AdapterError(
+                    f"AdapterConfig.target_parameters matches {key} ({tuple(parameter.shape)}, {parameter.dtype}): "
+                    "only floating-point 2-D weights and 3-D expert weights [experts, out, in] can be adapted"
+                )
+            found.setdefault(module_name, []).append(parameter_name)
+    if not found:
+        raise _unmatched_error("target_parameters", targets, keys)
+    return found
 
 
 def _build_vera(model: nn.Module, config: AdapterConfig, names: list[str]) -> VeraProjections:
@@ -159,12 +200,13 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
 
     Trainable afterwards: the adapter parameters, the ``modules_to_save`` and the biases chosen by ``config.bias``.
     """
-    if find_adapted_modules(model):
+    if find_adapted_modules(model) or find_adapted_parameters(model):
         raise AdapterError(
             "this model already has mmft adapters; apply_adapters works on a model without them "
             "(use load_adapters to load weights into an adapted model)"
         )
-    chosen, magnitude_only = _select(model, config)
+    chosen, magnitude_only = _select(model, config) if _targets_modules(config) else ([], [])
+    chosen_parameters = _select_parameters(model, config, chosen + magnitude_only)
     saved = _modules_to_save(model, config)  # checked before the model changes
     vera = _build_vera(model, config, chosen) if config.is_vera and chosen else None
     for param in model.parameters():
@@ -190,6 +232,12 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
             vera_d_initial=config.vera_d_initial,
         )
         set_submodule(model, name, layer)
+    for name, parameter_names in chosen_parameters.items():
+        keys = {p: f"{name}.{p}" for p in parameter_names}
+        ranks = {p: pattern_value(key, config.rank_pattern, config.r) for p, key in keys.items()}
+        alphas = {p: pattern_value(key, config.alpha_pattern, config.alpha) for p, key in keys.items()}
+        scalings = {p: config.method_spec.scaling(alphas[p], ranks[p], config.use_rslora) for p in parameter_names}
+        set_submodule(model, name, AdaptedParameters(model.get_submodule(name), ranks, alphas, scalings))
 
     for name in saved:
         model.get_submodule(name).requires_grad_(True)
@@ -199,15 +247,24 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
         for pname, param in layer.named_parameters():
             if not pname.startswith("base_layer."):
                 param.requires_grad_(True)
+    for wrapper in find_adapted_parameters(model).values():
+        wrapper.lora_A.requires_grad_(True)
+        wrapper.lora_B.requires_grad_(True)
 
     return AdapterReport(
         method=config.method,
         adapted=chosen,
+        adapted_parameters=[f"{m}.{p}" for m, names in chosen_parameters.items() for p in names],
         magnitude_only=magnitude_only,
         modules_to_save=saved,
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_params=sum(parameter_count(p) for p in model.parameters()),
     )
+
+
+def _targets_modules(config: AdapterConfig) -> bool:
+    """False for a config that adapts parameters only (``target_parameters`` with no module targets)."""
+    return config.target_modules not in (None, []) or config.magnitude_only_modules is not None
 
 
 def _modules_to_save(model: nn.Module, config: AdapterConfig) -> list[str]:

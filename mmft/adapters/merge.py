@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from .base_weight import dense_weight, is_4bit, weight_dtype
-from .inject import AdapterError, find_adapted_modules, set_submodule
+from .expert_layers import AdaptedParameters
+from .inject import AdapterError, find_adapted_modules, find_adapted_parameters, set_submodule
 from .layers import AdaptedLinear
 
 MERGED_ATTRIBUTE = "_mmft_merged_adapter"
@@ -41,11 +42,31 @@ def _dense_copy(base: nn.Module, merged: torch.Tensor) -> nn.Linear:
     return dense.requires_grad_(False)
 
 
+def _merge_parameters(model: nn.Module, name: str, wrapper: AdaptedParameters) -> None:
+    base = wrapper.base_layer
+    with torch.no_grad():
+        for parameter in wrapper.parameter_names:
+            getattr(base, parameter).copy_(wrapper.adapted_weight(parameter))
+    base.__dict__[MERGED_ATTRIBUTE] = wrapper
+    set_submodule(model, name, base)
+
+
+def _unmerge_parameters(model: nn.Module, name: str, base: nn.Module, wrapper: AdaptedParameters) -> None:
+    with torch.no_grad():
+        for parameter in wrapper.parameter_names:
+            weight = getattr(base, parameter)
+            weight.copy_(weight - wrapper.delta_weight(parameter).to(weight.dtype))
+    set_submodule(model, name, wrapper)
+
+
 def merge_adapters(model: nn.Module) -> int:
     """Fold every adapter of ``model`` into its base weight (in place). Returns the number of layers merged."""
     layers = find_adapted_modules(model)
-    if not layers:
+    wrappers = find_adapted_parameters(model)
+    if not layers and not wrappers:
         raise AdapterError("merge_adapters: the model has no unmerged mmft adapters")
+    for name, wrapper in wrappers.items():
+        _merge_parameters(model, name, wrapper)
     for name, layer in layers.items():
         base = layer.base_layer
         merged, scale = merged_weight(layer)
@@ -60,7 +81,7 @@ def merge_adapters(model: nn.Module) -> int:
                 base.weight.copy_(merged.to(base.weight.dtype))
         base.__dict__[MERGED_ATTRIBUTE] = layer
         set_submodule(model, name, base)
-    return len(layers)
+    return len(layers) + len(wrappers)
 
 
 def dequantize_4bit_layers(model: nn.Module) -> int:
@@ -80,7 +101,10 @@ def unmerge_adapters(model: nn.Module) -> int:
     if not merged:
         raise AdapterError("unmerge_adapters: the model has no merged mmft adapters")
     for name, base in merged.items():
-        layer: AdaptedLinear = base.__dict__.pop(MERGED_ATTRIBUTE)
+        layer: AdaptedLinear | AdaptedParameters = base.__dict__.pop(MERGED_ATTRIBUTE)
+        if isinstance(layer, AdaptedParameters):
+            _unmerge_parameters(model, name, base, layer)
+            continue
         layer.to(base.weight.device)
         if is_4bit(layer.base_layer.weight):
             set_submodule(model, name, layer)

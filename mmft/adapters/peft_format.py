@@ -5,6 +5,8 @@ A folder holds ``adapter_config.json`` and ``adapter_model.safetensors``; tensor
 complete AdapterConfig beside it in ``mmft_adapter_config.json``, a file PEFT does not read. Two mmft features have no PEFT field and are written so that
 PEFT still computes the same outputs: magnitude-only DoRA modules are saved as rank-1 DoRA modules whose update is zero;
 DVoRA has no PEFT counterpart and is saved with ``peft_type`` ``"DVORA"``, which PEFT refuses instead of misreading.
+Adapted parameters (``target_parameters``) take PEFT's names: PEFT nests one wrapper per parameter of a module, the
+module's first parameter innermost, so the factors of its k-th of n parameters sit under ``base_layer.`` n-1-k times.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .inject import (
     adapter_config_of,
     apply_adapters,
     find_adapted_modules,
+    find_adapted_parameters,
 )
 
 CONFIG_FILE = "adapter_config.json"
@@ -39,7 +42,6 @@ UNSUPPORTED_PEFT_FIELDS = {
     "fan_in_fan_out": False,
     "lora_bias": False,
     "layer_replication": None,
-    "target_parameters": None,
     "trainable_token_indices": None,
     "use_qalora": False,
     "use_bdlora": None,
@@ -58,6 +60,27 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def _adapted_parameter_keys(model: nn.Module) -> list[str]:
+    """The full names of the adapted parameters (``<module>.<parameter>``), sorted."""
+    return sorted(f"{m}.{p}" for m, wrapper in find_adapted_parameters(model).items() for p in wrapper.parameter_names)
+
+
+def _peft_parameter_names(model: nn.Module) -> dict[str, str]:
+    """mmft name -> PEFT name (no prefix) of every factor of an adapted parameter."""
+    names = {}
+    for module_name, wrapper in find_adapted_parameters(model).items():
+        count = len(wrapper.parameter_names)
+        for index, parameter in enumerate(wrapper.parameter_names):
+            nesting = "base_layer." * (count - 1 - index)
+            for factor in ("lora_A", "lora_B"):
+                names[f"{module_name}.{factor}.{parameter}"] = f"{module_name}.{nesting}{factor}.weight"
+    return names
+
+
+def _has_adapters(model: nn.Module) -> bool:
+    return bool(find_adapted_modules(model) or find_adapted_parameters(model))
+
+
 def _bias_saved(name: str, model: nn.Module, config: AdapterConfig) -> bool:
     if config.bias == "all":
         return True
@@ -71,9 +94,17 @@ def _peft_config(model: nn.Module, config: AdapterConfig, base_model_name_or_pat
     rank_pattern = {re.escape(n): m.r for n, m in layers.items() if m.r != config.r and not m.magnitude_only}
     alpha_pattern = {re.escape(n): m.alpha for n, m in layers.items() if m.alpha != config.alpha}
     rank_pattern.update({re.escape(n): 1 for n in magnitude_only})
+    for module_name, wrapper in find_adapted_parameters(model).items():
+        for parameter in wrapper.parameter_names:
+            key = re.escape(f"{module_name}.{parameter}")
+            if wrapper.r[parameter] != config.r:
+                rank_pattern[key] = wrapper.r[parameter]
+            if wrapper.alpha[parameter] != config.alpha:
+                alpha_pattern[key] = wrapper.alpha[parameter]
     common = {
         "base_model_name_or_path": base_model_name_or_path,
         "target_modules": directed + magnitude_only,
+        "target_parameters": _adapted_parameter_keys(model) or None,
         "modules_to_save": config.modules_to_save,
         "bias": config.bias,
         "fan_in_fan_out": False,
@@ -119,11 +150,14 @@ def peft_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors of ``model``'s PEFT adapter file, under PEFT's names, whole and on the CPU. For a model sharded by
     FSDP this gathers every adapter tensor: every rank must call it (then one writes, with `save_adapters`)."""
     config = adapter_config_of(model)
-    if not find_adapted_modules(model):
+    if not _has_adapters(model):
         raise AdapterError("save_adapters: the adapters are merged; call unmerge_adapters before saving them")
     tensors = {}
+    parameter_names = _peft_parameter_names(model)
     for name, tensor in adapter_state_dict(model).items():
-        if name.startswith(f"{VERA_ATTRIBUTE}."):
+        if name in parameter_names:
+            tensors[PREFIX + parameter_names[name]] = tensor
+        elif name.startswith(f"{VERA_ATTRIBUTE}."):
             tensors[f"base_model.{name.split('.', 1)[1]}"] = tensor
         else:
             tensors[PREFIX + name] = tensor
@@ -150,6 +184,7 @@ def save_adapters(model: nn.Module, folder: str | Path, base_model_name_or_path:
     exact = {  # the module names actually adapted, so the folder rebuilds the same layers on any copy of the model
         **asdict(config),
         "target_modules": sorted(n for n, m in layers.items() if not m.magnitude_only) or None,
+        "target_parameters": _adapted_parameter_keys(model) or None,
         "magnitude_only_modules": sorted(n for n, m in layers.items() if m.magnitude_only) or None,
         "layers_to_transform": None,
     }
@@ -177,14 +212,15 @@ def read_adapter_config(folder: str | Path) -> AdapterConfig:
         if raw.get(key, neutral) not in (neutral, None, False, [], {}):
             raise AdapterError(f"{path}: {key}={raw[key]!r} is not supported by mmft adapters")
     common = {
-        "target_modules": raw.get("target_modules"),
+        "target_modules": raw.get("target_modules") or None,
+        "target_parameters": raw.get("target_parameters") or None,
         "modules_to_save": raw.get("modules_to_save"),
         "layers_to_transform": raw.get("layers_to_transform"),
         "layers_pattern": raw.get("layers_pattern"),
         "bias": raw.get("bias", "none"),
         "r": raw["r"],
     }
-    if common["target_modules"] is None:
+    if common["target_modules"] is None and common["target_parameters"] is None:
         raise AdapterError(f"{path}: target_modules is missing (mmft needs the adapted module names)")
     if peft_type == "LORA":
         return AdapterConfig(
@@ -207,8 +243,11 @@ def read_adapter_config(folder: str | Path) -> AdapterConfig:
     raise AdapterError(f"{path}: peft_type={peft_type!r} is not one mmft can load (LORA, VERA, or an mmft folder)")
 
 
-def _normalise_key(key: str) -> str | None:
-    """PEFT on-disk key -> mmft module name; None for keys that carry no weight mmft needs."""
+def _normalise_key(key: str, parameter_names: dict[str, str]) -> str | None:
+    """PEFT on-disk key -> mmft name (``parameter_names``: PEFT name -> mmft name of adapted parameters' factors);
+    None for keys that carry no weight mmft needs."""
+    if key.startswith(PREFIX) and key[len(PREFIX):] in parameter_names:
+        return parameter_names[key[len(PREFIX):]]
     if key in VERA_KEYS:
         return f"{VERA_ATTRIBUTE}.{VERA_KEYS[key]}"
     if not key.startswith(PREFIX):
@@ -227,7 +266,7 @@ def load_adapters(model: nn.Module, folder: str | Path) -> nn.Module:
     """
     folder = Path(folder)
     config = read_adapter_config(folder)
-    if not find_adapted_modules(model):
+    if not _has_adapters(model):
         apply_adapters(model, config)
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
@@ -236,10 +275,11 @@ def load_adapters(model: nn.Module, folder: str | Path) -> nn.Module:
     layers = find_adapted_modules(model)
     expected = adapter_state_dict(model)
     magnitude_only = {n for n, m in layers.items() if m.magnitude_only}
+    parameter_names = {peft: mmft for mmft, peft in _peft_parameter_names(model).items()}
     loaded: set[str] = set()
     unexpected: list[str] = []
     for key, tensor in on_disk.items():
-        name = _normalise_key(key)
+        name = _normalise_key(key, parameter_names)
         if name is None:
             continue
         module_name = name.rsplit(".", 2)[0]

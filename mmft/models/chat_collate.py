@@ -14,10 +14,15 @@ training view cut where the last reply starts, so the images are processed once 
 Media placement follows the Example contract: several images stay where their ``<image>`` markers are; one image
 or a video goes at the start of the first user turn. A video is passed as the processor's video input with its
 frame times (frames without times are taken as sampled at ``default_fps``); families that read video as images
-(SmolVLM) get its frames as images. Conversations longer than ``max_length`` are refused, not cut:
-:meth:`ChatCollate.check_length` estimates each example's length from its text and a probe image's visual tokens,
-so the DataModule drops or refuses it when it reads the data (an estimate: dynamic-resolution images and videos may
-come out longer, and the collate then refuses the batch, naming the record).
+(SmolVLM) get its frames as images.
+
+Over-long conversations lose whole earlier exchanges (question and reply), oldest first, as in the LLaVA collate: the
+last question, its answer and the answer's end of turn are never cut, and a conversation whose images are placed by
+markers in its turns is never shortened. :meth:`ChatCollate.check_length` estimates each example's length from its
+text and a probe image's visual tokens, so the DataModule counts the shortened examples and drops or refuses those
+that cannot fit when it reads the data; a batch whose real length (dynamic-resolution images and videos may come out
+longer than the estimate) is still over ``max_length`` loses further exchanges, and is refused, naming the record,
+only when nothing more can go.
 """
 
 from __future__ import annotations
@@ -106,15 +111,26 @@ class ChatCollate:
         examples = [s.example for s in samples]
         batch: dict[str, Any] = batch_metadata(examples)
         training = all(e.turns and e.turns[-1].role == "assistant" for e in examples)
-        rendered = [self._render(s, prompt=not training) for s in samples]
         images = [self._images(s) for s in samples]  # one list per sample: SmolVLM checks them per prompt
-        try:
-            encoded = _as_tensors(self._process(samples, [text for text, _ in rendered], images))
-        except (ValueError, TypeError, RuntimeError) as error:
-            rejected = self._rejected(samples, [text for text, _ in rendered], images)
-            if not rejected:
-                raise
-            raise RejectedMediaError(rejected) from error
+        estimated = [self._exchanges_to_drop(e, training) for e in examples]
+        dropped = [self._most_droppable(e, training) if d is None else d for e, d in zip(examples, estimated)]
+        rendered, encoded = self._encode(samples, images, dropped, training)
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        if any(n > self.max_length for n in lengths) or any(dropped):
+            # the real visual tokens are known now: the fewest exchanges each row must lose, by its real length
+            visual = [length - self._text_length(text) for length, (text, _) in zip(lengths, rendered)]
+            exact = [self._exchanges_that_fit(sample, training, tokens) for sample, tokens in zip(samples, visual)]
+            for sample, fits, tokens in zip(samples, exact, visual):
+                if fits is None:
+                    kept, _ = self._render(sample, not training, self._most_droppable(sample.example, training))
+                    length = self._text_length(kept) + tokens
+                    raise CollateError(self._too_long(sample.example, length, training, measured=True))
+            if exact != dropped:
+                dropped = exact
+                rendered, encoded = self._encode(samples, images, dropped, training)
+                for sample, length in zip(samples, encoded["attention_mask"].sum(dim=1).tolist()):
+                    if length > self.max_length:
+                        raise CollateError(self._too_long(sample.example, length, training, measured=True))
         batch["media"] = {k: v for k, v in encoded.items() if k not in MEDIA_KEYS_SKIPPED}
         has_video = any(s.example.video is not None and not self.video_as_images for s in samples)
         replacements = _replacement_offsets(encoded, len(samples), bool(any(images) or has_video))
@@ -126,9 +142,6 @@ class ChatCollate:
             for key in type_keys:
                 types[key].append(encoded[key][i, :length].tolist())
             name = self._name(sample.example)
-            if len(ids) > self.max_length:
-                raise CollateError(f"{name}: {len(ids)} tokens (visual tokens included), more than max_length="
-                                   f"{self.max_length}: raise model.init_args.max_length")
             shifted = _shift_spans(spans, replacements[i])
             offsets = encoded["offset_mapping"][i, :length].tolist()
             rows.append(ids)
@@ -145,6 +158,30 @@ class ChatCollate:
         for key in type_keys:
             batch[f"prompt_{key}"], _ = pad_rows([row[:n] for row, n in zip(types[key], prompt_lengths)], 0, left=True)
         return batch
+
+    def _encode(self, samples: list[Sample], images: list[list], dropped: list[int], training: bool
+                ) -> tuple[list[tuple[str, tuple]], BatchFeature]:
+        """Each sample's view rendered without its ``dropped`` earliest exchanges, and the processor's encoding."""
+        rendered = [self._render(s, not training, d) for s, d in zip(samples, dropped)]
+        try:
+            return rendered, _as_tensors(self._process(samples, [text for text, _ in rendered], images))
+        except (ValueError, TypeError, RuntimeError) as error:
+            rejected = self._rejected(samples, [text for text, _ in rendered], images)
+            if not rejected:
+                raise
+            raise RejectedMediaError(rejected) from error
+
+    def _exchanges_that_fit(self, sample: Sample, training: bool, visual_tokens: int) -> int | None:
+        """The fewest earliest exchanges ``sample`` must lose to fit, its media adding ``visual_tokens`` to the
+        text's tokens; None when even the turns it must keep do not fit."""
+        for dropped in range(self._most_droppable(sample.example, training) + 1):
+            text, _ = self._render(sample, not training, dropped)
+            if self._text_length(text) + visual_tokens <= self.max_length:
+                return dropped
+        return None
+
+    def _text_length(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _process(self, samples: list[Sample], texts: list[str], images: list[list]) -> Any:
         """The processor over the rendered texts and the samples' media."""
@@ -172,12 +209,11 @@ class ChatCollate:
                 rejected[i] = f"{self._name(sample.example)}: the processor rejects its media{media}: {error}"
         return rejected
 
-    def _render(self, sample: Sample, prompt: bool) -> tuple[str, tuple[tuple[int, int], ...]]:
+    def _render(self, sample: Sample, prompt: bool, dropped: int = 0) -> tuple[str, tuple[tuple[int, int], ...]]:
+        """The text of a view and its supervised spans, the ``dropped`` earliest exchanges left out."""
         example = sample.example
-        turns = list(example.turns)
-        if prompt and turns[-1].role == "assistant":
-            turns = turns[:-1]
-        check_turns(turns, self._name(example))
+        check_turns(list(example.turns), self._name(example))
+        turns = _view_turns(example, prompt)[2 * dropped:]
         turns = with_instruction(turns, self.instructions.get(example.task))
         if self.reply_suffix:
             turns = [replace(t, text=t.text + self.reply_suffix) if t.role == "assistant" else t for t in turns]
@@ -220,22 +256,51 @@ class ChatCollate:
 
     # ----------------------------------------------------------------------------------------------------- length
     def check_length(self, example: Example, training: bool) -> LengthCheck:
-        """Whether ``example`` fits ``max_length``, estimated from its text (tokenised) and a probe image's tokens per
-        image, a video counting as one image (its frames are not known before decoding); never truncated. A batch
-        that turns out longer is refused by the collate, naming the record."""
-        turns = list(example.turns)
-        if not training and turns and turns[-1].role == "assistant":
-            turns = turns[:-1]
-        turns = with_instruction(turns, self.instructions.get(example.task))
+        """Whether ``example`` fits ``max_length`` as a training example (whole conversation) or, with
+        ``training=False``, as an evaluation prompt; ``truncated`` when only after dropping earlier exchanges.
+        Estimated from its text (tokenised) and a probe image's tokens per image, a video counting as one image (its
+        frames are not known before decoding)."""
+        dropped = self._exchanges_to_drop(example, training)
+        if dropped is None:
+            turns = _view_turns(example, not training)
+            length = self._estimated_length(example, turns[len(turns) - self._turns_kept(example, training):],
+                                            training)
+            return LengthCheck(problem=self._too_long(example, length, training, measured=False))
+        return LengthCheck(truncated=dropped > 0)
+
+    def _exchanges_to_drop(self, example: Example, training: bool) -> int | None:
+        """How many earliest exchanges the view must lose for its estimated length to fit; None when the turns it
+        must keep are too long already."""
+        turns = _view_turns(example, not training)
+        for dropped in range(self._most_droppable(example, training) + 1):
+            if self._estimated_length(example, turns[2 * dropped:], training) <= self.max_length:
+                return dropped
+        return None
+
+    def _turns_kept(self, example: Example, training: bool) -> int:
+        """The turns a view cannot lose: the last exchange (the last question alone for a prompt), or every turn
+        when markers in them place the images."""
+        if len(example.images) > 1:
+            return len(_view_turns(example, not training))
+        return 2 if training else 1
+
+    def _most_droppable(self, example: Example, training: bool) -> int:
+        return (len(_view_turns(example, not training)) - self._turns_kept(example, training)) // 2
+
+    def _estimated_length(self, example: Example, turns: Sequence[Turn], training: bool) -> int:
+        turns = with_instruction(list(turns), self.instructions.get(example.task))
         count = len(example.images) + (1 if example.video is not None else 0)
-        messages = media_messages(turns, len(example.images), False)
-        text = self._chat(messages, not training)
-        length = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + count * self.probe_tokens()
-        if length > self.max_length:
-            return LengthCheck(problem=f"{self._name(example)}: about {length} tokens (visual tokens included), "
-                                       f"more than max_length={self.max_length}: raise model.init_args.max_length, "
-                                       "or drop such examples with data.on_error: skip")
-        return LengthCheck()
+        text = self._chat(media_messages(turns, len(example.images), False), not training)
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) + count * self.probe_tokens()
+
+    def _too_long(self, example: Example, length: int, training: bool, measured: bool) -> str:
+        if len(example.images) > 1:
+            what = "its whole conversation (several images, placed in its turns)"
+        else:
+            what = "its last question and answer" if training else "its last question"
+        return (f"{self._name(example)}: {'' if measured else 'about '}{length} tokens with only {what} (visual "
+                f"tokens included), more than max_length={self.max_length}: raise model.init_args.max_length, or "
+                "drop such examples with data.on_error: skip")
 
     def probe_tokens(self) -> int:
         """Tokens one 64-pixel probe image adds to a prompt (the template's markers and the visual tokens)."""
@@ -251,6 +316,14 @@ class ChatCollate:
     @staticmethod
     def _name(example: Example) -> str:
         return example.source or f"{example.task} example {example.id}"
+
+
+def _view_turns(example: Example, prompt: bool) -> list[Turn]:
+    """The turns of a view: the whole conversation, or for a prompt every turn before a final reply."""
+    turns = list(example.turns)
+    if prompt and turns and turns[-1].role == "assistant":
+        turns = turns[:-1]
+    return turns
 
 
 def _as_tensors(encoded: Any) -> BatchFeature:
