@@ -383,7 +383,7 @@ class MultitaskDataModule(LightningDataModule):
             if counts["truncated"] or counts["dropped"]:
                 log.warning(
                     "data.%s, task %s: %d of %d examples fit only with context cut (earlier turns, subtitles), "
-                    "%d dropped as too long for the model",
+                    "%d dropped as too long for the model or of a form it cannot take (the skip report says which)",
                     split, task, counts["truncated"], counts["examples"], counts["dropped"],
                 )
 

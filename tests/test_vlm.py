@@ -130,6 +130,10 @@ def module(family) -> VisionLanguageModule:
 
 
 def test_labels_are_the_assistant_replies_with_their_end_of_turn_token(family, module):
+    if family == "paligemma":  # no chat model: its format is tested in test_paligemma_prompt_and_answer_...
+        with pytest.raises(CollateError, match=r"instruct example c1: 2 questions; .*prefix-LM"):
+            module.collate([two_turn_sample()])
+        return
     processor = module.processor
     segments = TWO_TURNS[family]
     first = processor(text=[segments[0][0]], images=[[RED]])["input_ids"][0]
@@ -174,6 +178,8 @@ def test_text_only_conversation_first_in_a_mixed_batch(family, module):
     """The batch's tensors are the processor's own (Idefics3's processor cannot make them itself in this order: it
     judges the replacement offsets by the first row, so the collate asks for lists and makes the tensors), each
     row's labels are the row's collated alone, and the loss is transformers' own."""
+    if family == "paligemma":
+        pytest.skip("PaliGemma's processor takes no text-only row: test_paligemma_prompt_and_answer_... covers it")
     samples = [TEXT_ONLY, *vqa_samples(2)]
     batch = module.collate(samples)
     texts = [module.collate._render(s, prompt=False)[0] for s in samples]
@@ -282,6 +288,7 @@ VISION_TARGETS = {
     "gemma3": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
     "internvl": r".*vision_tower.*layer\..*\.(q_proj|v_proj|projection_layer)",
     "mistral3": r".*vision_tower.*layers.*\.(q_proj|v_proj|o_proj)",
+    "paligemma": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
 }
 
 
@@ -370,7 +377,7 @@ def test_onevision_video_frames_and_smolvlm_idefics3_frames_as_images():
 # processor (Gemma 3, Mistral 3)
 NEW_FAMILY_VIDEO = {"qwen3_vl": "pixel_values_videos", "qwen3_vl_moe": "pixel_values_videos",
                     "glm4v": "pixel_values_videos", "internvl": "pixel_values", "gemma3": "pixel_values",
-                    "mistral3": "pixel_values"}
+                    "mistral3": "pixel_values", "paligemma": "pixel_values"}
 
 
 @pytest.mark.parametrize("name", sorted(NEW_FAMILY_VIDEO))
@@ -380,7 +387,7 @@ def test_newer_families_take_video_and_learn_only_the_reply(name):
     batch = module.collate([sample])
     assert NEW_FAMILY_VIDEO[name] in batch["media"]
     as_images = module.collate.video_as_images
-    assert as_images == (name in ("gemma3", "mistral3"))
+    assert as_images == (name in ("gemma3", "mistral3", "paligemma"))
     if not as_images:  # the processor's own video input, as it encodes it alone
         text = module.collate._render(sample, prompt=False)[0]
         expected = module.processor(text=[text], videos=[sample.frames], return_tensors="pt",
@@ -452,9 +459,50 @@ def test_several_images_stay_where_their_markers_are(family, module):
     example = Example("instruct", "m1", (Turn("user", "Left: <image> right: <image> same colour?"),
                                          Turn("assistant", "no")), images=(Path("a.jpg"), Path("b.jpg")))
     batch = module.collate([Sample(example, [RED, BLUE])])
-    expected = module.processor(text=[MULTI_IMAGE_TEXT[family]], images=[[RED, BLUE]], return_tensors="pt")
+    if family == "paligemma":  # its format puts every image before the prompt: the markers are taken out
+        expected = module.processor(text=["<image><image>Left:  right:  same colour?"], images=[[RED, BLUE]],
+                                    suffix=["no"], return_tensors="pt")
+    else:
+        expected = module.processor(text=[MULTI_IMAGE_TEXT[family]], images=[[RED, BLUE]], return_tensors="pt")
     assert batch["input_ids"][0].tolist() == expected["input_ids"][0].tolist()
     torch.testing.assert_close(batch["media"]["pixel_values"], expected["pixel_values"])
+
+
+def test_paligemma_prompt_and_answer_are_the_processors_own_format():
+    """PaliGemma 2's published format, written by its processor: <image> x 16, <bos>, the question, a newline (all
+    token type 0, the bidirectional prefix), then the answer and <eos> (type 1, supervised); a text-only
+    conversation is the same without images; the prompt view is the prefix, and the loss is transformers' own."""
+    module = VisionLanguageModule(tiny_backbone("paligemma"), lm_adapter("paligemma"), max_new_tokens=3)
+    tokenizer = module.tokenizer
+    one_turn = Sample(Example("instruct", "p1", (Turn("user", "What is it?"), Turn("assistant", "a red circle")),
+                              images=(Path("p1.jpg"),)), [RED])
+    segments = [("<image>" * 16 + "<s>What is it?\n", False), ("a red circle</s>", True)]
+    text_only = [("<s>Hi\n", False), ("hello</s>", True)]
+    batch = module.collate([one_turn, TEXT_ONLY])
+    for row, pieces in enumerate((segments, text_only)):
+        ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text, _ in pieces]
+        expected = [t for piece in ids for t in piece]
+        supervised = [t if answer else -100 for piece, (_, answer) in zip(ids, pieces) for t in piece]
+        types = [int(answer) for piece, (_, answer) in zip(ids, pieces) for _ in piece]
+        length = len(expected)
+        assert batch["input_ids"][row, :length].tolist() == expected
+        assert batch["labels"][row, :length].tolist() == supervised
+        assert batch["token_type_ids"][row, :length].tolist() == types
+        prompt = batch["prompt_input_ids"][row][batch["prompt_attention_mask"][row] == 1].tolist()
+        assert prompt == ids[0] and not batch["prompt_token_type_ids"][row].any()
+    own = module.processor(text=["<image>What is it?"], images=[[RED]], suffix=["a red circle"], return_tensors="pt")
+    assert batch["input_ids"][0, :own["input_ids"].shape[1]].tolist() == own["input_ids"][0].tolist()
+    torch.testing.assert_close(batch["media"]["pixel_values"], own["pixel_values"])
+    assert module.end_of_turn_id == tokenizer.eos_token_id
+    module.eval()
+    with torch.no_grad():
+        reference = module.model(**module._inputs(batch, prompt=False), labels=batch["labels"]).loss
+        torch.testing.assert_close(module.training_loss(batch), reference)
+    assert len(module.generate_answers(batch)) == 2
+    two = Example("instruct", "p2", (Turn("user", "a?"), Turn("assistant", "b"), Turn("user", "c?"),
+                                     Turn("assistant", "d")), images=(Path("p2.jpg"),))
+    verdict = module.collate.check_length(two, training=True)
+    assert verdict.problem.startswith("instruct example p2: 2 questions; this model (a prefix-LM")
 
 
 THREE_EXCHANGES = (Turn("user", "What is it?"), Turn("assistant", "a red circle"), Turn("user", "And the square?"),
@@ -471,6 +519,11 @@ def test_over_long_conversations_lose_their_earliest_exchanges(family, module):
     of the last two exchanges alone: the image moves to the first turn kept, the last answer and its end of turn
     stay supervised, the prompt view is cut the same way; the DataModule's length check counts it as truncated."""
     collate = module.collate
+    if family == "paligemma":  # one question a conversation: refused whole, and so counted by the length check
+        with pytest.raises(CollateError, match=r"instruct example long: 3 questions"):
+            collate([conversation(THREE_EXCHANGES)])
+        assert "3 questions" in collate.check_length(conversation(THREE_EXCHANGES).example, training=True).problem
+        return
     whole, last_two, last_one = (collate([conversation(THREE_EXCHANGES[k:])]) for k in (0, 2, 4))
     assert whole["input_ids"].shape[1] > last_two["input_ids"].shape[1] > last_one["input_ids"].shape[1]
     original = collate.max_length
@@ -501,6 +554,15 @@ def test_over_long_conversations_lose_their_earliest_exchanges(family, module):
 def test_a_conversation_that_cannot_be_shortened_enough_is_named(family, module):
     collate = module.collate
     last_one = collate([conversation(THREE_EXCHANGES[4:])])["input_ids"].shape[1]
+    if family == "paligemma":
+        collate.max_length, original = last_one - 1, collate.max_length
+        try:
+            with pytest.raises(CollateError, match=r"instruct example long: \d+ tokens with only its last question "
+                                                   r"and answer .*max_length="):
+                collate([conversation(THREE_EXCHANGES[4:])])
+        finally:
+            collate.max_length = original
+        return
     marked = (Turn("user", "Left: <image> right: <image> same colour?"), Turn("assistant", "no"),
               Turn("user", "And now?"), Turn("assistant", "yes"))
     several = collate([conversation(marked, images=(RED, BLUE))])["input_ids"].shape[1]

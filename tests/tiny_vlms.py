@@ -119,6 +119,13 @@ FAMILY_SIZES: dict[str, dict[str, Any]] = {
         "image_processor": {"size": {"longest_edge": 32}, "patch_size": {"height": 4, "width": 4}},
         "processor": {"patch_size": 4, "spatial_merge_size": 2},
     },
+    # PaliGemma 2 (Gemma 2 text): 16 px images of 4 px patches, 16 tokens an image
+    "paligemma": {
+        "vision_config": {**VIT, "image_size": 16, "patch_size": 4},
+        "text_config": {**TEXT, "model_type": "gemma2", "head_dim": 8, "query_pre_attn_scalar": 8},
+        "config": {"projection_dim": 32, "hidden_size": 32},
+        "image_processor": {"size": {"height": 16, "width": 16}, "image_seq_length": 16},
+    },
 }
 FAMILIES = list(FAMILY_SIZES)
 # For a 4-bit language model: rows of 64 and 128 weights, shapes bitsandbytes quantizes correctly on every CPU
@@ -134,7 +141,7 @@ PROJECTORS = {"qwen2_5_vl": "merger", "qwen2_vl": "merger", "llava_onevision": "
               "llava_next": "multi_modal_projector", "llava_next_video": "multi_modal_projector",
               "smolvlm": "connector", "idefics3": "connector", "qwen3_vl": "merger", "qwen3_vl_moe": "merger",
               "glm4v": "merger", "gemma3": "multi_modal_projector", "internvl": "multi_modal_projector",
-              "mistral3": "multi_modal_projector"}
+              "mistral3": "multi_modal_projector", "paligemma": "multi_modal_projector"}
 
 
 def tiny_backbone(family: str, seed: int = 0) -> VisionLanguageFromConfig:

@@ -11,6 +11,7 @@ from .vlbart_collate import VLBartCollate
 from .vlm import VisionLanguageModule
 from .vlm_backbones import HFVisionLanguage, VisionLanguageBackbone, VisionLanguageFromConfig
 from .chat_collate import ChatCollate
+from .prefix_collate import PrefixCollate
 
 __all__ = [
     "AdapterModule",
@@ -24,6 +25,7 @@ __all__ = [
     "LlavaFromConfig",
     "LlavaModule",
     "ParamGroup",
+    "PrefixCollate",
     "TimmLlava",
     "VLBart",
     "VLBartCollate",

@@ -132,22 +132,14 @@ class ChatCollate:
                     if length > self.max_length:
                         raise CollateError(self._too_long(sample.example, length, training, measured=True))
         batch["media"] = {k: v for k, v in encoded.items() if k not in MEDIA_KEYS_SKIPPED}
-        has_video = any(s.example.video is not None and not self.video_as_images for s in samples)
-        replacements = _replacement_offsets(encoded, len(samples), bool(any(images) or has_video))
         type_keys = [key for key in TOKEN_TYPE_KEYS if key in encoded]
-        rows, labels, prompt_lengths, types = [], [], [], {key: [] for key in type_keys}
-        for i, (sample, (text, spans)) in enumerate(zip(samples, rendered)):
+        rows, types = [], {key: [] for key in type_keys}
+        for i in range(len(samples)):
             length = int(encoded["attention_mask"][i].sum())
-            ids = encoded["input_ids"][i, :length].tolist()
+            rows.append(encoded["input_ids"][i, :length].tolist())
             for key in type_keys:
                 types[key].append(encoded[key][i, :length].tolist())
-            name = self._name(sample.example)
-            shifted = _shift_spans(spans, replacements[i])
-            offsets = encoded["offset_mapping"][i, :length].tolist()
-            rows.append(ids)
-            labels.append([tok if any(s < b and e > a for a, b in shifted) else IGNORE_INDEX
-                           for tok, (s, e) in zip(ids, offsets)])
-            prompt_lengths.append(_prompt_length(offsets, shifted[-1][0], name) if training else len(ids))
+        labels, prompt_lengths = self._supervision(samples, rendered, encoded, rows, training)
         if training:
             batch["input_ids"], batch["attention_mask"] = pad_rows(rows, self.pad_token_id, left=False)
             batch["labels"], _ = pad_rows(labels, IGNORE_INDEX, left=False)
@@ -158,6 +150,22 @@ class ChatCollate:
         for key in type_keys:
             batch[f"prompt_{key}"], _ = pad_rows([row[:n] for row, n in zip(types[key], prompt_lengths)], 0, left=True)
         return batch
+
+    def _supervision(self, samples: list[Sample], rendered: list[tuple[str, tuple]], encoded: BatchFeature,
+                     rows: list[list[int]], training: bool) -> tuple[list[list[int]], list[int]]:
+        """Each row's labels (the tokens overlapping a reply, -100 elsewhere) and its prompt length (the tokens
+        before the last reply; the whole row for a prompt)."""
+        has_media = any(key.startswith("pixel_values") for key in encoded)
+        replacements = _replacement_offsets(encoded, len(samples), has_media)
+        labels, prompt_lengths = [], []
+        for i, (sample, (_, spans), ids) in enumerate(zip(samples, rendered, rows)):
+            shifted = _shift_spans(spans, replacements[i])
+            offsets = encoded["offset_mapping"][i, :len(ids)].tolist()
+            labels.append([tok if any(s < b and e > a for a, b in shifted) else IGNORE_INDEX
+                           for tok, (s, e) in zip(ids, offsets)])
+            name = self._name(sample.example)
+            prompt_lengths.append(_prompt_length(offsets, shifted[-1][0], name) if training else len(ids))
+        return labels, prompt_lengths
 
     def _encode(self, samples: list[Sample], images: list[list], dropped: list[int], training: bool
                 ) -> tuple[list[tuple[str, tuple]], BatchFeature]:

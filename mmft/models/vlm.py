@@ -3,8 +3,9 @@
 The network and its processor come from a backbone (:mod:`mmft.models.vlm_backbones`): any checkpoint folder
 ``AutoModelForImageTextToText`` loads, or a tiny model of a family built from its config. Prompts come from the
 processor's chat template (:class:`~mmft.models.chat_collate.ChatCollate`), where a reply ends from the template and
-the generation config (:mod:`mmft.models.reply_end`), and the language model, vision tower and projector from the
-model's structure (:mod:`mmft.models.vlm_parts`). Adapters go wherever ``target_modules`` reach, the vision tower
+the generation config (:mod:`mmft.models.reply_end`); a prefix-LM processor that takes a question and an answer
+itself (PaliGemma) is given those instead (:class:`~mmft.models.prefix_collate.PrefixCollate`). The language model,
+vision tower and projector come from the model's structure (:mod:`mmft.models.vlm_parts`). Adapters go wherever ``target_modules`` reach, the vision tower
 included.
 
 Several processes: a rank whose batch has no image or video still runs the vision tower and projector
@@ -29,6 +30,7 @@ from .chat_collate import TOKEN_TYPE_KEYS, ChatCollate
 from .llava import enable_activation_checkpointing
 from .lm_loss import next_token_loss
 from .optim import ParamGroup, SchedulerCallable
+from .prefix_collate import PrefixCollate, prefix_reply_end, takes_suffix
 from .reply_end import find_reply_end
 from .vision_dummy import dummy_vision_loss
 from .vlm_backbones import VisionLanguageBackbone
@@ -76,13 +78,16 @@ class VisionLanguageModule(AdapterModule):
         self.attach_model(built.model)
         self.processor = built.processor
         self.tokenizer = built.processor.tokenizer
-        self.reply_end = find_reply_end(built.processor, built.model.generation_config,
-                                        built.name_or_path or "the tiny model")
+        prefix_lm = takes_suffix(built.processor)  # PaliGemma: a prompt and an answer, no chat template
+        self.reply_end = (prefix_reply_end(built.processor, built.model.generation_config) if prefix_lm else
+                          find_reply_end(built.processor, built.model.generation_config,
+                                         built.name_or_path or "the tiny model"))
         self.end_of_turn_id = self.reply_end.token_id
         self.base_model_name_or_path = built.name_or_path
         self.max_new_tokens = max_new_tokens
-        self.collate = ChatCollate(built.processor, built.video_as_images, max_length, instructions, default_fps,
-                                   reply_suffix=self.reply_end.appended)
+        collate = PrefixCollate if prefix_lm else ChatCollate
+        self.collate = collate(built.processor, built.video_as_images, max_length, instructions, default_fps,
+                               reply_suffix=self.reply_end.appended)
         dummy = built.processor.image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")
         self.dummy_vision_inputs = {k: torch.as_tensor(v) for k, v in dummy.items()}
         if gradient_checkpointing:

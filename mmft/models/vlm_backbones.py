@@ -21,6 +21,7 @@ from torch import nn
 from mmft.adapters import QuantizationConfig
 
 from .llava_backbones import BACKBONE_KEY, BackboneConfigError, _dtype, _local_folder, quantize_language_model
+from .prefix_collate import takes_suffix
 from .vlm_families import FAMILIES, family_classes, family_template, get_family
 from .vlm_parts import find_parts
 
@@ -160,7 +161,8 @@ class HFVisionLanguage(VisionLanguageBackbone):
                 f"{folder}: AutoProcessor loads no image processor here ({type(processor).__name__}): the folder needs "
                 "the processor's files (preprocessor_config.json)"
             )
-        _chat_template(processor, model_type, self.chat_template, folder)
+        if not takes_suffix(processor):  # a prefix-LM (PaliGemma) writes its format without a template
+            _chat_template(processor, model_type, self.chat_template, folder)
         known = FAMILIES.get(model_type)
         video_as_images = known.video_as_images if known else getattr(processor, "video_processor", None) is None
         quantize_language_model(model, self.quantization)
@@ -217,6 +219,12 @@ class VisionLanguageFromConfig(VisionLanguageBackbone):
                                                   extra_special_tokens=dict(family.named_tokens))
         tokenizer.add_special_tokens({"additional_special_tokens": list(family.special_tokens)},
                                      replace_extra_special_tokens=False)
+        parts = {"image_processor": classes.image_processor(**self.image_processor)}
+        if classes.video_processor is not None:
+            parts["video_processor"] = classes.video_processor(**self.video_processor)
+        # before the config: a processor may add tokens to the vocabulary (PaliGemma's location and segment tokens)
+        processor = classes.processor(tokenizer=tokenizer, chat_template=family_template(family), **parts,
+                                      **self.processor)
         end_of_turn = tokenizer.convert_tokens_to_ids(family.end_of_turn)
         text = {
             "vocab_size": len(tokenizer),
@@ -235,9 +243,4 @@ class VisionLanguageFromConfig(VisionLanguageBackbone):
         model.generation_config.eos_token_id = end_of_turn
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         quantize_language_model(model, self.quantization)
-        parts = {"image_processor": classes.image_processor(**self.image_processor)}
-        if classes.video_processor is not None:
-            parts["video_processor"] = classes.video_processor(**self.video_processor)
-        processor = classes.processor(tokenizer=tokenizer, chat_template=family_template(family), **parts,
-                                      **self.processor)
         return BuiltVisionLanguage(model, processor, family.video_as_images, None)

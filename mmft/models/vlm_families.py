@@ -9,6 +9,7 @@ without it for Qwen3-VL; ChatML with ``<image>`` / ``<video>`` for LLaVA-OneVisi
 InternVL's -hf checkpoints; Mistral's ``[INST]`` for LLaVA-NeXT and Mistral 3; vicuna_v1 for LLaVA-NeXT-Video-7B,
 which LLaVA-NeXT's video code trains with; Idefics3-8B-Llama3's ``User:`` / ``Assistant:`` turns; Gemma 3's
 ``<start_of_turn>`` turns; GLM-4.1V's ``<|user|>`` / ``<|assistant|>``), rendering media parts where they stand.
+PaliGemma 2 has none: its processor writes its prompt-and-answer format.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class Family:
     special_tokens: tuple[str, ...]
     token_ids: dict[str, str]
     end_of_turn: str
-    chat_template: str
+    chat_template: str | None
     named_tokens: dict[str, str] = field(default_factory=dict)
     video_as_images: bool = False
     config_defaults: dict[str, Any] = field(default_factory=dict)
@@ -186,6 +187,11 @@ FAMILIES: dict[str, Family] = {
         ("[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"), {"image_token_index": "[IMG]"}, "</s>", MISTRAL3,
         video_as_images=True,
     ),
+    # PaliGemma 2: no chat template, its processor writes the prompt-and-answer format (mmft.models.prefix_collate)
+    "paligemma": Family(
+        ("<image>",), {"image_token_index": "<image>"}, "</s>", None, named_tokens={"image_token": "<image>"},
+        video_as_images=True,
+    ),
     "glm4v": Family(
         GLM4V_TOKENS,
         {"image_token_id": "<|image|>", "video_token_id": "<|video|>", "image_start_token_id": "<|begin_of_image|>",
@@ -196,8 +202,8 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def family_template(family: Family) -> str:
-    """The family's chat template text (SmolVLM's is read from transformers)."""
+def family_template(family: Family) -> str | None:
+    """The family's chat template text (SmolVLM's is read from transformers; None for a prefix-LM family)."""
     return smolvlm_template() if family.chat_template == "smolvlm" else family.chat_template
 
 
