@@ -162,6 +162,25 @@ def test_bias_and_modules_to_save_round_trip_through_peft(tmp_path):
     torch.testing.assert_close(first_output(reloaded, inputs), out_p, atol=ATOL, rtol=1e-4)
 
 
+def test_modules_to_save_match_the_modules_peft_trains(tmp_path):
+    """PEFT takes every module whose name ends with a modules_to_save entry, with no "." needed before it: "norm"
+    takes each layer's input_layernorm and post_attention_layernorm and the final norm; mmft trains the same."""
+    build, make_inputs, targets = MODELS["llama"]
+    base, inputs = build(), make_inputs()
+    model = copy.deepcopy(base)
+    report = apply_adapters(model, AdapterConfig(method="lora", r=2, alpha=4, target_modules=targets,
+                                                 modules_to_save=["norm"]))
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, lora_alpha=4, target_modules=targets,
+                                                                modules_to_save=["norm"]))
+    wrapped = {n.removeprefix("base_model.model.") for n, m in peft_model.named_modules()
+               if type(m).__name__ == "ModulesToSaveWrapper"}
+    assert set(report.modules_to_save) == wrapped and len(wrapped) == 5  # two per layer and the final norm
+    randomise_(model)
+    save_adapters(model, tmp_path)
+    reloaded = PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
+    torch.testing.assert_close(first_output(reloaded, inputs), first_output(model, inputs), atol=ATOL, rtol=1e-4)
+
+
 def test_magnitude_only_modules_load_in_peft_as_zero_updates(tmp_path):
     build, make_inputs, _ = MODELS["llama"]
     base, inputs = build(), make_inputs()

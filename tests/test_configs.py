@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ["tiny/llava", "tiny/llava_ocr", "tiny/vlbart_image", "tiny/vlbart_video", "tiny/qwen2_5_vl",
            "tiny/smolvlm", "tiny/llava_onevision_video", "tiny/qwen2_vl", "tiny/llava_next", "tiny/llava_next_video",
            "tiny/idefics3", "tiny/qwen3_vl", "tiny/qwen3_vl_moe", "tiny/gemma3", "tiny/internvl", "tiny/mistral3",
-           "tiny/paligemma", "tiny/glm4v", "llava", "vlbart_image", "vlbart_video", "qwen2_5_vl_7b",
+           "tiny/paligemma", "tiny/minicpmv4_6", "tiny/glm4v", "llava", "vlbart_image", "vlbart_video", "qwen2_5_vl_7b",
            "llava_onevision_7b_video", "qwen3_vl_8b"]
 METHODS = ["lora", "dora", "vera", "dvora"]
 # where a named config departs from recipe + overlay on purpose, with the reason in its header

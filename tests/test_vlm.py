@@ -40,7 +40,14 @@ QWEN3_TWO_TURNS = [
 # Qwen2-VL / Qwen2.5-VL Instruct write a default system turn first
 QWEN_TWO_TURNS = [("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + QWEN3_TWO_TURNS[0][0], False),
                   *QWEN3_TWO_TURNS[1:]]
+# MiniCPM-V 4.6: Qwen's ChatML and default system turn, the image a placeholder the processor expands
+MINICPMV_TWO_TURNS = [
+    ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|image_pad|>What is it?"
+     "<|im_end|>\n<|im_start|>assistant\n", False),
+    *QWEN3_TWO_TURNS[1:],
+]
 TWO_TURNS = {
+    "minicpmv4_6": MINICPMV_TWO_TURNS,
     "qwen2_5_vl": QWEN_TWO_TURNS,
     "qwen2_vl": QWEN_TWO_TURNS,
     "qwen3_vl": QWEN3_TWO_TURNS,
@@ -289,6 +296,7 @@ VISION_TARGETS = {
     "internvl": r".*vision_tower.*layer\..*\.(q_proj|v_proj|projection_layer)",
     "mistral3": r".*vision_tower.*layers.*\.(q_proj|v_proj|o_proj)",
     "paligemma": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
+    "minicpmv4_6": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
 }
 
 
@@ -377,7 +385,7 @@ def test_onevision_video_frames_and_smolvlm_idefics3_frames_as_images():
 # processor (Gemma 3, Mistral 3)
 NEW_FAMILY_VIDEO = {"qwen3_vl": "pixel_values_videos", "qwen3_vl_moe": "pixel_values_videos",
                     "glm4v": "pixel_values_videos", "internvl": "pixel_values", "gemma3": "pixel_values",
-                    "mistral3": "pixel_values", "paligemma": "pixel_values"}
+                    "mistral3": "pixel_values", "paligemma": "pixel_values", "minicpmv4_6": "pixel_values_videos"}
 
 
 @pytest.mark.parametrize("name", sorted(NEW_FAMILY_VIDEO))
@@ -433,6 +441,8 @@ QWEN3_MULTI_IMAGE_TEXT = (
     "<|vision_start|><|image_pad|><|vision_end|> same colour?<|im_end|>\n<|im_start|>assistant\nno<|im_end|>\n")
 QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 MULTI_IMAGE_TEXT = {
+    "minicpmv4_6": QWEN_SYSTEM + "<|im_start|>user\nLeft: <|image_pad|> right: <|image_pad|> same colour?<|im_end|>\n"
+                                 "<|im_start|>assistant\nno<|im_end|>\n",
     "qwen2_5_vl": QWEN_SYSTEM + QWEN3_MULTI_IMAGE_TEXT,
     "qwen2_vl": QWEN_SYSTEM + QWEN3_MULTI_IMAGE_TEXT,
     "qwen3_vl": QWEN3_MULTI_IMAGE_TEXT,

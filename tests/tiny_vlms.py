@@ -119,6 +119,17 @@ FAMILY_SIZES: dict[str, dict[str, Any]] = {
         "image_processor": {"size": {"longest_edge": 32}, "patch_size": {"height": 4, "width": 4}},
         "processor": {"patch_size": 4, "spatial_merge_size": 2},
     },
+    # MiniCPM-V 4.6 (Qwen3.5 text: a linear-attention layer and a full one): 4 px patches, merged 2 x 2 inside the
+    # tower (after layer 0) and 2 x 2 again by the merger; images resized to at most 32 x 32 px, no slices
+    "minicpmv4_6": {
+        "vision_config": {**VIT, "image_size": 32, "patch_size": 4},
+        "text_config": {**TEXT, "head_dim": 8, "layer_types": ["linear_attention", "full_attention"],
+                        "linear_num_value_heads": 2, "linear_num_key_heads": 2, "linear_key_head_dim": 8,
+                        "linear_value_head_dim": 8},
+        "config": {"insert_layer_id": 0, "image_size": 32},
+        "image_processor": {"patch_size": 4, "scale_resolution": 32, "slice_mode": False},
+        "video_processor": {"patch_size": 4, "scale_resolution": 32, "slice_mode": False},
+    },
     # PaliGemma 2 (Gemma 2 text): 16 px images of 4 px patches, 16 tokens an image
     "paligemma": {
         "vision_config": {**VIT, "image_size": 16, "patch_size": 4},
@@ -141,7 +152,8 @@ PROJECTORS = {"qwen2_5_vl": "merger", "qwen2_vl": "merger", "llava_onevision": "
               "llava_next": "multi_modal_projector", "llava_next_video": "multi_modal_projector",
               "smolvlm": "connector", "idefics3": "connector", "qwen3_vl": "merger", "qwen3_vl_moe": "merger",
               "glm4v": "merger", "gemma3": "multi_modal_projector", "internvl": "multi_modal_projector",
-              "mistral3": "multi_modal_projector", "paligemma": "multi_modal_projector"}
+              "mistral3": "multi_modal_projector", "paligemma": "multi_modal_projector",
+              "minicpmv4_6": "merger"}
 
 
 def tiny_backbone(family: str, seed: int = 0) -> VisionLanguageFromConfig:

@@ -271,7 +271,8 @@ def _modules_to_save(model: nn.Module, config: AdapterConfig) -> list[str]:
     if not config.modules_to_save:
         return []
     names = [n for n, _ in model.named_modules() if n]
-    found = [n for n in names if module_matches(n, config.modules_to_save)]
+    # PEFT's rule for modules_to_save: the name ends with the target, with no "." needed before it
+    found = [n for n in names if any(n.endswith(target) for target in config.modules_to_save)]
     # a matched module's own submodules come along with it; report only the outermost
     outermost = [n for n in found if not any(n.startswith(other + ".") for other in found)]
     if not outermost:

@@ -8,7 +8,8 @@ published format (ChatML with Qwen's vision tokens, with Qwen2-VL / Qwen2.5-VL I
 without it for Qwen3-VL; ChatML with ``<image>`` / ``<video>`` for LLaVA-OneVision and ``<IMG_CONTEXT>`` for
 InternVL's -hf checkpoints; Mistral's ``[INST]`` for LLaVA-NeXT and Mistral 3; vicuna_v1 for LLaVA-NeXT-Video-7B,
 which LLaVA-NeXT's video code trains with; Idefics3-8B-Llama3's ``User:`` / ``Assistant:`` turns; Gemma 3's
-``<start_of_turn>`` turns; GLM-4.1V's ``<|user|>`` / ``<|assistant|>``), rendering media parts where they stand.
+``<start_of_turn>`` turns; GLM-4.1V's ``<|user|>`` / ``<|assistant|>``; MiniCPM-V 4.6's ChatML with Qwen's default
+system turn), rendering media parts where they stand.
 PaliGemma 2 has none: its processor writes its prompt-and-answer format.
 """
 
@@ -151,6 +152,17 @@ INTERNVL_NAMED = {"start_image_token": "<img>", "end_image_token": "</img>", "co
 GLM4V_TOKENS = ("[gMASK]", "<sop>", "<|user|>", "<|assistant|>", "<|endoftext|>", "<|begin_of_image|>",
                 "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|video|>")
 
+# MiniCPM-V 4.6 (Qwen3.5 text): ChatML with Qwen's default system turn (as LLaMA-Factory's minicpm_v_4_6 template);
+# each image or video part is the tokenizer's placeholder, which the processor expands to <image_id>k</image_id>
+# <image>...</image> and its slices
+CHATML_MINICPMV = (
+    "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{% endif %}" + _chatml("<|image_pad|>", "<|video_pad|>")
+)
+MINICPMV_NAMED = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "image_start_token": "<image>",
+                  "image_end_token": "</image>", "slice_start_token": "<slice>", "slice_end_token": "</slice>",
+                  "image_id_start_token": "<image_id>", "image_id_end_token": "</image_id>"}
+
 FAMILIES: dict[str, Family] = {
     "qwen2_5_vl": Family(QWEN_TOKENS, QWEN_TOKEN_IDS, "<|im_end|>", CHATML_QWEN_VL_SYSTEM),
     "qwen2_vl": Family(QWEN_TOKENS, QWEN_TOKEN_IDS, "<|im_end|>", CHATML_QWEN_VL_SYSTEM),
@@ -186,6 +198,11 @@ FAMILIES: dict[str, Family] = {
     "mistral3": Family(
         ("[INST]", "[/INST]", "[IMG]", "[IMG_BREAK]", "[IMG_END]"), {"image_token_index": "[IMG]"}, "</s>", MISTRAL3,
         video_as_images=True,
+    ),
+    "minicpmv4_6": Family(
+        ("<|im_start|>", "<|im_end|>", *MINICPMV_NAMED.values()),
+        {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>"}, "<|im_end|>", CHATML_MINICPMV,
+        named_tokens=MINICPMV_NAMED,
     ),
     # PaliGemma 2: no chat template, its processor writes the prompt-and-answer format (mmft.models.prefix_collate)
     "paligemma": Family(
