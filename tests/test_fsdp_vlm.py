@@ -1,5 +1,5 @@
 """VisionLanguageModule (tiny Qwen2.5-VL and SmolVLM: M-RoPE and a ``language_model``, a Llama ``text_model`` and a
-SigLIP tower; DoRA on the language model and the vision tower) sharded by FSDP2 on two CPU processes (gloo), as
+SigLIP tower; DoRA on the language model and the vision tower; and Qwen3-VL-MoE with LoRA on its expert weights too) sharded by FSDP2 on two CPU processes (gloo), as
 :class:`mmft.fsdp.AdapterFSDPStrategy` shards it: the training losses, every gradient, the
 evaluation logits and the generated answers after each optimizer step equal one process's, in float32, with one
 rank's batch text-only and the other's with an image, then a video; the checkpoint holds exactly the trainable
@@ -17,6 +17,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from data_modules.records import Example, Sample, Turn
 from mmft.adapters import AdaptedLinear, AdapterConfig
+from mmft.adapters.expert_layers import AdaptedParameters
 from mmft.fsdp import AdapterFSDPStrategy
 from mmft.models import VisionLanguageModule
 from test_vlm import BLUE, RED, VISION_TARGETS, video_sample
@@ -24,7 +25,10 @@ from tiny_vlms import LM_TARGETS, PROJECTORS, tiny_backbone
 
 WORLD = 2
 # each family's decoder layer: the FSDP units, found through the model's get_decoder()
-DECODER_LAYERS = {"qwen2_5_vl": "Qwen2_5_VLDecoderLayer", "smolvlm": "LlamaDecoderLayer"}
+DECODER_LAYERS = {"qwen2_5_vl": "Qwen2_5_VLDecoderLayer", "smolvlm": "LlamaDecoderLayer",
+                  "qwen3_vl_moe": "Qwen3VLMoeTextDecoderLayer"}
+# a mixture of experts: LoRA (the method expert weights take) on attention, the vision tower and every expert
+EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 VISION_TOWERS = ("visual", "vision_model", "vision_tower")
 
 
@@ -32,14 +36,19 @@ def build_module(family: str) -> VisionLanguageModule:
     """The tiny model with DoRA on its language model and vision tower, direction updates already non-zero (so
     DoRA's norm of ``W + s B A`` depends on every row of the sharded ``W``)."""
     torch.manual_seed(0)
-    adapter = AdapterConfig(method="dora", r=4, alpha=8, target_modules=rf"({LM_TARGETS})|({VISION_TARGETS[family]})",
-                            modules_to_save=[PROJECTORS[family]])
+    moe = family == "qwen3_vl_moe"
+    adapter = AdapterConfig(method="lora" if moe else "dora", r=4, alpha=8,
+                            target_modules=rf"({LM_TARGETS})|({VISION_TARGETS[family]})",
+                            target_parameters=EXPERTS if moe else None, modules_to_save=[PROJECTORS[family]])
     module = VisionLanguageModule(tiny_backbone(family), adapter, max_new_tokens=3)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for layer in module.modules():
             if isinstance(layer, AdaptedLinear):
                 layer.lora_B.weight.copy_(torch.randn(layer.lora_B.weight.shape, generator=generator) * 0.3)
+            if isinstance(layer, AdaptedParameters):
+                for factor in layer.lora_B.values():
+                    factor.copy_(torch.randn(factor.shape, generator=generator) * 0.3)
     return module
 
 
@@ -138,8 +147,11 @@ def test_dora_under_fsdp_matches_one_process(family, tmp_path):
             for name, grad in reference["grads"][step].items():
                 torch.testing.assert_close(got[rank]["grads"][step][name], grad, rtol=1e-5, atol=1e-6)
     grads = reference["grads"][0]
-    vision = [n for n in grads if "magnitude" in n and any(f".{tower}." in n for tower in VISION_TOWERS)]
+    learned = "lora_B" if family == "qwen3_vl_moe" else "magnitude"
+    vision = [n for n in grads if learned in n and any(f".{tower}." in n for tower in VISION_TOWERS)]
     assert vision and all(grads[n].abs().sum() > 0 for n in vision)  # the tower's adapters learn
+    if family == "qwen3_vl_moe":  # and so do the experts' (compared with one process's above)
+        assert len([n for n in grads if "experts.lora_B" in n]) == 4
     checkpoint = got[0]["checkpoint"]
     assert sorted(checkpoint) == sorted(reference_module.trainable_state_keys()) and got[1]["checkpoint"] == {}
     trained = dict(reference_module.named_parameters())
