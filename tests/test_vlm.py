@@ -47,6 +47,12 @@ MINICPMV_TWO_TURNS = [
     *QWEN3_TWO_TURNS[1:],
 ]
 TWO_TURNS = {
+    "llava": [
+        (f"{VICUNA_V1_SYSTEM} USER: <image>\nWhat is it? ASSISTANT:", False),
+        (" a red circle</s>", True),
+        ("USER: And the square? ASSISTANT:", False),
+        (" blue</s>", True),
+    ],
     "minicpmv4_6": MINICPMV_TWO_TURNS,
     "qwen2_5_vl": QWEN_TWO_TURNS,
     "qwen2_vl": QWEN_TWO_TURNS,
@@ -297,6 +303,7 @@ VISION_TARGETS = {
     "mistral3": r".*vision_tower.*layers.*\.(q_proj|v_proj|o_proj)",
     "paligemma": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
     "minicpmv4_6": r".*vision_tower.*layers.*\.(q_proj|v_proj|out_proj)",
+    "llava": CLIP_FEATURE_LAYER_TARGETS,
 }
 
 
@@ -441,6 +448,7 @@ QWEN3_MULTI_IMAGE_TEXT = (
     "<|vision_start|><|image_pad|><|vision_end|> same colour?<|im_end|>\n<|im_start|>assistant\nno<|im_end|>\n")
 QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 MULTI_IMAGE_TEXT = {
+    "llava": f"{VICUNA_V1_SYSTEM} USER: Left: <image>\n right: <image>\n same colour? ASSISTANT: no</s>",
     "minicpmv4_6": QWEN_SYSTEM + "<|im_start|>user\nLeft: <|image_pad|> right: <|image_pad|> same colour?<|im_end|>\n"
                                  "<|im_start|>assistant\nno<|im_end|>\n",
     "qwen2_5_vl": QWEN_SYSTEM + QWEN3_MULTI_IMAGE_TEXT,
@@ -476,6 +484,22 @@ def test_several_images_stay_where_their_markers_are(family, module):
         expected = module.processor(text=[MULTI_IMAGE_TEXT[family]], images=[[RED, BLUE]], return_tensors="pt")
     assert batch["input_ids"][0].tolist() == expected["input_ids"][0].tolist()
     torch.testing.assert_close(batch["media"]["pixel_values"], expected["pixel_values"])
+
+
+def test_llava_family_pads_images_to_square_with_the_mean_colour():
+    """LLaVA-1.5's expand2square (pad the short side with the normalisation mean, then preprocess), here done by the
+    Llava image processor's do_pad: the batch's pixels equal mmft's own pad_to_square followed by the processor with
+    padding off."""
+    from data_modules.media import pad_to_square
+
+    module = VisionLanguageModule(tiny_backbone("llava"), lm_adapter("llava"))
+    image_processor = module.processor.image_processor
+    fill = tuple(int(255 * m) for m in image_processor.image_mean)
+    expected = image_processor(images=[pad_to_square(RED, fill)], do_pad=False, return_tensors="pt")["pixel_values"]
+    batch = module.collate([conversation(THREE_EXCHANGES[4:])])
+    torch.testing.assert_close(batch["media"]["pixel_values"], expected)
+    unpadded = image_processor(images=[RED], do_pad=False, return_tensors="pt")["pixel_values"]
+    assert not torch.allclose(unpadded, expected)  # the 24 x 16 image is not square: padding changes it
 
 
 def test_paligemma_prompt_and_answer_are_the_processors_own_format():

@@ -65,6 +65,14 @@ FAMILY_SIZES: dict[str, dict[str, Any]] = {
         "processor": {"num_image_tokens": 4, "vision_feature_select_strategy": "full"},
     },
     "llava_next": LLAVA_NEXT,
+    # LLaVA-1.5 on the generic module: one 16 px CLIP image of 8 px patches (4 tokens once the CLS token is dropped),
+    # padded to square with the mean colour first
+    "llava": {
+        "vision_config": {**VIT, "image_size": 16, "patch_size": 8},
+        "text_config": TEXT,
+        "image_processor": {"size": {"shortest_edge": 16}, "crop_size": {"height": 16, "width": 16}, "do_pad": True},
+        "processor": {"patch_size": 8, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1},
+    },
     "llava_next_video": {**LLAVA_NEXT, "video_processor": {"size": {"shortest_edge": 16},
                                                            "crop_size": {"height": 16, "width": 16}}},
     "smolvlm": {**SIGLIP_SHUFFLED,
@@ -153,7 +161,7 @@ PROJECTORS = {"qwen2_5_vl": "merger", "qwen2_vl": "merger", "llava_onevision": "
               "smolvlm": "connector", "idefics3": "connector", "qwen3_vl": "merger", "qwen3_vl_moe": "merger",
               "glm4v": "merger", "gemma3": "multi_modal_projector", "internvl": "multi_modal_projector",
               "mistral3": "multi_modal_projector", "paligemma": "multi_modal_projector",
-              "minicpmv4_6": "merger"}
+              "minicpmv4_6": "merger", "llava": "multi_modal_projector"}
 
 
 def tiny_backbone(family: str, seed: int = 0) -> VisionLanguageFromConfig:

@@ -173,6 +173,9 @@ FAMILIES: dict[str, Family] = {
         {"image_token_id": "<image>", "video_token_id": "<video>"}, "<|im_end|>", CHATML_ONEVISION,
         config_defaults={"vision_feature_layer": -1},
     ),
+    # LLaVA-1.5 (Hugging Face Llava checkpoints): vicuna_v1, as LLaVA-1.5 trains; images padded to square with the
+    # mean colour by the processor (image_aspect_ratio: pad) when the recipe sets do_pad
+    "llava": Family(("<image>",), {"image_token_id": "<image>"}, "</s>", VICUNA_V1_MEDIA),
     "llava_next": Family(("<image>",), {"image_token_id": "<image>"}, "</s>", MISTRAL_INST),
     "llava_next_video": Family(
         ("<image>", "<video>"), {"image_token_id": "<image>", "video_token_id": "<video>"}, "</s>", VICUNA_V1_MEDIA,
