@@ -38,8 +38,8 @@ class AdapterConfig:
             pair of rank-``r`` factors. Takes no dropout (the update cannot be applied to a dropped-out input).
         magnitude_only_modules: DoRA/DVoRA only: modules that get only a trainable magnitude vector (the DoRA paper's
             "fewer parameters" granularity). Same matching rules; takes precedence over ``target_modules``.
-        modules_to_save: modules trained fully (e.g. a projector): every module whose name ends with one of these,
-            as PEFT matches them (no ``.`` needed before it: ``merger`` takes ``vit_merger`` too).
+        modules_to_save: modules trained fully (e.g. a projector), matched by exact name or ``"." + name`` suffix,
+            as PEFT matches them.
         rank_pattern / alpha_pattern: per-module rank / alpha, keys matched as PEFT does (``(.*\\.)?(key)$``).
         layers_to_transform / layers_pattern: restrict list targets to these layer indices (``layers_pattern`` names
             the module list, e.g. ``layers``; by default the first numbered segment of the name is the index).

@@ -207,7 +207,7 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
         )
     chosen, magnitude_only = _select(model, config) if _targets_modules(config) else ([], [])
     chosen_parameters = _select_parameters(model, config, chosen + magnitude_only)
-    saved = _modules_to_save(model, config)  # checked before the model changes
+    saved = saved_module_names(model, config)  # checked before the model changes
     vera = _build_vera(model, config, chosen) if config.is_vera and chosen else None
     for param in model.parameters():
         param.requires_grad_(False)
@@ -267,12 +267,13 @@ def _targets_modules(config: AdapterConfig) -> bool:
     return config.target_modules not in (None, []) or config.magnitude_only_modules is not None
 
 
-def _modules_to_save(model: nn.Module, config: AdapterConfig) -> list[str]:
+def saved_module_names(model: nn.Module, config: AdapterConfig) -> list[str]:
+    """The modules ``config.modules_to_save`` trains fully: the outermost ones matched (exactly or as a
+    ``.``-separated suffix, as PEFT matches them)."""
     if not config.modules_to_save:
         return []
     names = [n for n, _ in model.named_modules() if n]
-    # PEFT's rule for modules_to_save: the name ends with the target, with no "." needed before it
-    found = [n for n in names if any(n.endswith(target) for target in config.modules_to_save)]
+    found = [n for n in names if module_matches(n, config.modules_to_save)]
     # a matched module's own submodules come along with it; report only the outermost
     outermost = [n for n in found if not any(n.startswith(other + ".") for other in found)]
     if not outermost:

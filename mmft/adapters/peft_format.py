@@ -30,6 +30,7 @@ from .inject import (
     apply_adapters,
     find_adapted_modules,
     find_adapted_parameters,
+    saved_module_names,
 )
 
 CONFIG_FILE = "adapter_config.json"
@@ -105,7 +106,9 @@ def _peft_config(model: nn.Module, config: AdapterConfig, base_model_name_or_pat
         "base_model_name_or_path": base_model_name_or_path,
         "target_modules": directed + magnitude_only,
         "target_parameters": _adapted_parameter_keys(model) or None,
-        "modules_to_save": config.modules_to_save,
+        # the exact module names: PEFT before 0.22 matched any name ending with an entry ("merger" took
+        # "vit_merger" too), so a short name could wrap modules the file holds no weights for
+        "modules_to_save": saved_module_names(model, config) or None,
         "bias": config.bias,
         "fan_in_fan_out": False,
         "inference_mode": True,
