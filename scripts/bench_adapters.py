@@ -82,6 +82,8 @@ VARIANTS: dict[str, tuple[str, str, dict]] = {
     "mmft_dora_nodetach": ("mmft", "mmft DoRA, detach_norm=False", {"method": "dora", "detach_norm": False}),
     # the same layers with mmft.adapters.kernels off: the fused kernels' share (on a CPU both run PyTorch ops)
     "mmft_dora_unfused": ("mmft", "mmft DoRA, fused kernels off", {"method": "dora", "fused": False}),
+    # the papers' reference: the same layers' own weights trained (AdamW keeps two moments per weight)
+    "mmft_full": ("mmft", "full fine-tuning of the same layers", {"method": "full"}),
     "peft_lora": ("peft", "PEFT LoRA", {"use_dora": False}),
     "peft_dora": ("peft", "PEFT DoRA", {"use_dora": True}),
 }
@@ -323,6 +325,9 @@ def adapter_tensors(model: nn.Module) -> dict[str, dict[str, Tensor]]:
 def randomize_adapters(models: dict[str, nn.Module], base: nn.Module, seed: int) -> None:
     """Give every variant the same non-zero A, B (and magnitude, near ||W||) so the update is not trivial."""
     per_model = {name: adapter_tensors(model) for name, model in models.items()}
+    per_model = {name: tensors for name, tensors in per_model.items() if tensors}  # full fine-tuning has none
+    if not per_model:
+        return
     names = list(per_model)
     modules = sorted(per_model[names[0]])
     for name, tensors in per_model.items():

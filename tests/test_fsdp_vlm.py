@@ -1,5 +1,6 @@
 """VisionLanguageModule (tiny Qwen2.5-VL and SmolVLM: M-RoPE and a ``language_model``, a Llama ``text_model`` and a
-SigLIP tower; DoRA on the language model and the vision tower; and Qwen3-VL-MoE with LoRA on its expert weights too) sharded by FSDP2 on two CPU processes (gloo), as
+SigLIP tower; DoRA on the language model and the vision tower; Qwen3-VL-MoE with LoRA on its expert weights too;
+and Qwen2.5-VL fully fine-tuned, method full, on those layers) sharded by FSDP2 on two CPU processes (gloo), as
 :class:`mmft.fsdp.AdapterFSDPStrategy` shards it: the training losses, every gradient, the
 evaluation logits and the generated answers after each optimizer step equal one process's, in float32, with one
 rank's batch text-only and the other's with an image, then a video; the checkpoint holds exactly the trainable
@@ -32,12 +33,13 @@ EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 VISION_TOWERS = ("visual", "vision_model", "vision_tower")
 
 
-def build_module(family: str) -> VisionLanguageModule:
+def build_module(variant: str) -> VisionLanguageModule:
     """The tiny model with DoRA on its language model and vision tower, direction updates already non-zero (so
     DoRA's norm of ``W + s B A`` depends on every row of the sharded ``W``)."""
     torch.manual_seed(0)
+    family, _, method = variant.partition(":")
     moe = family == "qwen3_vl_moe"
-    adapter = AdapterConfig(method="lora" if moe else "dora", r=4, alpha=8,
+    adapter = AdapterConfig(method=method or ("lora" if moe else "dora"), r=4, alpha=8,
                             target_modules=rf"({LM_TARGETS})|({VISION_TARGETS[family]})",
                             target_parameters=EXPERTS if moe else None, modules_to_save=[PROJECTORS[family]])
     module = VisionLanguageModule(tiny_backbone(family), adapter, max_new_tokens=3)
@@ -94,13 +96,13 @@ def train_and_evaluate(module: VisionLanguageModule, ranks: list[int]) -> dict[s
     return record
 
 
-def sharded_rank(rank: int, family: str, init_file: str, out: str) -> None:
+def sharded_rank(rank: int, variant: str, init_file: str, out: str) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        module = build_module(family)
+        module = build_module(variant)
         # as ModelParallelStrategy.setup_environment hands the mesh to the module before configure_model
         module._device_mesh = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
         module.configure_model()
@@ -115,10 +117,11 @@ def sharded_rank(rank: int, family: str, init_file: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("family", sorted(DECODER_LAYERS))
-def test_dora_under_fsdp_matches_one_process(family, tmp_path):
+@pytest.mark.parametrize("variant", [*sorted(DECODER_LAYERS), "qwen2_5_vl:full"])
+def test_training_under_fsdp_matches_one_process(variant, tmp_path):
+    family = variant.partition(":")[0]
     context = multiprocessing.get_context("fork")  # the children need no fresh imports
-    ranks = [context.Process(target=sharded_rank, args=(r, family, str(tmp_path / "init"), str(tmp_path)))
+    ranks = [context.Process(target=sharded_rank, args=(r, variant, str(tmp_path / "init"), str(tmp_path)))
              for r in range(WORLD)]
     for process in ranks:
         process.start()
@@ -130,7 +133,7 @@ def test_dora_under_fsdp_matches_one_process(family, tmp_path):
             process.terminate()
     assert not hung and [process.exitcode for process in ranks] == [0, 0]
 
-    reference_module = build_module(family)
+    reference_module = build_module(variant)
     reference = train_and_evaluate(reference_module, list(range(WORLD)))
     got = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD)]
     # the decoder layers are units of their own; the vision tower stays in the root unit (fsdp_units' docstring)
@@ -147,7 +150,7 @@ def test_dora_under_fsdp_matches_one_process(family, tmp_path):
             for name, grad in reference["grads"][step].items():
                 torch.testing.assert_close(got[rank]["grads"][step][name], grad, rtol=1e-5, atol=1e-6)
     grads = reference["grads"][0]
-    learned = "lora_B" if family == "qwen3_vl_moe" else "magnitude"
+    learned = {"qwen3_vl_moe": "lora_B", "qwen2_5_vl:full": "weight"}.get(variant, "magnitude")
     vision = [n for n in grads if learned in n and any(f".{tower}." in n for tower in VISION_TOWERS)]
     assert vision and all(grads[n].abs().sum() > 0 for n in vision)  # the tower's adapters learn
     if family == "qwen3_vl_moe":  # and so do the experts' (compared with one process's above)

@@ -7,7 +7,16 @@ PyTorch, no Lightning or transformers import.
 
 from .config import AdapterConfig, AdapterConfigError
 from .fingerprint import frozen_weights_hash
-from .inject import AdapterError, AdapterReport, adapter_config_of, apply_adapters, find_adapted_modules
+from .expert_layers import AdaptedParameters
+from .inject import (
+    AdapterError,
+    AdapterReport,
+    adapter_config_of,
+    apply_adapters,
+    find_adapted_modules,
+    find_adapted_parameters,
+    fully_trained_modules,
+)
 from .layers import AdaptedLinear, dora_weight_norm
 from .merge import merge_adapters, unmerge_adapters
 from .peft_format import adapter_state_dict, load_adapters, peft_tensors, read_adapter_config, save_adapters
@@ -15,6 +24,7 @@ from .quantize import QuantizationConfig, QuantizationError, quantize_linear_lay
 
 __all__ = [
     "AdaptedLinear",
+    "AdaptedParameters",
     "AdapterConfig",
     "AdapterConfigError",
     "AdapterError",
@@ -26,6 +36,8 @@ __all__ = [
     "apply_adapters",
     "dora_weight_norm",
     "find_adapted_modules",
+    "find_adapted_parameters",
+    "fully_trained_modules",
     "frozen_weights_hash",
     "load_adapters",
     "merge_adapters",

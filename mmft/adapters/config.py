@@ -25,7 +25,9 @@ class AdapterConfig:
 
     Args:
         method: ``lora``, ``dora`` (weight-decomposed LoRA), ``vera`` (shared frozen random projections with trainable
-            scaling vectors) or ``dvora`` (DoRA whose direction update is a VeRA update).
+            scaling vectors), ``dvora`` (DoRA whose direction update is a VeRA update) or ``full`` (full fine-tuning:
+            every weight of the ``target_modules``, which may be any modules, such as whole decoder layers; ``r``,
+            ``alpha``, ``dropout`` and the patterns do not apply).
         r: rank of the update (VeRA: rank of the shared projections).
         alpha: LoRA scaling numerator: ``scaling = alpha / r`` (``alpha / sqrt(r)`` with ``use_rslora``). Unused by
             VeRA, whose scaling is carried by its trainable vectors.
@@ -93,6 +95,8 @@ class AdapterConfig:
             raise AdapterConfigError("AdapterConfig.target_modules is required (a regex or a list of module names)")
         if self.target_parameters:
             self._check_target_parameters()
+        if method.full_weights:
+            self._check_full()
         if self.magnitude_only_modules is not None and not method.magnitude:
             with_magnitude = " or ".join(name for name, m in METHODS.items() if m.magnitude)
             raise AdapterConfigError(
@@ -114,6 +118,13 @@ class AdapterConfig:
             )
         if isinstance(self.layers_to_transform, int):
             self.layers_to_transform = [self.layers_to_transform]
+
+    def _check_full(self) -> None:
+        unused = {"dropout": 0.0, "rank_pattern": {}, "alpha_pattern": {}, "bias": "none", "use_rslora": False}
+        for key, neutral in unused.items():
+            if getattr(self, key) != neutral:
+                raise AdapterConfigError(f"AdapterConfig.{key}={getattr(self, key)!r} with method 'full': full "
+                                         "fine-tuning trains the weights themselves, so it has no " + key)
 
     def _check_target_parameters(self) -> None:
         if isinstance(self.target_parameters, str):

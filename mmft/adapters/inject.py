@@ -16,6 +16,7 @@ from .base_weight import is_4bit, parameter_count
 from .config import AdapterConfig, TargetSpec
 from .expert_layers import AdaptedParameters
 from .layers import AdaptedLinear, VeraProjections
+from .methods import adapter_method
 
 VERA_ATTRIBUTE = "mmft_vera"
 CONFIG_ATTRIBUTE = "mmft_adapter_config"
@@ -42,6 +43,10 @@ class AdapterReport:
         return 100.0 * self.trainable_params / max(self.total_params, 1)
 
     def __str__(self) -> str:
+        if adapter_method(self.method).full_weights:
+            return (f"mmft: full fine-tuning of {len(self.modules_to_save)} modules\n"
+                    f"trainable params: {self.trainable_params:,} / {self.total_params:,} "
+                    f"({self.trainable_percent:.4f}%)")
         lines = [
             f"mmft adapters: {self.method}, {len(self.adapted)} layers with a direction update, "
             f"{len(self.magnitude_only)} magnitude-only, {len(self.modules_to_save)} fully trained modules"
@@ -205,6 +210,8 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
             "this model already has mmft adapters; apply_adapters works on a model without them "
             "(use load_adapters to load weights into an adapted model)"
         )
+    if config.method_spec.full_weights:
+        return _train_fully(model, config)
     chosen, magnitude_only = _select(model, config) if _targets_modules(config) else ([], [])
     chosen_parameters = _select_parameters(model, config, chosen + magnitude_only)
     saved = saved_module_names(model, config)  # checked before the model changes
@@ -260,6 +267,40 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_params=sum(parameter_count(p) for p in model.parameters()),
     )
+
+
+def _train_fully(model: nn.Module, config: AdapterConfig) -> AdapterReport:
+    """Full fine-tuning: every parameter of the outermost modules ``target_modules`` matches (and of the
+    ``modules_to_save``) trains; everything else is frozen."""
+    chosen = list(fully_trained_modules(model, config))
+    if not chosen:
+        raise _unmatched_error("target_modules", config.target_modules, [n for n, _ in model.named_modules() if n])
+    modules = dict(model.named_modules())
+    quantized = [n for n in chosen if any(is_4bit(p) for p in modules[n].parameters())]
+    if quantized:
+        raise AdapterError(f"AdapterConfig.method='full' cannot train 4-bit weights ({quantized[0]}): full fine-tuning "
+                           "needs a base in full or half precision (drop model.init_args.backbone's quantization)")
+    saved = [n for n in saved_module_names(model, config) if n not in chosen]
+    model.requires_grad_(False)
+    for name in chosen + saved:
+        modules[name].requires_grad_(True)
+    setattr(model, CONFIG_ATTRIBUTE, config)
+    return AdapterReport(
+        method=config.method,
+        modules_to_save=chosen + saved,
+        trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        total_params=sum(parameter_count(p) for p in model.parameters()),
+    )
+
+
+def fully_trained_modules(model: nn.Module, config: AdapterConfig | None = None) -> dict[str, nn.Module]:
+    """The outermost modules whose own weights ``method: full`` trains (``config``: by default the model's), by
+    name; empty for the other methods."""
+    config = config or getattr(model, CONFIG_ATTRIBUTE, None)
+    if config is None or not config.method_spec.full_weights:
+        return {}
+    found = {n: m for n, m in model.named_modules() if n and module_matches(n, config.target_modules)}
+    return {n: m for n, m in found.items() if not any(n.startswith(other + ".") for other in found)}
 
 
 def _targets_modules(config: AdapterConfig) -> bool:

@@ -1,12 +1,15 @@
 """The adapter methods, one small description each. Everything else in :mod:`mmft.adapters` asks these what a method
 does (config checks, the layer's parts and scaling, the PEFT folder type), so a new method is one entry here.
 
-Two independent choices make the four methods:
+Two independent choices make the four adapter methods:
 
 - the direction update: a trained low-rank pair ``B A`` (LoRA) or VeRA's frozen random projections shared by all
   layers, scaled by trained vectors (``shared_projections``);
 - the magnitude: none (the update is added to ``W``) or DoRA's trained magnitude vector over the normalised direction
   ``W + s B A`` (``magnitude``).
+
+``full`` is the reference the papers compare against: the chosen modules' own weights are trained, every one of them
+(``full_weights``); it has no factors, no rank and no PEFT folder.
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ class AdapterMethod:
         magnitude: trains DoRA's magnitude vector over the normalised direction (and allows magnitude-only modules).
         shared_projections: the direction update comes from VeRA's shared frozen projections and trained scaling
             vectors (no per-layer rank or alpha).
-        peft_type: ``peft_type`` of its saved folder; PEFT's name where PEFT has the method.
+        peft_type: ``peft_type`` of its saved folder; PEFT's name where PEFT has the method; None for ``full``,
+            which has no adapter folder.
+        full_weights: trains the chosen modules' weights themselves (full fine-tuning), not an update beside them.
     """
 
     name: str
     magnitude: bool
     shared_projections: bool
-    peft_type: str
+    peft_type: str | None
+    full_weights: bool = False
 
     def scaling(self, alpha: float, r: int, use_rslora: bool) -> float:
         """The factor ``s`` of the direction update ``s B A``: ``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA);
@@ -47,6 +53,7 @@ METHODS: dict[str, AdapterMethod] = {
         AdapterMethod("dora", magnitude=True, shared_projections=False, peft_type="LORA"),
         AdapterMethod("vera", magnitude=False, shared_projections=True, peft_type="VERA"),
         AdapterMethod("dvora", magnitude=True, shared_projections=True, peft_type="DVORA"),  # PEFT has none
+        AdapterMethod("full", magnitude=False, shared_projections=False, peft_type=None, full_weights=True),
     )
 }
 

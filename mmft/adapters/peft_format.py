@@ -153,6 +153,9 @@ def peft_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors of ``model``'s PEFT adapter file, under PEFT's names, whole and on the CPU. For a model sharded by
     FSDP this gathers every adapter tensor: every rank must call it (then one writes, with `save_adapters`)."""
     config = adapter_config_of(model)
+    if config.method_spec.full_weights:
+        raise AdapterError("save_adapters: method 'full' trains the weights themselves and has no PEFT adapter "
+                           "folder; export the whole model instead (mmft export, a merged folder)")
     if not _has_adapters(model):
         raise AdapterError("save_adapters: the adapters are merged; call unmerge_adapters before saving them")
     tensors = {}

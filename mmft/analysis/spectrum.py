@@ -77,6 +77,20 @@ def layer_spectrum(name: str, layer: AdaptedLinear, energy: float = ENERGY) -> U
     return UpdateSpectrum(name, values.tolist(), rank_at_energy(values, energy), float(values.square().sum().sqrt()))
 
 
+def full_update_spectra(model: nn.Module, pretrained: dict[str, Tensor], energy: float = ENERGY
+                        ) -> list[UpdateSpectrum]:
+    """Under full fine-tuning: the spectrum of each layer of ``pretrained`` (name -> its weight before training, see
+    :func:`mmft.analysis.updates.pretrained_weights`), its trained weight against that copy."""
+    layers = dict(model.named_modules())
+    spectra = []
+    with torch.no_grad():
+        for name, weight in pretrained.items():
+            values = update_spectrum(weight, layers[name].weight.detach().cpu())
+            spectra.append(UpdateSpectrum(name, values.tolist(), rank_at_energy(values, energy),
+                                          float(values.square().sum().sqrt())))
+    return spectra
+
+
 def update_spectra(model: nn.Module, modules: str | Iterable[str] | None = None,
                    energy: float = ENERGY) -> list[UpdateSpectrum]:
     """The spectrum of every adapted layer of ``model`` (those matching ``modules``, PEFT's target rules, if given)."""

@@ -8,7 +8,8 @@ direction ``W_n / ||W_n||``. For a fine-tuned weight ``W'`` against the pre-trai
 The paper plots delta_D against delta_M over checkpoints (and layers): LoRA's updates move both together (a positive
 slope), full fine-tuning and DoRA change one with little of the other (a negative slope). For a DoRA layer ``m'`` is
 the trained magnitude vector and the direction is ``W0 + s B A``; for LoRA and VeRA both come from ``W0 + s B A``.
-Everything is computed in float64.
+Under full fine-tuning (``method: full``) ``W'`` is the Linear layer's trained weight itself, against a copy of its
+weight taken before training (:func:`pretrained_weights`). Everything is computed in float64.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mmft.adapters import AdaptedLinear, find_adapted_modules
+from mmft.adapters import AdaptedLinear, find_adapted_modules, fully_trained_modules
 from mmft.adapters.base_weight import dense_weight
 from mmft.adapters.inject import module_matches
 
@@ -79,6 +80,39 @@ def select_adapted(model: nn.Module, modules: str | list[str] | None = None) -> 
 def weight_updates(model: nn.Module, modules: str | list[str] | None = None) -> list[WeightUpdate]:
     """One `WeightUpdate` per adapted layer chosen by :func:`select_adapted`."""
     return [layer_update(name, layer) for name, layer in select_adapted(model, modules).items()]
+
+
+def fully_trained_linears(model: nn.Module, modules: str | list[str] | None = None) -> dict[str, nn.Linear]:
+    """The Linear layers inside the modules ``method: full`` trains (``model``: the adapted network), optionally only
+    those matching ``modules``; an empty choice raises."""
+    trained = fully_trained_modules(model)
+    if not trained:
+        raise ValueError("weight_updates: the model is not fully fine-tuned (method: full)")
+    layers = {f"{root}.{name}" if name else root: layer for root, module in trained.items()
+              for name, layer in module.named_modules() if isinstance(layer, nn.Linear)}
+    chosen = {n: layer for n, layer in layers.items() if modules is None or module_matches(n, modules)}
+    if not chosen:
+        raise ValueError(f"weight_updates: no fully trained Linear layer matches {modules!r}; they are, e.g., "
+                         f"{sorted(layers)[:5]}")
+    return chosen
+
+
+def pretrained_weights(model: nn.Module, modules: str | list[str] | None = None) -> dict[str, Tensor]:
+    """A CPU copy of the weight of every Linear layer :func:`fully_trained_linears` chooses: ``W0``, for measuring
+    full fine-tuning's updates later. Take it before training (and before a checkpoint is restored)."""
+    return {name: layer.weight.detach().to("cpu", copy=True)
+            for name, layer in fully_trained_linears(model, modules).items()}
+
+
+def full_weight_updates(model: nn.Module, pretrained: dict[str, Tensor]) -> list[WeightUpdate]:
+    """One `WeightUpdate` per layer of ``pretrained``: the trained weight against its copy from before training."""
+    layers = dict(model.named_modules())
+    updates = []
+    with torch.no_grad():
+        for name, weight in pretrained.items():
+            delta_m, delta_d = magnitude_direction_change(weight.double(), layers[name].weight.detach().cpu())
+            updates.append(WeightUpdate(name, delta_m, delta_d))
+    return updates
 
 
 def direction_magnitude_trend(points: Iterable[tuple[float, float]]) -> tuple[float, float]:

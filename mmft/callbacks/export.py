@@ -7,7 +7,7 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmft.adapters import peft_tensors, save_adapters
+from mmft.adapters import adapter_config_of, peft_tensors, save_adapters
 
 
 class PeftExport(Callback):
@@ -22,6 +22,10 @@ class PeftExport(Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if adapter_config_of(pl_module.model).method_spec.full_weights:
+            rank_zero_info("method 'full' has no PEFT adapter folder: the checkpoints hold the trained weights, and "
+                           "`mmft export` writes the whole fine-tuned model")
+            return
         tensors = peft_tensors(pl_module.model)  # on every rank: a model sharded by FSDP gathers its adapter here
         if not trainer.is_global_zero:
             return

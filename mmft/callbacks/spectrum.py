@@ -9,13 +9,17 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from mmft.adapters import fully_trained_modules
 from mmft.analysis import select_adapted, update_spectra
+from mmft.analysis.spectrum import full_update_spectra
+from mmft.analysis.updates import pretrained_weights
 from mmft.files import write_json_atomic
 
 
 class UpdateSpectra(Callback):
     """At the end of fit, the singular values of ``W' - W0`` of each adapted module matching ``modules`` (default:
-    all) and the rank holding 90% of its energy, written to ``path`` (default
+    all; under ``method: full``, each Linear layer of the fully trained modules, against a CPU copy of its weight taken
+    when fit starts) and the rank holding 90% of its energy, written to ``path`` (default
     ``<trainer.default_root_dir>/update_spectrum.json``, the run folder) with the run's method and the median and
     largest rank; the ``keep`` largest singular values of each module are stored (all of them with ``keep: null``).
     """
@@ -26,6 +30,7 @@ class UpdateSpectra(Callback):
         self.modules = modules
         self.path = path
         self.keep = keep
+        self.pretrained: dict[str, Any] = {}  # method full: the Linear weights before training
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -34,7 +39,11 @@ class UpdateSpectra(Callback):
             raise ValueError("UpdateSpectra (trainer.callbacks) reads whole weights on rank 0, which a model sharded "
                              "by FSDP does not hold: remove it from trainer.callbacks, or train with strategy ddp")
         try:  # a typo in ``modules`` fails now, not after training
-            select_adapted(pl_module, self.modules)
+            if fully_trained_modules(pl_module.model):  # W0 now, before a checkpoint's weights are restored
+                self.pretrained = {f"model.{name}": weight
+                                   for name, weight in pretrained_weights(pl_module.model, self.modules).items()}
+            else:
+                select_adapted(pl_module, self.modules)
         except ValueError as error:
             raise ValueError(f"UpdateSpectra (trainer.callbacks) init_args.modules={self.modules!r}: {error}") from None
 
@@ -46,12 +55,15 @@ class UpdateSpectra(Callback):
         rank_zero_info(f"update spectra written to {path}")
 
     def summary(self, pl_module: LightningModule) -> dict[str, Any]:
-        spectra = update_spectra(pl_module, self.modules)
+        if self.pretrained:
+            spectra = full_update_spectra(pl_module, self.pretrained)
+        else:
+            spectra = update_spectra(pl_module, self.modules)
         ranks = sorted(s.rank_90 for s in spectra)
         config = getattr(pl_module, "adapter_config", None)
         return {
             "method": getattr(config, "method", None),
-            "rank": getattr(config, "r", None),
+            "rank": None if self.pretrained else getattr(config, "r", None),  # full fine-tuning has no rank
             "rank_90_median": ranks[len(ranks) // 2],
             "rank_90_max": ranks[-1],
             "modules": {s.module: {"rank_90": s.rank_90, "frobenius": s.frobenius,

@@ -9,7 +9,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from mmft.adapters import fully_trained_modules
 from mmft.analysis import direction_magnitude_trend, select_adapted, weight_updates
+from mmft.analysis.updates import full_weight_updates, pretrained_weights
 from mmft.files import write_json_atomic
 
 
@@ -17,12 +19,14 @@ class WeightUpdates(Callback):
     """The DoRA paper's section 3 analysis, run as training goes (see :mod:`mmft.analysis.updates`).
 
     At the end of every training epoch, and every ``every_n_train_steps`` steps when set, it measures delta_M and
-    delta_D of each adapted module matching ``modules`` (PEFT's target rules; default: every adapted module) and logs
-    their means as ``updates/delta_magnitude`` and ``updates/delta_direction``, with the slope and correlation of
-    delta_M on delta_D over every point so far (``updates/slope``, ``updates/correlation``: positive is LoRA's
-    pattern, negative full fine-tuning's and DoRA's). At the end of fit it writes every point, the overall trend
-    and each module's trend over time to ``path`` (default ``<trainer.default_root_dir>/weight_updates.json``, the run folder). The points are kept in
-    checkpoints, so a run resumed with ``--ckpt_path`` writes the whole record.
+    delta_D of each adapted module (under ``method: full``, each Linear layer of the fully trained modules, against a
+    CPU copy of its weight taken when fit starts) matching ``modules`` (PEFT's target rules; default: every adapted
+    module) and logs their means as ``updates/delta_magnitude`` and ``updates/delta_direction``, with the slope and
+    correlation of delta_M on delta_D over every point so far (``updates/slope``, ``updates/correlation``: positive
+    is LoRA's pattern, negative full fine-tuning's and DoRA's). At the end of fit it writes every point, the overall
+    trend and each module's trend over time to ``path`` (default ``<trainer.default_root_dir>/weight_updates.json``,
+    the run folder). The points are kept in checkpoints, so a run resumed with ``--ckpt_path`` writes the whole
+    record.
     """
 
     def __init__(self, modules: str | list[str] | None = None, every_n_train_steps: int | None = None,
@@ -33,6 +37,7 @@ class WeightUpdates(Callback):
         self.every_n_train_steps = every_n_train_steps
         self.path = path
         self.points: list[dict[str, Any]] = []
+        self.pretrained: dict[str, Any] = {}  # method full: the Linear weights before training
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -42,7 +47,11 @@ class WeightUpdates(Callback):
             raise ValueError("WeightUpdates (trainer.callbacks) reads whole weights on rank 0, which a model sharded "
                              "by FSDP does not hold: remove it from trainer.callbacks, or train with strategy ddp")
         try:  # a typo in ``modules`` fails now, not after the first epoch
-            select_adapted(pl_module, self.modules)
+            if fully_trained_modules(pl_module.model):  # W0 now, before a checkpoint's weights are restored
+                self.pretrained = {f"model.{name}": weight
+                                   for name, weight in pretrained_weights(pl_module.model, self.modules).items()}
+            else:
+                select_adapted(pl_module, self.modules)
         except ValueError as error:
             raise ValueError(f"WeightUpdates (trainer.callbacks) init_args.modules={self.modules!r}: {error}") from None
 
@@ -93,7 +102,10 @@ class WeightUpdates(Callback):
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:  # every rank holds the same weights; rank 0 logs and saves the record
             return
-        updates = weight_updates(pl_module, self.modules)
+        if self.pretrained:
+            updates = full_weight_updates(pl_module, self.pretrained)
+        else:
+            updates = weight_updates(pl_module, self.modules)
         step, epoch = trainer.global_step, trainer.current_epoch
         self.points += [{"step": step, "epoch": epoch, "module": u.module, "delta_magnitude": u.delta_magnitude,
                          "delta_direction": u.delta_direction} for u in updates]
