@@ -71,6 +71,8 @@ def test_report_structure(bench, results):
         assert (row["eval_time_s"] is not None) == (name in bench.EVAL_VARIANTS)
     assert results["variants"]["mmft_lora"]["trainable_params"] == results["variants"]["peft_lora"]["trainable_params"]
     assert results["variants"]["mmft_dora"]["trainable_params"] == results["variants"]["peft_dora"]["trainable_params"]
+    sizes = setup["sizes"]  # full fine-tuning trains the targeted layers' whole weights: more than any rank-r pair
+    assert results["variants"]["mmft_full"]["trainable_params"] > sizes["hidden"] ** 2 * sizes["layers"]
     for key, num, den, quantity, target, _ in bench.RATIOS:
         if quantity == "device_busy_s":  # profiled on CUDA only
             assert key not in results["ratios"] and results["variants"][num][quantity] is None

@@ -20,7 +20,7 @@ RECIPES = ["tiny/llava", "tiny/llava_ocr", "tiny/vlbart_image", "tiny/vlbart_vid
            "tiny/idefics3", "tiny/qwen3_vl", "tiny/qwen3_vl_moe", "tiny/gemma3", "tiny/internvl", "tiny/mistral3",
            "tiny/paligemma", "tiny/minicpmv4_6", "tiny/glm4v", "llava", "vlbart_image", "vlbart_video", "qwen2_5_vl_7b",
            "llava_onevision_7b_video", "qwen3_vl_8b"]
-METHODS = ["lora", "dora", "vera", "dvora"]
+METHODS = ["lora", "dora", "vera", "dvora", "full"]
 # where a named config departs from recipe + overlay on purpose, with the reason in its header
 DEPARTURES = {
     "vlbart_image_lora": {("model", "init_args", "adapter", "alpha"): 32.0},
