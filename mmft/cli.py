@@ -1,5 +1,5 @@
 """The ``mmft`` command: LightningCLI with fit / validate / test / predict over any mmft model and DataModule, plus
-tool subcommands over mmft's library code (sample-data, compare, extract-features, export, optimize).
+tool subcommands over mmft's library code (sample-data, compare, extract-features, export, optimize, sweep).
 
     mmft fit --config configs/tiny/llava_dora.yaml
     mmft fit --config configs/tiny/llava.yaml --config configs/methods/lora.yaml    # recipe + method overlay
@@ -47,6 +47,7 @@ TOOLS = {
     "extract-features": ("mmft.tools.extract_features", "pre-extract VL-BART visual features from images or videos"),
     "export": ("mmft.tools.export", "write a checkpoint's adapter as a PEFT folder, or the merged model (--merged)"),
     "optimize": ("mmft.tools.optimize", "write a config's readers to litdata shards for streaming"),
+    "sweep": ("mmft.tools.sweep", "one recipe over a grid of methods and settings, a run folder per trial, a table"),
 }
 
 

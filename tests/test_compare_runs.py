@@ -102,3 +102,27 @@ def test_plot_writes_a_png_per_run(tmp_path, capsys):
     write_run(bad, "dora", 8.0, (0.45, 0.5)).joinpath("weight_updates.json").write_text('{"points": [{"step": 1}]}')
     assert compare.main([str(bad), "--plot", str(out)]) == 2
     assert "weight_updates.json: not a weight-update record" in capsys.readouterr().err
+
+
+def test_learning_forgetting_and_spectrum_ranks_are_read_from_each_run(tmp_path, capsys):
+    """The source loss before training and last, its rise (the forgetting) beside the target score (the learning),
+    and each module's rank at 90% energy: what the last plot row draws across runs."""
+    full = write_run(tmp_path / "full", "full", 5.0, (0.5, 0.6))
+    # SourceForgetting's rows: before the first step, then after each validation
+    full.joinpath("csv", "version_0", "metrics.csv").write_text(
+        "epoch,step,train/loss,val/average,source/loss,source/forgetting\n"
+        "0,0,,,2.0,0.0\n0,1,1.5,,,\n0,1,,0.5,2.25,0.25\n1,3,,0.6,2.5,0.5\n")
+    summary = compare.summarise_run(full)
+    assert (summary["source/loss (before)"], summary["source/loss (last)"]) == (2.0, 2.5)
+    assert compare.learning_and_forgetting(summary) == (0.5, 0.6)
+    lora = write_run(tmp_path / "lora", "lora", 10.0, (0.4, 0.3))
+    assert compare.learning_and_forgetting(compare.summarise_run(lora)) is None  # no source scores logged
+    full.joinpath("update_spectrum.json").write_text(json.dumps({"modules": {"q": {"rank_90": 30},
+                                                                             "v": {"rank_90": 12}}}))
+    assert compare.spectrum_ranks(full) == [30, 12] and compare.spectrum_ranks(lora) == []
+    out = tmp_path / "comparison.png"
+    assert compare.main([str(lora), str(full), "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lora.joinpath("update_spectrum.json").write_text('{"modules": {"q": {}}}')
+    assert compare.main([str(lora), "--plot", str(out)]) == 2
+    assert "update_spectrum.json: not an update-spectrum record" in capsys.readouterr().err

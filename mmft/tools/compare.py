@@ -12,7 +12,10 @@ keys for runs synced there.
 
 ``--plot out.png`` draws one row per run: its validation curves per task, and the DoRA paper's figure-2 view of its
 weight updates (delta_D against delta_M for every module at every measured step, from the run's
-``weight_updates.json``, with the least-squares line and its slope).
+``weight_updates.json``, with the least-squares line and its slope); and, when the runs logged ``source/`` scores
+(the SourceForgetting callback) or wrote ``update_spectrum.json`` (UpdateSpectra), a last row with learning (the
+target score) against forgetting (the rise of the source-domain loss), one point per run ("LoRA Learns Less and
+Forgets Less"'s view), and each module's rank at 90% of its update's energy, one column per run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import yaml
 from mmft.analysis import direction_magnitude_trend
 
 UPDATES_FILE = "weight_updates.json"
+SPECTRUM_FILE = "update_spectrum.json"
 
 
 class RunFolderError(ValueError):
@@ -102,7 +106,23 @@ def summarise_run(run: Path) -> dict[str, Any]:
             summary[f"{key} (best)"] = min(values) if "loss" in key else max(values)
         elif key.startswith(("test/", "perf/train_", "updates/slope", "updates/correlation")):
             summary[key] = values[-1]
+        elif key == "source/loss":
+            summary["source/loss (before)"] = values[0]
+            summary["source/loss (last)"] = values[-1]
+        elif key == "source/forgetting":
+            summary["source/forgetting (last)"] = values[-1]
     return summary
+
+
+def learning_and_forgetting(summary: dict[str, Any]) -> tuple[float, float] | None:
+    """A run's ``(forgetting, learning)``: the source loss's rise (``source/forgetting``, last) and the target score
+    (``val/average``, last; the only ``val/`` score when there is one task); None without both."""
+    forgetting = summary.get("source/forgetting (last)")
+    scores = [k for k in summary if k.startswith("val/") and k.endswith("(last)") and "loss" not in k]
+    target = "val/average (last)" if "val/average (last)" in summary else (scores[0] if len(scores) == 1 else None)
+    if forgetting is None or target is None:
+        return None
+    return forgetting, summary[target]
 
 
 def ratio(value: Any, baseline: Any) -> str:
@@ -172,6 +192,17 @@ def update_points(run: Path) -> tuple[list[tuple[float, float]], float, float]:
     return points, slope, mean_m - slope * mean_d
 
 
+def spectrum_ranks(run: Path) -> list[int]:
+    """Each module's rank at 90% of its update's energy, from the run's ``update_spectrum.json`` (empty without)."""
+    path = run_folder(run) / SPECTRUM_FILE
+    if not path.is_file():
+        return []
+    try:
+        return [int(module["rank_90"]) for module in json.loads(path.read_text())["modules"].values()]
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise RunFolderError(f"{path}: not an update-spectrum record ({error})") from None
+
+
 def plot_runs(runs: list[Path], out: Path) -> None:
     """Per run: validation curves per task, and delta_D against delta_M with the fitted line (a PNG at ``out``)."""
     import matplotlib
@@ -179,7 +210,25 @@ def plot_runs(runs: list[Path], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(len(runs), 2, figsize=(9, 3.2 * len(runs)), squeeze=False)
+    summaries = [summarise_run(run) for run in runs]
+    trade_offs = [(s["run"], learning_and_forgetting(s)) for s in summaries]
+    trade_offs = [(label, point) for label, point in trade_offs if point is not None]
+    ranks = [(f"{s['run']} ({s.get('adapter method', '?')})", spectrum_ranks(run)) for s, run in zip(summaries, runs)]
+    ranks = [(label, values) for label, values in ranks if values]
+    rows = len(runs) + (1 if trade_offs or ranks else 0)
+    figure, axes = plt.subplots(rows, 2, figsize=(9, 3.2 * rows), squeeze=False)
+    if trade_offs or ranks:  # the last row: across runs
+        axis = axes[-1][0]
+        for label, (forgetting, learning) in trade_offs:  # learning against forgetting, one point per run
+            axis.scatter([forgetting], [learning], s=30)
+            axis.annotate(label, (forgetting, learning), fontsize="small", xytext=(4, 4), textcoords="offset points")
+        axis.set(title="learning against forgetting", xlabel="source/forgetting (source loss rise)",
+                 ylabel="target score (val, last)")
+        axis = axes[-1][1]
+        for index, (label, values) in enumerate(ranks):  # the update's rank at 90% energy, one column per run
+            axis.scatter([index] * len(values), values, s=12, alpha=0.6)
+        axis.set_xticks(range(len(ranks)), [label for label, _ in ranks], fontsize="small", rotation=15)
+        axis.set(title="rank at 90% of the update's energy, per module", ylabel="rank")
     for (curves_axis, updates_axis), run in zip(axes, runs):
         summary = summarise_run(run)
         label = f"{summary['run']} ({summary.get('adapter method', '?')})"

@@ -166,6 +166,15 @@ def caption_tokens(text: str) -> list[str]:
 # ---------------------------------------------------------------- datasets
 
 
+def make_source_text(root: Path, rng: random.Random, scenes: dict[int, Scene], n: int) -> int:
+    """``source/captions.jsonl``: held-out text of the source domain (captions of the val images, which no training
+    set holds), one ``{"text": ...}`` a line, for measuring what a fine-tuned language model forgets."""
+    texts = [caption for scene in scenes.values() for caption in captions(scene, rng)[:2]][:n]
+    write_json_lines(root / "source" / "captions.jsonl", [{"text": text} for text in texts])
+    return len(texts)
+
+
+
 def make_coco_images(root: Path, rng: random.Random, split: str, first_id: int, n: int) -> dict[int, Scene]:
     scenes = {}
     for image_id in range(first_id, first_id + n):
@@ -943,6 +952,7 @@ def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: boo
     make_textvqa(root, rng("textvqa"), 30 * scale)
     make_llava_multi_image(root, rng("llava-multi-image"), coco["train2014"], 24 * scale)
     ocr = make_ocr(root / "ocr", rng("ocr"), scale)
+    source_texts = make_source_text(root, rng("source"), coco["val2014"], 64 * scale)
     video_counts = {}
     if videos:
         make_msrvtt_qa(root, rng("msrvtt"), {"train": 64 * scale, "val": 16 * scale})
@@ -973,6 +983,7 @@ def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: boo
         "mmbench": {"questions": 16 * scale},
         "textvqa": {"val_questions": 30 * scale},
         "ocr": ocr,
+        "source_texts": source_texts,
         "videos": videos,
         **video_counts,
     }
@@ -1017,6 +1028,8 @@ textvqa/TextVQA_Rosetta_OCR_v0.2_val.json                           Rosetta OCR 
 ocr/textvqa/TextVQA_0.5.1_{{train,val}}.json, ocr/textvqa/train_images/  OCR sample: a word of 12 written on a sign,
 ocr/docvqa/{{train,val}}_v1.0.json, ocr/docvqa/documents/*.png        a form (title word, number), a book cover
 ocr/ocrvqa/dataset.json, ocr/ocrvqa/images/<id>.jpg                   (title word; genre by colour), 64x64
+source/captions.jsonl                                               held-out source-domain text ({{"text": ...}} a
+                                                                    line: val-image captions) for forgetting
 {video_line}manifest.json                                                       counts and the numbers below
 
 VQAv2: {vqa['train_questions']} train / {vqa['val_questions']} val questions; train and val images are disjoint.

@@ -1,0 +1,219 @@
+"""Run one recipe over a grid of methods and settings, one run folder per trial, and tabulate them.
+
+    mmft sweep configs/sweeps/tiny_llava_methods_lr.yaml --out runs/sweep_tiny_llava
+    mmft sweep GRID --dry-run              # the trials and their commands, nothing run
+
+GRID is a YAML file:
+
+    recipe: configs/tiny/llava.yaml            # the recipe every trial starts from
+    methods: [full, lora, dora]                # each trial composes configs/methods/<method>.yaml
+    grid:                                      # config keys (as on the mmft fit command line) -> values
+      model.init_args.optimizer.init_args.lr: [2.0e-4, 1.0e-3, 5.0e-3]
+
+Each trial is ``mmft fit`` in a process of its own, in ``<out>/<trial>``; trials run one after another (``--parallel
+N`` runs N at a time, each with its own ``CUDA_VISIBLE_DEVICES`` from ``--gpus`` when given). A finished trial writes
+``trial.json`` into its folder; a sweep started again skips those, resumes a trial that has a ``last.ckpt`` from it,
+and starts the others, so a killed sweep resumes where it stopped. ``<out>/sweep.md`` and ``<out>/sweep.json`` hold the
+table: per trial its target score (``val/average``, or the only ``val/`` score), forgetting (``source/forgetting``),
+the median rank at 90% of the update's energy, speed and peak memory; and the best trial of each method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import queue
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmft.errors import InputError
+from mmft.files import write_json_atomic
+from mmft.tools import compare
+
+TRIAL_FILE = "trial.json"
+METHODS_FOLDER = Path("configs") / "methods"
+
+
+class SweepError(InputError, ValueError):
+    """The grid file cannot be used; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of the grid: a method and a value per grid key."""
+
+    method: str
+    settings: tuple[tuple[str, Any], ...]
+
+    @property
+    def name(self) -> str:
+        parts = [self.method] + [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in self.settings]
+        return re.sub(r"[^A-Za-z0-9_.=-]", "_", "_".join(parts))
+
+    def fit_args(self, recipe: str, folder: Path) -> list[str]:
+        args = ["fit", "--config", recipe, "--config", str(METHODS_FOLDER / f"{self.method}.yaml")]
+        for key, value in self.settings:
+            args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+        return args + ["--trainer.default_root_dir", str(folder)]
+
+
+def read_grid(path: Path) -> tuple[str, list[Trial]]:
+    """The recipe and the trials of a grid file (every method crossed with every combination of values)."""
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise SweepError(f"{path}: cannot read the grid ({error})") from None
+    if not isinstance(spec, dict) or set(spec) - {"recipe", "methods", "grid"}:
+        raise SweepError(f"{path}: expected a mapping with recipe, methods and grid")
+    recipe, methods, grid = spec.get("recipe"), spec.get("methods"), spec.get("grid") or {}
+    if not isinstance(recipe, str) or not Path(recipe).is_file():
+        raise SweepError(f"{path}: recipe={recipe!r} is not a config file")
+    if not isinstance(methods, list) or not methods:
+        raise SweepError(f"{path}: methods must be a non-empty list (names of configs/methods/*.yaml)")
+    for method in methods:
+        if not (METHODS_FOLDER / f"{method}.yaml").is_file():
+            known = sorted(p.stem for p in METHODS_FOLDER.glob("*.yaml"))
+            raise SweepError(f"{path}: method {method!r} has no {METHODS_FOLDER}/{method}.yaml (known: {known})")
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise SweepError(f"{path}: grid must map config keys to non-empty lists of values")
+    keys = sorted(grid)
+    trials = [Trial(method, tuple(zip(keys, values)))
+              for method in methods for values in itertools.product(*(grid[k] for k in keys))]
+    return recipe, trials
+
+
+def trial_state(folder: Path) -> str:
+    """``done`` (its trial.json says so), ``resume`` (a last.ckpt to go on from) or ``new``."""
+    record = folder / TRIAL_FILE
+    if record.is_file() and json.loads(record.read_text()).get("status") == "done":
+        return "done"
+    return "resume" if (folder / "checkpoints" / "last.ckpt").is_file() else "new"
+
+
+def run_trial(trial: Trial, recipe: str, out: Path, extra: list[str], gpu: str | None) -> dict[str, Any]:
+    """Fit one trial in its own process (resuming it when it has a last.ckpt); record how it ended."""
+    folder = out / trial.name
+    state = trial_state(folder)
+    if state == "done":
+        return json.loads((folder / TRIAL_FILE).read_text())
+    args = trial.fit_args(recipe, folder) + extra
+    if state == "resume":
+        args += ["--ckpt_path", str(folder / "checkpoints" / "last.ckpt")]
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+    with open(folder / "sweep_fit.log", "a", encoding="utf-8") as log:
+        code = subprocess.run([sys.executable, "-m", "mmft.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                              env=env, check=False).returncode
+    record = {"trial": trial.name, "method": trial.method, "settings": dict(trial.settings),
+              "status": "done" if code == 0 else "failed", "exit_code": code, "resumed": state == "resume",
+              "command": ["mmft", *args]}
+    write_json_atomic(folder / TRIAL_FILE, record)
+    return record
+
+
+def trial_row(record: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The table row of one trial: its settings and the numbers its run folder logged."""
+    row = {"trial": record["trial"], "method": record["method"], **record["settings"], "status": record["status"]}
+    folder = out / record["trial"]
+    if record["status"] != "done":
+        return row
+    summary = compare.summarise_run(folder)
+    trade_off = compare.learning_and_forgetting(summary)
+    target = next((summary[k] for k in ("val/average (best)",) if k in summary), None)
+    if target is None:
+        scores = [k for k in summary if k.startswith("val/") and k.endswith("(best)") and "loss" not in k]
+        target = summary[scores[0]] if len(scores) == 1 else None
+    ranks = sorted(compare.spectrum_ranks(folder))
+    row.update({
+        "target (best val)": target,
+        "forgetting (source loss rise)": trade_off[0] if trade_off else None,
+        "rank at 90% (median)": ranks[len(ranks) // 2] if ranks else None,
+        "samples/s": summary.get("perf/train_samples_per_s"),
+        **{k: v for k, v in summary.items() if k.startswith("perf/train_peak")},
+    })
+    return row
+
+
+def best_per_method(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each method's trial with the highest target score."""
+    best: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        score = row.get("target (best val)")
+        if score is None or (isinstance(score, float) and math.isnan(score)):
+            continue
+        if row["method"] not in best or score > best[row["method"]]["target (best val)"]:
+            best[row["method"]] = row
+    return best
+
+
+def markdown(rows: list[dict[str, Any]], best: dict[str, dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(compare.fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["", "Best trial per method (highest target score):", ""]
+    lines += [f"- {method}: {row['trial']} ({compare.fmt(row['target (best val)'])})" for method, row in best.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mmft sweep``."""
+    parser = argparse.ArgumentParser(prog="mmft sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("grid", type=Path, help="the grid file (YAML: recipe, methods, grid)")
+    parser.add_argument("--out", type=Path, help="the sweep's folder (default: runs/sweep_<grid file name>)")
+    parser.add_argument("--parallel", type=int, default=1, help="trials run at once (default: 1)")
+    parser.add_argument("--gpus", help="comma-separated CUDA devices, one per parallel slot (e.g. 0,1,2,3)")
+    parser.add_argument("--dry-run", action="store_true", help="print the trials and their commands, run nothing")
+    parser.epilog = "Arguments after -- go to every trial's mmft fit (e.g. -- --trainer.max_epochs 2)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    try:
+        recipe, trials = read_grid(args.grid)
+    except SweepError as error:
+        print(f"mmft sweep: {error}", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / f"sweep_{args.grid.stem}"
+    if args.dry_run:
+        for trial in trials:
+            state = trial_state(out / trial.name)
+            print(f"{trial.name} [{state}]: mmft {' '.join(trial.fit_args(recipe, out / trial.name) + extra)}")
+        return 0
+    slots = max(1, args.parallel)
+    free_gpus: queue.Queue[str | None] = queue.Queue()
+    for slot in range(slots):  # a running trial holds its device until it ends
+        free_gpus.put(args.gpus.split(",")[slot % len(args.gpus.split(","))] if args.gpus else None)
+
+    def run(index_trial: tuple[int, Trial]) -> dict[str, Any]:
+        index, trial = index_trial
+        gpu = free_gpus.get()
+        try:
+            print(f"mmft sweep: trial {index + 1}/{len(trials)} {trial.name} ({trial_state(out / trial.name)})"
+                  + (f" on CUDA device {gpu}" if gpu is not None else ""), flush=True)
+            return run_trial(trial, recipe, out, extra, gpu)
+        finally:
+            free_gpus.put(gpu)
+
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        records = list(pool.map(run, enumerate(trials)))
+    rows = [trial_row(record, out) for record in records]
+    best = best_per_method(rows)
+    table = markdown(rows, best)
+    (out / "sweep.md").write_text(table, encoding="utf-8")
+    write_json_atomic(out / "sweep.json", {"recipe": recipe, "trials": rows, "best": best})
+    print(table)
+    failed = [r["trial"] for r in records if r["status"] != "done"]
+    if failed:
+        print(f"mmft sweep: {len(failed)} trial(s) failed: {failed} (see their sweep_fit.log)", file=sys.stderr)
+    return 1 if failed else 0
