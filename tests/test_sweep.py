@@ -100,3 +100,27 @@ def test_a_trial_with_a_last_checkpoint_is_resumed_from_it_and_a_failed_one_is_r
     assert sweep.trial_state(folder) == "resume"  # a failed trial is tried again by the next sweep
     assert sweep.trial_row(record, tmp_path) == {"trial": trial.name, "method": "lora",
                                                  "model.init_args.optimizer.init_args.lr": 0.001, "status": "failed"}
+
+
+@pytest.mark.slow
+def test_two_workers_share_an_optuna_study_and_run_each_trial_once(tmp_path, sample_data):
+    """Two worker processes on one study (SQLite): the grid's two trials each run once, by one worker or the other,
+    and both workers write the whole table."""
+    workdir = make_workdir(tmp_path, sample_data, SHORT)
+    (workdir / "grid.yaml").write_text(yaml.safe_dump(GRID))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "mmft.cli", "sweep", "grid.yaml", "--out", "runs/sweep", "--engine", "optuna",
+               "--storage", f"sqlite:///{tmp_path / 'study.db'}", "--", "--config", "short.yaml"]
+    workers = [subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(2)]
+    outputs = [worker.communicate(timeout=400)[0] for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    out = workdir / "runs" / "sweep"
+    for name in ("lora_lr=0.001", "full_lr=0.001"):
+        assert json.loads((out / name / sweep.TRIAL_FILE).read_text())["status"] == "done"
+        assert not (out / name / "csv" / "version_1").exists()  # fitted once
+    started = [line for output in outputs for line in output.splitlines() if "(new)" in line]
+    assert sorted(line.split()[4] for line in started) == ["full_lr=0.001", "lora_lr=0.001"]
+    table = json.loads((out / "sweep.json").read_text())
+    assert {row["trial"] for row in table["trials"]} == {"lora_lr=0.001", "full_lr=0.001"}

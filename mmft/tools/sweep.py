@@ -13,9 +13,20 @@ GRID is a YAML file:
 Each trial is ``mmft fit`` in a process of its own, in ``<out>/<trial>``; trials run one after another (``--parallel
 N`` runs N at a time, each with its own ``CUDA_VISIBLE_DEVICES`` from ``--gpus`` when given). A finished trial writes
 ``trial.json`` into its folder; a sweep started again skips those, resumes a trial that has a ``last.ckpt`` from it,
-and starts the others, so a killed sweep resumes where it stopped. ``<out>/sweep.md`` and ``<out>/sweep.json`` hold the
-table: per trial its target score (``val/average``, or the only ``val/`` score), forgetting (``source/forgetting``),
-the median rank at 90% of the update's energy, speed and peak memory; and the best trial of each method.
+and starts the others, so a killed sweep resumes where it stopped.
+
+Several machines: ``--engine optuna --storage URL`` makes the grid an Optuna study (``GridSampler``) in a database
+every machine reaches (``sqlite:///...`` on a shared file system, or PostgreSQL / MySQL); start the same command on
+each machine (its GPUs by ``--gpus`` / ``--parallel``) and each takes the next grid point no one has taken, into the
+shared ``--out`` folder. Optuna's heartbeat marks a trial whose machine died as failed after two minutes and puts its
+grid point back (``RetryFailedTrialCallback``); it resumes from its ``last.ckpt``. A trial is claimed by the worker
+running it (``.sweep_trial.lock`` in its folder), so a grid point Optuna hands out twice near the end of a study runs
+once; a worker ends when the grid is used up, and its table shows the trials still running elsewhere. A claim left
+by a machine that died is cleared when a sweep restarts on that machine (or by deleting the file).
+
+``<out>/sweep.md`` and ``<out>/sweep.json`` hold the table: per trial its target score (``val/average``, or the only
+``val/`` score), forgetting (``source/forgetting``), the median rank at 90% of the update's energy, speed and peak
+memory; and the best trial of each method.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import queue
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +50,11 @@ import yaml
 
 from mmft.errors import InputError
 from mmft.files import write_json_atomic
+from mmft.run_folder import RunFolderLock, RunFolderLocked
 from mmft.tools import compare
 
 TRIAL_FILE = "trial.json"
+CLAIM_FILE = ".sweep_trial.lock"
 METHODS_FOLDER = Path("configs") / "methods"
 
 
@@ -101,10 +115,26 @@ def trial_state(folder: Path) -> str:
 
 
 def run_trial(trial: Trial, recipe: str, out: Path, extra: list[str], gpu: str | None) -> dict[str, Any]:
-    """Fit one trial in its own process (resuming it when it has a last.ckpt); record how it ended."""
+    """Fit one trial in its own process (resuming it when it has a last.ckpt); record how it ended. A trial another
+    sweep worker is running is left to it (``status: running``, nothing written)."""
     folder = out / trial.name
+    if trial_state(folder) == "done":
+        return json.loads((folder / TRIAL_FILE).read_text())
+    claim = RunFolderLock(folder)
+    claim.path = folder / CLAIM_FILE  # held by the sweep worker from the fit's start to its trial.json
+    try:
+        claim.acquire()
+    except RunFolderLocked:
+        return {"trial": trial.name, "method": trial.method, "settings": dict(trial.settings), "status": "running"}
+    try:
+        return _fit_trial(trial, recipe, folder, extra, gpu)
+    finally:
+        claim.release()
+
+
+def _fit_trial(trial: Trial, recipe: str, folder: Path, extra: list[str], gpu: str | None) -> dict[str, Any]:
     state = trial_state(folder)
-    if state == "done":
+    if state == "done":  # finished by another worker while this one waited for the claim
         return json.loads((folder / TRIAL_FILE).read_text())
     args = trial.fit_args(recipe, folder) + extra
     if state == "resume":
@@ -167,6 +197,49 @@ def markdown(rows: list[dict[str, Any]], best: dict[str, dict[str, Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
+def target_score(trial: Trial, out: Path) -> float:
+    """The trial's target score (``target (best val)``), NaN when it has none."""
+    record = json.loads((out / trial.name / TRIAL_FILE).read_text())
+    if record["status"] != "done":
+        raise RuntimeError(f"trial {trial.name} failed (exit code {record['exit_code']}): see its sweep_fit.log")
+    score = trial_row(record, out).get("target (best val)")
+    return math.nan if score is None else float(score)
+
+
+def run_with_optuna(trials: list[Trial], run: Any, out: Path, storage: str, study_name: str, slots: int) -> None:
+    """Every grid point through an Optuna study shared by all workers (see the module docstring)."""
+    try:
+        import optuna
+        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    except ImportError:
+        raise SweepError("--engine optuna needs Optuna: pip install 'mmft[sweep]'") from None
+    methods = list(dict.fromkeys(t.method for t in trials))
+    keys = [key for key, _ in trials[0].settings]
+    space = {"method": methods, **{key: list(dict.fromkeys(dict(t.settings)[key] for t in trials)) for key in keys}}
+    by_params = {(t.method, *(v for _, v in t.settings)): t for t in trials}
+    for attempt in range(5):  # workers started together race to create the database's tables: the losers retry
+        try:
+            database = RDBStorage(storage, heartbeat_interval=30, grace_period=120,
+                                  failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+            study = optuna.create_study(study_name=study_name, storage=database, direction="maximize",
+                                        load_if_exists=True, sampler=optuna.samplers.GridSampler(space, seed=0))
+            break
+        except Exception as error:  # SQLAlchemy's errors for a table or study another worker just created
+            if attempt == 4 or "exist" not in str(error).lower() and "locked" not in str(error).lower():
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+    def objective(optuna_trial: Any) -> float:
+        params = tuple(optuna_trial.suggest_categorical(name, choices) for name, choices in space.items())
+        trial = by_params[params]
+        if run((trials.index(trial), trial))["status"] == "running":  # a duplicate of a grid point in progress
+            raise optuna.TrialPruned(f"{trial.name} is running in another worker")
+        return target_score(trial, out)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_jobs=slots, catch=(RuntimeError,))
+
+
 def main(argv: list[str] | None = None) -> int:
     """``mmft sweep``."""
     parser = argparse.ArgumentParser(prog="mmft sweep", description=__doc__.split("\n\n")[0])
@@ -175,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=1, help="trials run at once (default: 1)")
     parser.add_argument("--gpus", help="comma-separated CUDA devices, one per parallel slot (e.g. 0,1,2,3)")
     parser.add_argument("--dry-run", action="store_true", help="print the trials and their commands, run nothing")
+    parser.add_argument("--engine", choices=["local", "optuna"], default="local",
+                        help="local: this machine runs the grid; optuna: workers on several machines share it")
+    parser.add_argument("--storage", help="with --engine optuna: the study's database URL (e.g. sqlite:///sweep.db)")
+    parser.add_argument("--study", help="with --engine optuna: the study's name (default: the --out folder's name)")
     parser.epilog = "Arguments after -- go to every trial's mmft fit (e.g. -- --trainer.max_epochs 2)."
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -205,15 +282,28 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             free_gpus.put(gpu)
 
-    with ThreadPoolExecutor(max_workers=slots) as pool:
-        records = list(pool.map(run, enumerate(trials)))
+    if args.engine == "optuna":
+        if not args.storage:
+            print("mmft sweep: --engine optuna needs --storage (a database URL every worker reaches)", file=sys.stderr)
+            return 2
+        try:
+            run_with_optuna(trials, run, out, args.storage, args.study or out.name, slots)
+        except SweepError as error:
+            print(f"mmft sweep: {error}", file=sys.stderr)
+            return 2
+        records = [json.loads((out / t.name / TRIAL_FILE).read_text()) if (out / t.name / TRIAL_FILE).is_file()
+                   else {"trial": t.name, "method": t.method, "settings": dict(t.settings), "status": "running"}
+                   for t in trials]
+    else:
+        with ThreadPoolExecutor(max_workers=slots) as pool:
+            records = list(pool.map(run, enumerate(trials)))
     rows = [trial_row(record, out) for record in records]
     best = best_per_method(rows)
     table = markdown(rows, best)
     (out / "sweep.md").write_text(table, encoding="utf-8")
     write_json_atomic(out / "sweep.json", {"recipe": recipe, "trials": rows, "best": best})
     print(table)
-    failed = [r["trial"] for r in records if r["status"] != "done"]
+    failed = [r["trial"] for r in records if r["status"] == "failed"]
     if failed:
         print(f"mmft sweep: {len(failed)} trial(s) failed: {failed} (see their sweep_fit.log)", file=sys.stderr)
     return 1 if failed else 0
