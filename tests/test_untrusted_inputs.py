@@ -297,7 +297,7 @@ def test_each_tools_help_says_what_it_does_in_whole_sentences(tool):
 def shipped_runs() -> list[list[str]]:
     """Every shipped recipe alone, and composed with every overlay, method and evaluation config."""
     configs = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
-    parts = ("/overlays/", "/methods/", "/eval/", "/tokenizer/")
+    parts = ("/overlays/", "/methods/", "/eval/", "/tokenizer/", "/sweeps/")
     recipes = [c for c in configs if not any(part in c for part in parts)]
     runs = [[recipe] for recipe in recipes]
     runs += [["configs/tiny/llava_dora.yaml", c] for c in configs if c.startswith("configs/tiny/overlays/")]

@@ -47,9 +47,10 @@ class WeightUpdates(Callback):
             raise ValueError("WeightUpdates (trainer.callbacks) reads whole weights on rank 0, which a model sharded "
                              "by FSDP does not hold: remove it from trainer.callbacks, or train with strategy ddp")
         try:  # a typo in ``modules`` fails now, not after the first epoch
-            if fully_trained_modules(pl_module.model):  # W0 now, before a checkpoint's weights are restored
+            network = getattr(pl_module, "model", pl_module)
+            if fully_trained_modules(network):  # W0 now, before a checkpoint's weights are restored
                 self.pretrained = {f"model.{name}": weight
-                                   for name, weight in pretrained_weights(pl_module.model, self.modules).items()}
+                                   for name, weight in pretrained_weights(network, self.modules).items()}
             else:
                 select_adapted(pl_module, self.modules)
         except ValueError as error:

@@ -19,7 +19,7 @@ Several machines: ``--engine optuna --storage URL`` makes the grid an Optuna stu
 every machine reaches (``sqlite:///...`` on a shared file system, or PostgreSQL / MySQL); start the same command on
 each machine (its GPUs by ``--gpus`` / ``--parallel``) and each takes the next grid point no one has taken, into the
 shared ``--out`` folder. Optuna's heartbeat marks a trial whose machine died as failed after two minutes and puts its
-grid point back (``RetryFailedTrialCallback``); it resumes from its ``last.ckpt``. A trial is claimed by the worker
+grid point back (``RetryHeartbeatStaleTrialCallback``); it resumes from its ``last.ckpt``. A trial is claimed by the worker
 running it (``.sweep_trial.lock`` in its folder), so a grid point Optuna hands out twice near the end of a study runs
 once; a worker ends when the grid is used up, and its table shows the trials still running elsewhere. A claim left
 by a machine that died is cleared when a sweep restarts on that machine (or by deleting the file).
@@ -41,6 +41,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,7 +211,7 @@ def run_with_optuna(trials: list[Trial], run: Any, out: Path, storage: str, stud
     """Every grid point through an Optuna study shared by all workers (see the module docstring)."""
     try:
         import optuna
-        from optuna.storages import RDBStorage, RetryFailedTrialCallback
+        from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     except ImportError:
         raise SweepError("--engine optuna needs Optuna: pip install 'mmft[sweep]'") from None
     methods = list(dict.fromkeys(t.method for t in trials))
@@ -219,8 +220,12 @@ def run_with_optuna(trials: list[Trial], run: Any, out: Path, storage: str, stud
     by_params = {(t.method, *(v for _, v in t.settings)): t for t in trials}
     for attempt in range(5):  # workers started together race to create the database's tables: the losers retry
         try:
-            database = RDBStorage(storage, heartbeat_interval=30, grace_period=120,
-                                  failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+            # SQLite: writers wait for each other's locks (30 s) instead of failing at once
+            engine = {"connect_args": {"timeout": 30}} if storage.startswith("sqlite") else None
+            with warnings.catch_warnings():  # the heartbeat is "experimental" in Optuna, and has been since 2.8
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                database = RDBStorage(storage, engine_kwargs=engine, heartbeat_interval=30, grace_period=120,
+                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
             study = optuna.create_study(study_name=study_name, storage=database, direction="maximize",
                                         load_if_exists=True, sampler=optuna.samplers.GridSampler(space, seed=0))
             break
