@@ -18,10 +18,10 @@ and starts the others, so a killed sweep resumes where it stopped.
 Several machines: ``--engine optuna --storage URL`` makes the grid an Optuna study (``GridSampler``) in a database
 every machine reaches (``sqlite:///...`` on a shared file system, or PostgreSQL / MySQL); start the same command on
 each machine (its GPUs by ``--gpus`` / ``--parallel``) and each takes the next grid point no one has taken, into the
-shared ``--out`` folder. Optuna's heartbeat marks a trial whose machine died as failed after two minutes and puts its
-grid point back (``RetryHeartbeatStaleTrialCallback``); it resumes from its ``last.ckpt``. A trial is claimed by the worker
-running it (``.sweep_trial.lock`` in its folder), so a grid point Optuna hands out twice near the end of a study runs
-once; a worker ends when the grid is used up, and its table shows the trials still running elsewhere. A claim left
+shared ``--out`` folder. Optuna's heartbeat marks a trial whose machine died as failed after two minutes and puts
+its grid point back (``RetryHeartbeatStaleTrialCallback``); it resumes from its ``last.ckpt``. A trial is claimed by
+the worker running it (``.sweep_trial.lock`` in its folder), so a grid point Optuna hands out twice near the end of a
+study runs once; a worker ends when the grid is used up, and its table shows the trials still running elsewhere. A claim left
 by a machine that died is cleared when a sweep restarts on that machine (or by deleting the file).
 
 ``<out>/sweep.md`` and ``<out>/sweep.json`` hold the table: per trial its target score (``val/average``, or the only
