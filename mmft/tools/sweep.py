@@ -21,8 +21,8 @@ each machine (its GPUs by ``--gpus`` / ``--parallel``) and each takes the next g
 shared ``--out`` folder. Optuna's heartbeat marks a trial whose machine died as failed after two minutes and puts
 its grid point back (``RetryHeartbeatStaleTrialCallback``); it resumes from its ``last.ckpt``. A trial is claimed by
 the worker running it (``.sweep_trial.lock`` in its folder), so a grid point Optuna hands out twice near the end of a
-study runs once; a worker ends when the grid is used up, and its table shows the trials still running elsewhere. A claim left
-by a machine that died is cleared when a sweep restarts on that machine (or by deleting the file).
+study runs once; a worker ends when the grid is used up, and its table shows the trials still running elsewhere. A
+claim left by a machine that died is cleared when a sweep restarts on that machine (or by deleting the file).
 
 ``<out>/sweep.md`` and ``<out>/sweep.json`` hold the table: per trial its target score (``val/average``, or the only
 ``val/`` score), forgetting (``source/forgetting``), the median rank at 90% of the update's energy, speed and peak
