@@ -212,6 +212,7 @@ def run_with_optuna(trials: list[Trial], run: Any, out: Path, storage: str, stud
     try:
         import optuna
         from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+        from sqlalchemy.exc import SQLAlchemyError
     except ImportError:
         raise SweepError("--engine optuna needs Optuna: pip install 'mmft[sweep]'") from None
     methods = list(dict.fromkeys(t.method for t in trials))
@@ -229,8 +230,8 @@ def run_with_optuna(trials: list[Trial], run: Any, out: Path, storage: str, stud
             study = optuna.create_study(study_name=study_name, storage=database, direction="maximize",
                                         load_if_exists=True, sampler=optuna.samplers.GridSampler(space, seed=0))
             break
-        except Exception as error:  # SQLAlchemy's errors for a table or study another worker just created
-            if attempt == 4 or "exist" not in str(error).lower() and "locked" not in str(error).lower():
+        except SQLAlchemyError:  # a table, schema version or study another worker created at the same moment
+            if attempt == 4:
                 raise
             time.sleep(0.5 * (attempt + 1))
 
