@@ -160,7 +160,7 @@ def trial_row(record: dict[str, Any], out: Path) -> dict[str, Any]:
         return row
     summary = compare.summarise_run(folder)
     trade_off = compare.learning_and_forgetting(summary)
-    target = next((summary[k] for k in ("val/average (best)",) if k in summary), None)
+    target = summary.get("val/average (best)")
     if target is None:
         scores = [k for k in summary if k.startswith("val/") and k.endswith("(best)") and "loss" not in k]
         target = summary[scores[0]] if len(scores) == 1 else None
