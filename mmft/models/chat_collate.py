@@ -20,9 +20,9 @@ Over-long conversations lose whole earlier exchanges (question and reply), oldes
 last question, its answer and the answer's end of turn are never cut, and a conversation whose images are placed by
 markers in its turns is never shortened. :meth:`ChatCollate.check_length` estimates each example's length from its
 text and a probe image's visual tokens, so the DataModule counts the shortened examples and drops or refuses those
-that cannot fit when it reads the data; a batch whose real length (dynamic-resolution images and videos may come out
-longer than the estimate) is still over ``max_length`` loses further exchanges, and is refused, naming the record,
-only when nothing more can go.
+that cannot fit when it reads the data. The collate cuts by the real length (dynamic-resolution images and videos
+may come out longer than the estimate): only a row over ``max_length`` is rendered again, without as few earliest
+exchanges as make it fit, and it is refused, naming the record, only when nothing more can go.
 """
 
 from __future__ import annotations
@@ -112,25 +112,23 @@ class ChatCollate:
         batch: dict[str, Any] = batch_metadata(examples)
         training = all(e.turns and e.turns[-1].role == "assistant" for e in examples)
         images = [self._images(s) for s in samples]  # one list per sample: SmolVLM checks them per prompt
-        estimated = [self._exchanges_to_drop(e, training) for e in examples]
-        dropped = [self._most_droppable(e, training) if d is None else d for e, d in zip(examples, estimated)]
+        dropped = [0] * len(samples)
         rendered, encoded = self._encode(samples, images, dropped, training)
         lengths = encoded["attention_mask"].sum(dim=1).tolist()
-        if any(n > self.max_length for n in lengths) or any(dropped):
-            # the real visual tokens are known now: the fewest exchanges each row must lose, by its real length
-            visual = [length - self._text_length(text) for length, (text, _) in zip(lengths, rendered)]
-            exact = [self._exchanges_that_fit(sample, training, tokens) for sample, tokens in zip(samples, visual)]
-            for sample, fits, tokens in zip(samples, exact, visual):
-                if fits is None:
-                    kept, _ = self._render(sample, not training, self._most_droppable(sample.example, training))
-                    length = self._text_length(kept) + tokens
-                    raise CollateError(self._too_long(sample.example, length, training, measured=True))
-            if exact != dropped:
-                dropped = exact
-                rendered, encoded = self._encode(samples, images, dropped, training)
-                for sample, length in zip(samples, encoded["attention_mask"].sum(dim=1).tolist()):
-                    if length > self.max_length:
-                        raise CollateError(self._too_long(sample.example, length, training, measured=True))
+        over = [i for i, length in enumerate(lengths) if length > self.max_length]
+        for i in over:  # the real visual tokens are known now: the fewest exchanges the row must lose
+            visual = lengths[i] - self._text_length(rendered[i][0])
+            fits = self._exchanges_that_fit(samples[i], training, visual)
+            if fits is None:
+                kept, _ = self._render(samples[i], not training, self._most_droppable(examples[i], training))
+                raise CollateError(self._too_long(examples[i], self._text_length(kept) + visual, training,
+                                                  measured=True))
+            dropped[i] = fits
+        if over:
+            rendered, encoded = self._encode(samples, images, dropped, training)
+            for example, length in zip(examples, encoded["attention_mask"].sum(dim=1).tolist()):
+                if length > self.max_length:
+                    raise CollateError(self._too_long(example, length, training, measured=True))
         batch["media"] = {k: v for k, v in encoded.items() if k not in MEDIA_KEYS_SKIPPED}
         type_keys = [key for key in TOKEN_TYPE_KEYS if key in encoded]
         rows, types = [], {key: [] for key in type_keys}
