@@ -115,6 +115,7 @@ def test_learning_forgetting_and_spectrum_ranks_are_read_from_each_run(tmp_path,
     summary = compare.summarise_run(full)
     assert (summary["source/loss (before)"], summary["source/loss (last)"]) == (2.0, 2.5)
     assert compare.learning_and_forgetting(summary) == (0.5, 0.6)
+    assert (compare.target_score(summary, "best"), compare.target_score(summary, "last")) == (0.6, 0.6)
     lora = write_run(tmp_path / "lora", "lora", 10.0, (0.4, 0.3))
     assert compare.learning_and_forgetting(compare.summarise_run(lora)) is None  # no source scores logged
     full.joinpath("update_spectrum.json").write_text(json.dumps({"modules": {"q": {"rank_90": 30},

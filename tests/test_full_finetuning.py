@@ -144,3 +144,20 @@ def test_full_fine_tuning_resumes_exactly_checkpoints_only_its_tensors_and_expor
         torch.testing.assert_close(merged(**straight._inputs(batch, prompt=False)).logits, expected,
                                    atol=1e-6, rtol=1e-5)
 
+
+
+def test_the_weights_before_training_are_copied_once_for_every_callback():
+    """WeightUpdates and UpdateSpectra both ask for W0: one copy serves both, named as in the module they are given
+    (a LightningModule's ``model.`` prefix, or none for a bare network)."""
+    from mmft.analysis.updates import pretrained_snapshot
+
+    model = tiny_llama()
+    apply_adapters(model, full(target_modules=["q_proj", "v_proj"]))
+    first, second = pretrained_snapshot(model, ["q_proj"]), pretrained_snapshot(model)
+    assert sorted(first) == ["model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    assert all(first[name] is second[name] for name in first) and len(second) == 4
+    holder = torch.nn.Module()
+    holder.model = model
+    assert pretrained_snapshot(holder, ["q_proj"]).keys() == {f"model.{name}" for name in first}
+    with pytest.raises(ValueError, match="no fully trained Linear layer matches"):
+        pretrained_snapshot(model, ["k_proj"])

@@ -124,3 +124,13 @@ def test_two_workers_share_an_optuna_study_and_run_each_trial_once(tmp_path, sam
     assert sorted(line.split()[4] for line in started) == ["full_lr=0.001", "lora_lr=0.001"]
     table = json.loads((out / "sweep.json").read_text())
     assert {row["trial"] for row in table["trials"]} == {"lora_lr=0.001", "full_lr=0.001"}
+
+
+def test_a_damaged_trial_record_is_named_not_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(GRID))
+    (tmp_path / "out" / "lora_lr=0.001").mkdir(parents=True)
+    (tmp_path / "out" / "lora_lr=0.001" / sweep.TRIAL_FILE).write_text("{not json")
+    assert sweep.main([str(grid), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "trial.json: not a trial record" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from .inject import (
     find_adapted_modules,
     find_adapted_parameters,
     fully_trained_modules,
+    has_adapters,
 )
 from .layers import AdaptedLinear, dora_weight_norm
 from .merge import merge_adapters, unmerge_adapters
@@ -38,6 +39,7 @@ __all__ = [
     "find_adapted_modules",
     "find_adapted_parameters",
     "fully_trained_modules",
+    "has_adapters",
     "frozen_weights_hash",
     "load_adapters",
     "merge_adapters",

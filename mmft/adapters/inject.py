@@ -118,6 +118,11 @@ def find_adapted_parameters(model: nn.Module) -> dict[str, AdaptedParameters]:
     return {name: m for name, m in model.named_modules() if isinstance(m, AdaptedParameters)}
 
 
+def has_adapters(model: nn.Module) -> bool:
+    """Whether ``model`` holds unmerged mmft adapters (on Linear layers or on parameters)."""
+    return bool(find_adapted_modules(model) or find_adapted_parameters(model))
+
+
 def adapter_config_of(model: nn.Module) -> AdapterConfig:
     """The AdapterConfig that `apply_adapters` used on ``model``."""
     config = getattr(model, CONFIG_ATTRIBUTE, None)
@@ -205,7 +210,7 @@ def apply_adapters(model: nn.Module, config: AdapterConfig) -> AdapterReport:
 
     Trainable afterwards: the adapter parameters, the ``modules_to_save`` and the biases chosen by ``config.bias``.
     """
-    if find_adapted_modules(model) or find_adapted_parameters(model):
+    if has_adapters(model):
         raise AdapterError(
             "this model already has mmft adapters; apply_adapters works on a model without them "
             "(use load_adapters to load weights into an adapted model)"

@@ -30,6 +30,7 @@ from .inject import (
     apply_adapters,
     find_adapted_modules,
     find_adapted_parameters,
+    has_adapters,
     saved_module_names,
 )
 
@@ -76,10 +77,6 @@ def _peft_parameter_names(model: nn.Module) -> dict[str, str]:
             for factor in ("lora_A", "lora_B"):
                 names[f"{module_name}.{factor}.{parameter}"] = f"{module_name}.{nesting}{factor}.weight"
     return names
-
-
-def _has_adapters(model: nn.Module) -> bool:
-    return bool(find_adapted_modules(model) or find_adapted_parameters(model))
 
 
 def _bias_saved(name: str, model: nn.Module, config: AdapterConfig) -> bool:
@@ -156,7 +153,7 @@ def peft_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     if config.method_spec.full_weights:
         raise AdapterError("save_adapters: method 'full' trains the weights themselves and has no PEFT adapter "
                            "folder; export the whole model instead (mmft export, a merged folder)")
-    if not _has_adapters(model):
+    if not has_adapters(model):
         raise AdapterError("save_adapters: the adapters are merged; call unmerge_adapters before saving them")
     tensors = {}
     parameter_names = _peft_parameter_names(model)
@@ -272,7 +269,7 @@ def load_adapters(model: nn.Module, folder: str | Path) -> nn.Module:
     """
     folder = Path(folder)
     config = read_adapter_config(folder)
-    if not _has_adapters(model):
+    if not has_adapters(model):
         apply_adapters(model, config)
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():

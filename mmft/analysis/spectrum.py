@@ -71,10 +71,15 @@ def update_spectrum(pretrained: Tensor, trained: Tensor) -> Tensor:
     return torch.linalg.svdvals(trained.detach().double() - pretrained.detach().double())
 
 
-def layer_spectrum(name: str, layer: AdaptedLinear, energy: float = ENERGY) -> UpdateSpectrum:
+def spectrum_of(name: str, pretrained: Tensor, trained: Tensor, energy: float = ENERGY) -> UpdateSpectrum:
+    """The `UpdateSpectrum` of ``trained - pretrained``."""
     with torch.no_grad():
-        values = update_spectrum(dense_weight(layer.base_layer.weight, torch.float64), effective_weight(layer))
+        values = update_spectrum(pretrained, trained)
     return UpdateSpectrum(name, values.tolist(), rank_at_energy(values, energy), float(values.square().sum().sqrt()))
+
+
+def layer_spectrum(name: str, layer: AdaptedLinear, energy: float = ENERGY) -> UpdateSpectrum:
+    return spectrum_of(name, dense_weight(layer.base_layer.weight, torch.float64), effective_weight(layer), energy)
 
 
 def full_update_spectra(model: nn.Module, pretrained: dict[str, Tensor], energy: float = ENERGY
@@ -82,13 +87,8 @@ def full_update_spectra(model: nn.Module, pretrained: dict[str, Tensor], energy:
     """Under full fine-tuning: the spectrum of each layer of ``pretrained`` (name -> its weight before training, see
     :func:`mmft.analysis.updates.pretrained_weights`), its trained weight against that copy."""
     layers = dict(model.named_modules())
-    spectra = []
-    with torch.no_grad():
-        for name, weight in pretrained.items():
-            values = update_spectrum(weight, layers[name].weight.detach().cpu())
-            spectra.append(UpdateSpectrum(name, values.tolist(), rank_at_energy(values, energy),
-                                          float(values.square().sum().sqrt())))
-    return spectra
+    return [spectrum_of(name, weight, layers[name].weight.detach().cpu(), energy)
+            for name, weight in pretrained.items()]
 
 
 def update_spectra(model: nn.Module, modules: str | Iterable[str] | None = None,

@@ -15,6 +15,7 @@ weight taken before training (:func:`pretrained_weights`). Everything is compute
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from torch import Tensor, nn
 
 from mmft.adapters import AdaptedLinear, find_adapted_modules, fully_trained_modules
 from mmft.adapters.base_weight import dense_weight
-from mmft.adapters.inject import module_matches
+from mmft.adapters.inject import CONFIG_ATTRIBUTE, module_matches
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,25 @@ def pretrained_weights(model: nn.Module, modules: str | list[str] | None = None)
     full fine-tuning's updates later. Take it before training (and before a checkpoint is restored)."""
     return {name: layer.weight.detach().to("cpu", copy=True)
             for name, layer in fully_trained_linears(model, modules).items()}
+
+
+_SNAPSHOTS: weakref.WeakKeyDictionary[nn.Module, dict[str, Tensor]] = weakref.WeakKeyDictionary()
+
+
+def pretrained_snapshot(pl_module: nn.Module, modules: str | list[str] | None = None) -> dict[str, Tensor]:
+    """For a fully fine-tuned network (``pl_module.model``, or ``pl_module`` itself): ``W0`` of its Linear layers
+    matching ``modules``, named as in ``pl_module``, copied once per network and shared by every callback that asks
+    (call it before training and before a checkpoint is restored). Empty for adapters, after checking that
+    ``modules`` chooses some adapted layer. A choice that matches nothing raises ``ValueError``."""
+    # the network apply_adapters was given: ``pl_module`` itself, or the LightningModule's ``model``
+    network = pl_module if hasattr(pl_module, CONFIG_ATTRIBUTE) else getattr(pl_module, "model", pl_module)
+    if not fully_trained_modules(network):
+        select_adapted(pl_module, modules)
+        return {}
+    prefix = "model." if network is not pl_module else ""
+    if network not in _SNAPSHOTS:
+        _SNAPSHOTS[network] = pretrained_weights(network)
+    return {f"{prefix}{name}": _SNAPSHOTS[network][name] for name in fully_trained_linears(network, modules)}
 
 
 def full_weight_updates(model: nn.Module, pretrained: dict[str, Tensor]) -> list[WeightUpdate]:

@@ -61,13 +61,13 @@ class SourceForgetting(Callback):
         self.batch_size = batch_size
         self.max_length = max_length
         self.before: float | None = None
-        self._texts: list[str] | None = None
+        self._ids: list[list[int]] | None = None  # the texts' token ids, read and tokenized once
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            self._texts = read_source_texts(self.source)  # a bad file fails now, not after training
             if getattr(pl_module, "tokenizer", None) is None:
                 raise ValueError(f"SourceForgetting: {type(pl_module).__name__} has no tokenizer to read the text")
+            self._ids = self._token_ids(pl_module.tokenizer)  # a bad file fails now, not after training
             if getattr(getattr(pl_module.model, "config", None), "is_encoder_decoder", False):
                 raise ValueError(f"SourceForgetting scores a decoder-only language model's next-token loss; "
                                  f"{type(pl_module).__name__} is an encoder-decoder: remove it from trainer.callbacks")
@@ -95,19 +95,22 @@ class SourceForgetting(Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)
 
+    def _token_ids(self, tokenizer: Any) -> list[list[int]]:
+        return [tokenizer(text)["input_ids"][: self.max_length] for text in read_source_texts(self.source)]
+
     @torch.no_grad()
     def source_loss(self, pl_module: LightningModule) -> float:
         """Mean next-token loss over every scored token of the source text (every rank computes the same)."""
-        texts = self._texts if self._texts is not None else read_source_texts(self.source)
         tokenizer = pl_module.tokenizer
+        all_ids = self._ids if self._ids is not None else self._token_ids(tokenizer)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         device = next(p.device for p in pl_module.parameters())
         was_training = pl_module.training
         pl_module.eval()
         total, count = 0.0, 0
         try:
-            for start in range(0, len(texts), self.batch_size):
-                ids = [tokenizer(text)["input_ids"][: self.max_length] for text in texts[start:start + self.batch_size]]
+            for start in range(0, len(all_ids), self.batch_size):
+                ids = all_ids[start:start + self.batch_size]
                 width = max(len(row) for row in ids)
                 input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], device=device)
                 mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], device=device)

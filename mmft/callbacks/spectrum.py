@@ -9,10 +9,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmft.adapters import fully_trained_modules
-from mmft.analysis import select_adapted, update_spectra
+from mmft.analysis import update_spectra
 from mmft.analysis.spectrum import full_update_spectra
-from mmft.analysis.updates import pretrained_weights
+from mmft.analysis.updates import pretrained_snapshot
 from mmft.files import write_json_atomic
 
 
@@ -39,12 +38,7 @@ class UpdateSpectra(Callback):
             raise ValueError("UpdateSpectra (trainer.callbacks) reads whole weights on rank 0, which a model sharded "
                              "by FSDP does not hold: remove it from trainer.callbacks, or train with strategy ddp")
         try:  # a typo in ``modules`` fails now, not after training
-            network = getattr(pl_module, "model", pl_module)
-            if fully_trained_modules(network):  # W0 now, before a checkpoint's weights are restored
-                self.pretrained = {f"model.{name}": weight
-                                   for name, weight in pretrained_weights(network, self.modules).items()}
-            else:
-                select_adapted(pl_module, self.modules)
+            self.pretrained = pretrained_snapshot(pl_module, self.modules)  # W0 before a checkpoint's weights
         except ValueError as error:
             raise ValueError(f"UpdateSpectra (trainer.callbacks) init_args.modules={self.modules!r}: {error}") from None
 

@@ -30,7 +30,7 @@ import torch
 import yaml
 from torch import nn
 
-from mmft.adapters import find_adapted_modules, find_adapted_parameters, merge_adapters
+from mmft.adapters import has_adapters, merge_adapters
 from mmft.adapters.merge import dequantize_4bit_layers
 
 from .base import AdapterModule
@@ -79,7 +79,7 @@ def merged_copy(model: nn.Module) -> nn.Module:
     base dequantized, with or without an adapter), cast to the base dtype."""
     dtype = base_dtype(model)
     merged = copy.deepcopy(model)
-    if find_adapted_modules(merged) or find_adapted_parameters(merged):  # method full has nothing to merge
+    if has_adapters(merged):  # method full has nothing to merge
         merge_adapters(merged)
     dequantize_4bit_layers(merged)
     return merged.to(dtype)

@@ -114,15 +114,21 @@ def summarise_run(run: Path) -> dict[str, Any]:
     return summary
 
 
+def target_score(summary: dict[str, Any], which: str = "last") -> float | None:
+    """A run's target score: ``val/average``, or the only ``val/`` score when there is one task (``which``: its
+    ``last`` or ``best`` value); None when neither is there."""
+    scores = [k for k in summary if k.startswith("val/") and k.endswith(f"({which})") and "loss" not in k]
+    key = f"val/average ({which})" if f"val/average ({which})" in summary else (scores[0] if len(scores) == 1 else None)
+    return None if key is None else summary[key]
+
+
 def learning_and_forgetting(summary: dict[str, Any]) -> tuple[float, float] | None:
-    """A run's ``(forgetting, learning)``: the source loss's rise (``source/forgetting``, last) and the target score
-    (``val/average``, last; the only ``val/`` score when there is one task); None without both."""
-    forgetting = summary.get("source/forgetting (last)")
-    scores = [k for k in summary if k.startswith("val/") and k.endswith("(last)") and "loss" not in k]
-    target = "val/average (last)" if "val/average (last)" in summary else (scores[0] if len(scores) == 1 else None)
-    if forgetting is None or target is None:
+    """A run's ``(forgetting, learning)``: the source loss's rise (``source/forgetting``, last) and its last target
+    score (:func:`target_score`); None without both."""
+    forgetting, learning = summary.get("source/forgetting (last)"), target_score(summary)
+    if forgetting is None or learning is None:
         return None
-    return forgetting, summary[target]
+    return forgetting, learning
 
 
 def ratio(value: Any, baseline: Any) -> str:

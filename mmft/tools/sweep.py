@@ -50,7 +50,7 @@ from typing import Any
 import yaml
 
 from mmft.errors import InputError
-from mmft.files import write_json_atomic
+from mmft.files import write_json_atomic, write_text_atomic
 from mmft.run_folder import RunFolderLock, RunFolderLocked
 from mmft.tools import compare
 
@@ -107,10 +107,24 @@ def read_grid(path: Path) -> tuple[str, list[Trial]]:
     return recipe, trials
 
 
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The trial's ``trial.json`` (None when it has none yet)."""
+    path = folder / TRIAL_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SweepError(f"{path}: not a trial record ({error}); delete it to run the trial again") from None
+    if not isinstance(record, dict) or "status" not in record:
+        raise SweepError(f"{path}: not a trial record (no status); delete it to run the trial again")
+    return record
+
+
 def trial_state(folder: Path) -> str:
     """``done`` (its trial.json says so), ``resume`` (a last.ckpt to go on from) or ``new``."""
-    record = folder / TRIAL_FILE
-    if record.is_file() and json.loads(record.read_text()).get("status") == "done":
+    record = read_record(folder)
+    if record is not None and record["status"] == "done":
         return "done"
     return "resume" if (folder / "checkpoints" / "last.ckpt").is_file() else "new"
 
@@ -120,7 +134,7 @@ def run_trial(trial: Trial, recipe: str, out: Path, extra: list[str], gpu: str |
     sweep worker is running is left to it (``status: running``, nothing written)."""
     folder = out / trial.name
     if trial_state(folder) == "done":
-        return json.loads((folder / TRIAL_FILE).read_text())
+        return read_record(folder)
     claim = RunFolderLock(folder)
     claim.path = folder / CLAIM_FILE  # held by the sweep worker from the fit's start to its trial.json
     try:
@@ -136,7 +150,7 @@ def run_trial(trial: Trial, recipe: str, out: Path, extra: list[str], gpu: str |
 def _fit_trial(trial: Trial, recipe: str, folder: Path, extra: list[str], gpu: str | None) -> dict[str, Any]:
     state = trial_state(folder)
     if state == "done":  # finished by another worker while this one waited for the claim
-        return json.loads((folder / TRIAL_FILE).read_text())
+        return read_record(folder)
     args = trial.fit_args(recipe, folder) + extra
     if state == "resume":
         args += ["--ckpt_path", str(folder / "checkpoints" / "last.ckpt")]
@@ -160,10 +174,7 @@ def trial_row(record: dict[str, Any], out: Path) -> dict[str, Any]:
         return row
     summary = compare.summarise_run(folder)
     trade_off = compare.learning_and_forgetting(summary)
-    target = summary.get("val/average (best)")
-    if target is None:
-        scores = [k for k in summary if k.startswith("val/") and k.endswith("(best)") and "loss" not in k]
-        target = summary[scores[0]] if len(scores) == 1 else None
+    target = compare.target_score(summary, "best")
     ranks = sorted(compare.spectrum_ranks(folder))
     row.update({
         "target (best val)": target,
@@ -200,7 +211,7 @@ def markdown(rows: list[dict[str, Any]], best: dict[str, dict[str, Any]]) -> str
 
 def target_score(trial: Trial, out: Path) -> float:
     """The trial's target score (``target (best val)``), NaN when it has none."""
-    record = json.loads((out / trial.name / TRIAL_FILE).read_text())
+    record = read_record(out / trial.name)
     if record["status"] != "done":
         raise RuntimeError(f"trial {trial.name} failed (exit code {record['exit_code']}): see its sweep_fit.log")
     score = trial_row(record, out).get("target (best val)")
@@ -262,11 +273,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if args.engine == "optuna" and not args.storage:
+        print("mmft sweep: --engine optuna needs --storage (a database URL every worker reaches)", file=sys.stderr)
+        return 2
     try:
-        recipe, trials = read_grid(args.grid)
-    except SweepError as error:
+        return sweep(args, extra)
+    except (SweepError, compare.RunFolderError) as error:  # the grid, a trial record or a trial's logs
         print(f"mmft sweep: {error}", file=sys.stderr)
         return 2
+
+
+def sweep(args: argparse.Namespace, extra: list[str]) -> int:
+    """Run (or, with ``--dry-run``, list) the grid's trials and write the table; the exit code."""
+    recipe, trials = read_grid(args.grid)
     out = args.out or Path("runs") / f"sweep_{args.grid.stem}"
     if args.dry_run:
         for trial in trials:
@@ -274,9 +293,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{trial.name} [{state}]: mmft {' '.join(trial.fit_args(recipe, out / trial.name) + extra)}")
         return 0
     slots = max(1, args.parallel)
+    devices = args.gpus.split(",") if args.gpus else [None]
     free_gpus: queue.Queue[str | None] = queue.Queue()
     for slot in range(slots):  # a running trial holds its device until it ends
-        free_gpus.put(args.gpus.split(",")[slot % len(args.gpus.split(","))] if args.gpus else None)
+        free_gpus.put(devices[slot % len(devices)])
 
     def run(index_trial: tuple[int, Trial]) -> dict[str, Any]:
         index, trial = index_trial
@@ -289,16 +309,9 @@ def main(argv: list[str] | None = None) -> int:
             free_gpus.put(gpu)
 
     if args.engine == "optuna":
-        if not args.storage:
-            print("mmft sweep: --engine optuna needs --storage (a database URL every worker reaches)", file=sys.stderr)
-            return 2
-        try:
-            run_with_optuna(trials, run, out, args.storage, args.study or out.name, slots)
-        except SweepError as error:
-            print(f"mmft sweep: {error}", file=sys.stderr)
-            return 2
-        records = [json.loads((out / t.name / TRIAL_FILE).read_text()) if (out / t.name / TRIAL_FILE).is_file()
-                   else {"trial": t.name, "method": t.method, "settings": dict(t.settings), "status": "running"}
+        run_with_optuna(trials, run, out, args.storage, args.study or out.name, slots)
+        records = [read_record(out / t.name)
+                   or {"trial": t.name, "method": t.method, "settings": dict(t.settings), "status": "running"}
                    for t in trials]
     else:
         with ThreadPoolExecutor(max_workers=slots) as pool:
@@ -306,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [trial_row(record, out) for record in records]
     best = best_per_method(rows)
     table = markdown(rows, best)
-    (out / "sweep.md").write_text(table, encoding="utf-8")
+    write_text_atomic(out / "sweep.md", table)
     write_json_atomic(out / "sweep.json", {"recipe": recipe, "trials": rows, "best": best})
     print(table)
     failed = [r["trial"] for r in records if r["status"] == "failed"]
