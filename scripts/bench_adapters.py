@@ -937,8 +937,8 @@ def build_llava(size: str, quantized: bool, recipe: dict, args: argparse.Namespa
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     from mmft.adapters import AdapterConfig, QuantizationConfig, apply_adapters
-    from mmft.models.llava import enable_activation_checkpointing
-    from mmft.models.llava_backbones import find_language_model, quantize_language_model
+    from mmft.models.vlm import enable_activation_checkpointing
+    from mmft.models.vlm_backbones import find_language_model, quantize_language_model
 
     sizes = LLAVA_SIZES[size]
     config = LlavaConfig(vision_config={"model_type": "clip_vision_model", **sizes["vision"]},

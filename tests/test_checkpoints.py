@@ -13,29 +13,24 @@ import pytest
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
+from tiny_vlms import tiny_backbone
 from torch.utils.data import DataLoader
 
 import mmft.checkpoint_io as checkpoint_io
 from mmft.adapters import AdapterConfig, frozen_weights_hash
 from mmft.checkpoint_io import AtomicCheckpointIO, CheckpointFileError
-from mmft.models import CheckpointMismatchError, LlavaFromConfig, LlavaModule
+from mmft.models import CheckpointMismatchError, VisionLanguageModule
 
 ROOT = Path(__file__).resolve().parents[1]
-VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-          "image_size": 16, "patch_size": 8}
-TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 128}
 
 
-def tiny_module(seed: int = 0, alpha: float = 8.0, **kwargs) -> LlavaModule:
-    backbone = LlavaFromConfig(tokenizer=str(ROOT / "configs" / "tiny" / "tokenizer"), vision_config=VISION,
-                               text_config=TEXT, seed=seed)
+def tiny_module(seed: int = 0, alpha: float = 8.0, **kwargs) -> VisionLanguageModule:
     adapter = AdapterConfig(method="dora", r=4, alpha=alpha, target_modules=r".*language_model.*\.(q_proj|v_proj)",
                             modules_to_save=["multi_modal_projector"])
-    return LlavaModule(backbone, adapter, **kwargs)
+    return VisionLanguageModule(tiny_backbone("llava", seed=seed), adapter, **kwargs)
 
 
-def saved_checkpoint(module: LlavaModule) -> dict:
+def saved_checkpoint(module: VisionLanguageModule) -> dict:
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)
     return checkpoint

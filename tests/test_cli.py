@@ -98,7 +98,7 @@ def test_fit_writes_every_output_in_the_run_folder(workdir, fitted):
             "perf/peak_cpu_rss_gib", "lr-AdamW/projector", "lr-AdamW/default"} <= set(columns)
     hparams = yaml.safe_load((fitted / "hparams.yaml").read_text())
     assert hparams["adapter"]["method"] == "dora" and 0 < hparams["trainable_percent"] < 100
-    assert hparams["config"]["model"]["class_path"] == "mmft.models.LlavaModule"
+    assert hparams["config"]["model"]["class_path"] == "mmft.models.VisionLanguageModule"
     assert hparams["config"]["trainer"]["default_root_dir"] == str(RUN)
 
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
@@ -110,7 +110,7 @@ def test_checkpoints_hold_trainable_parameters_and_describe_themselves(workdir, 
     keys = list(checkpoint["state_dict"])
     assert keys and all(("lora_" in k or "multi_modal_projector" in k) for k in keys)
     hparams = checkpoint["hyper_parameters"]  # the model's config, as LightningCLI saves it
-    assert hparams["_class_path"] == "mmft.models.LlavaModule" and hparams["adapter"]["method"] == "dora"
+    assert hparams["_class_path"] == "mmft.models.VisionLanguageModule" and hparams["adapter"]["method"] == "dora"
     run_config = yaml.safe_load(checkpoint["mmft_run_config"])
     assert list(run_config) == ["seed_everything", "trainer", "model", "data"]
     assert run_config["trainer"]["default_root_dir"] == str(RUN) and run_config["trainer"]["max_epochs"] == 2
@@ -298,10 +298,10 @@ def test_a_second_run_gets_its_own_complete_folder(workdir, fitted):
 PLAIN_SCRIPT = """
 import json, sys
 import torch
-from mmft.models import LlavaModule
+from mmft.models import VisionLanguageModule
 from data_modules import ExampleDataset, VQAv2
 
-module = LlavaModule.load_from_checkpoint(sys.argv[1]).eval()
+module = VisionLanguageModule.load_from_checkpoint(sys.argv[1]).eval()
 wanted = {r["id"]: r["answer"] for r in map(json.loads, open(sys.argv[2]))}
 reader = VQAv2(questions="data/sample/vqav2/v2_OpenEnded_mscoco_val2014_questions.json",
                image_folder="data/sample/coco/val2014", split="val2014")
@@ -314,7 +314,7 @@ print(json.dumps({"same": sum(a == wanted[e.id] for a, e in zip(answers, example
 
 
 def test_the_checkpoint_loads_from_plain_python(workdir, fitted):
-    """``LlavaModule.load_from_checkpoint(path)`` in a script that imports only mmft rebuilds the trained model: its
+    """``VisionLanguageModule.load_from_checkpoint(path)`` in a script that imports only mmft rebuilds the trained model: its
     answers equal those ``mmft predict`` wrote from the same checkpoint."""
     mmft_alone(workdir, "predict", "--ckpt_path", LAST)
     out = run_command(workdir, [sys.executable, "-c", PLAIN_SCRIPT, LAST, str(RUN / "predictions.jsonl")])

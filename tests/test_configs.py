@@ -140,7 +140,7 @@ def test_print_config_shows_the_composed_config_without_the_linked_collate(capsy
              "--print_config")
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] == "mmft.models.LlavaModule"
+    assert printed["model"]["class_path"] == "mmft.models.VisionLanguageModule"
     assert printed["model"]["init_args"]["adapter"]["method"] == "dora"
     assert printed["data"]["init_args"].get("collate_fn", None) is None  # linked from the model at run time
 

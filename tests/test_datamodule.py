@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from lightning.pytorch import LightningModule, Trainer
+from PIL import Image
 from torch.utils.data import DistributedSampler
 
 from data_modules import (
     GQA,
+    MSRVTTQA,
     NLVR2,
     SKIPPED_KEY,
     DataConfigError,
@@ -23,7 +24,6 @@ from data_modules import (
     ExampleDataset,
     LlavaInstruct,
     MediaError,
-    MSRVTTQA,
     MultitaskBatchSampler,
     MultitaskDataModule,
     Sample,
@@ -536,12 +536,13 @@ def long_and_short_conversations(tmp_path: Path) -> Path:
 
 
 def test_over_long_examples_are_found_when_read_not_mid_epoch(tmp_path: Path, caplog) -> None:
-    from transformers import AutoTokenizer
+    from tiny_vlms import tiny_backbone
 
-    from mmft.models.llava_collate import LlavaCollate
+    from mmft.models.chat_collate import ChatCollate
 
-    tokenizer = AutoTokenizer.from_pretrained(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "tokenizer")
-    collate = LlavaCollate(tokenizer, image_transform=None, num_image_tokens=4, max_length=64)
+    processor = tiny_backbone("llava").build().processor
+    tokenizer = processor.tokenizer
+    collate = ChatCollate(processor, video_as_images=True, max_length=64)
     path = long_and_short_conversations(tmp_path)
     raising = MultitaskDataModule(train=[LlavaInstruct(path, task="chat")], collate_fn=collate, batch_size=3)
     with pytest.raises(DataFormatError, match=r"data.train: .*conversations.json#2 \(id long_answer\): .*max_length=64"):

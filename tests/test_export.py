@@ -1,21 +1,18 @@
-"""Merged exports: the LLaVA folder and every image-text-to-text family's folder load offline with transformers' own
-classes (model and processor) and give the adapted model's logits and greedy answers (LoRA and DoRA, fp32 and bf16
-bases; DoRA's trained magnitude is the merged weight's row norm); the VL-BART folder reloads in mmft with the same
-outputs; mmft_merged.yaml rebuilds the merged model without adapters."""
+"""Merged exports: every image-text-to-text family's folder (LLaVA-1.5 included) loads offline with transformers' own
+classes (model and processor) and gives the adapted model's logits and greedy answers (LoRA and DoRA, fp32, bf16
+and 4-bit bases; DoRA's trained magnitude is the merged weight's row norm); the VL-BART folder reloads in mmft with
+the same outputs; mmft_merged.yaml rebuilds the merged model without adapters."""
 
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from safetensors import safe_open
 from generation_checks import ATOL, first_step_logits
-from test_llava import adapter, tiny_backbone, vqa_samples
+from safetensors import safe_open
 from test_vlm import vqa_samples as chat_samples
 from tiny_vlms import FAMILIES, QWEN2_5_VL_4BIT_SIZES, TOKENIZER, lm_adapter
 from tiny_vlms import tiny_backbone as tiny_vlm_backbone
@@ -23,8 +20,6 @@ from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
     BartForConditionalGeneration,
-    CLIPImageProcessor,
-    LlavaForConditionalGeneration,
 )
 
 from data_modules import ExampleDataset, VQAv2
@@ -32,18 +27,12 @@ from data_modules.records import Example, Sample, Turn
 from mmft.adapters import QuantizationConfig, find_adapted_modules
 from mmft.adapters.base_weight import is_4bit
 from mmft.models import (
-    HFLlava,
     HFVisionLanguage,
-    LlavaModule,
-    TimmLlava,
     VisionLanguageFromConfig,
     VisionLanguageModule,
 )
-from mmft.models.export import MERGED_CONFIG, ExportError, export_merged
-from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX
-
-INPUTS = ("input_ids", "attention_mask", "pixel_values")
-
+from mmft.models.export import MERGED_CONFIG, export_merged
+from mmft.models.instructions import SHORT_ANSWER_SUFFIX
 
 
 def trained(module, scale: float = 0.05, seed: int = 0):
@@ -70,147 +59,17 @@ def magnitudes_survive(module, merged) -> None:
     assert checked > 0
 
 
-def processor_inputs(processor, sample) -> dict:
-    """What a user of the exported folder does: the chat template, then the processor on text and raw image."""
-    question = f"{sample.example.prompt}\n{SHORT_ANSWER_SUFFIX}"
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(messages, add_generation_prompt=True)
-    return processor(images=sample.images, text=[text], return_tensors="pt")
-
-
 def greedy(model, inputs: dict, prompt_length: int, tokenizer, max_new_tokens: int) -> str:
     """Greedy decoding with the folder's own generation config (pad and eos as mmft generates)."""
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return tokenizer.decode(output[0, prompt_length:], skip_special_tokens=True).strip()
 
 
-def greedy_agrees_off_ties(module: LlavaModule, merged, batch: dict, near_tie: float, precision) -> None:
-    """The adapted model's greedy tokens, fed back to the merged model: wherever the adapted model's choice is not a
-    near-tie (top-1 logit ahead of the second by more than ``near_tie``), the merged model chooses the same token.
-    In bf16 a random model has exact ties (equal bf16 logits), which any rounding difference may break either way."""
-    prompt = batch["prompt_input_ids"]
-    with torch.no_grad(), precision():
-        out = module.model.generate(
-            input_ids=prompt, attention_mask=batch["prompt_attention_mask"], pixel_values=batch["pixel_values"],
-            max_new_tokens=module.max_new_tokens, do_sample=False, output_scores=True, return_dict_in_generate=True,
-            pad_token_id=module.collate.pad_token_id, eos_token_id=module.tokenizer.eos_token_id,
-        )
-    generated = out.sequences[0, prompt.shape[1]:]
-    top2 = torch.stack(out.scores, 1)[0].float().topk(2, dim=-1).values
-    decided = (top2[:, 0] - top2[:, 1]) > near_tie
-    with torch.no_grad():
-        logits = merged(input_ids=out.sequences, attention_mask=torch.ones_like(out.sequences),
-                        pixel_values=batch["pixel_values"]).logits[0, prompt.shape[1] - 1 : -1]
-    assert decided.sum() >= len(generated) // 3  # most steps are checked
-    assert torch.equal(logits.argmax(-1)[decided], generated[decided])
-
-
-def check_llava_export(module: LlavaModule, folder: Path, atol: float | None, precision=nullcontext) -> None:
-    """Export, reload with transformers' classes, compare with the adapted model.
-
-    ``precision``: how the adapted model runs (bf16 bases train and evaluate under bf16 autocast, as Lightning's
-    ``bf16-mixed``); the merged folder runs plainly in its own dtype, as other tools run it. With ``atol`` (fp32) the
-    logits must agree within it and the greedy answers be the same strings. ``atol=None`` (bf16): both bf16 models
-    are compared with the exact model (the adapted one in fp32); the merged one may be no further from it than 1.5x
-    the adapted one's own bf16 error, and greedy decoding must agree wherever the choice is not a near-tie within
-    twice their combined error (:func:`greedy_agrees_off_ties`).
-    """
-    before = {k: v.clone() for k, v in module.state_dict().items()}
-    export_merged(module, folder)
-    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())  # the module is not merged
-    assert not list(folder.parent.glob(f".{folder.name}.*"))  # no temporary folder left behind
-
-    merged = LlavaForConditionalGeneration.from_pretrained(folder, local_files_only=True).eval()
-    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-    dtype = next(p.dtype for p in module.model.model.vision_tower.parameters())
-    with safe_open(folder / "model.safetensors", "pt") as weights:  # every tensor in the base's dtype
-        assert {weights.get_tensor(k).dtype for k in weights.keys()} == {dtype}
-    assert not any("lora" in k or "magnitude" in k or "base_layer" in k for k in merged.state_dict())
-    if module.adapter_config.method == "dora":
-        magnitudes_survive(module, merged)
-
-    samples = vqa_samples()
-    batch = module.collate(samples)
-    inputs = {k: batch[k] for k in INPUTS}
-    with torch.no_grad():
-        with precision():
-            expected = module.model(**inputs).logits.float()
-        got = merged(**inputs).logits.float()
-        exact = copy.deepcopy(module.model).float()(**inputs).logits if atol is None else None
-    near_tie = None
-    if atol is not None:
-        torch.testing.assert_close(got, expected, atol=atol, rtol=1e-5)
-    else:
-        adapted_error, merged_error = (expected - exact).abs().max(), (got - exact).abs().max()
-        assert merged_error <= 1.5 * adapted_error
-        near_tie = 2 * (adapted_error + merged_error).item()
-
-    with precision():
-        answers = module.generate_answers(batch)
-    for sample, answer in zip(samples, answers):
-        one = module.collate([sample])
-        inputs = processor_inputs(processor, sample)
-        # the folder's processor prepares exactly mmft's prompt and pixels (padding, <image> expansion, template)
-        assert inputs["input_ids"].tolist() == one["prompt_input_ids"].tolist()
-        torch.testing.assert_close(inputs["pixel_values"], one["pixel_values"])
-        if near_tie is None:
-            length = inputs["input_ids"].shape[1]
-            assert greedy(merged, dict(inputs), length, processor.tokenizer, module.max_new_tokens) == answer
-        else:
-            greedy_agrees_off_ties(module, merged, one, near_tie, precision)
-
-
-@pytest.mark.parametrize("method", ["lora", "dora"])
-def test_llava_fp32_merged_folder_loads_in_transformers_and_equals_the_adapted_model(method, tmp_path):
-    torch.manual_seed(0)  # the adapters' initial A
-    module = trained(LlavaModule(tiny_backbone(seed=2), adapter(method)))
-    # measured: 2.4e-7 at most, logits of about 0.5
-    check_llava_export(module, tmp_path / "merged", atol=1e-6)
-    assert (tmp_path / "merged" / "chat_template.jinja").is_file() or "chat_template" in (
-        tmp_path / "merged" / "processor_config.json"
-    ).read_text()
-
-
-@pytest.fixture(scope="module")
-def bf16_base(tmp_path_factory) -> Path:
-    """A tiny Llava checkpoint folder in bf16, as a downloaded llava-hf model would be."""
-    folder = tmp_path_factory.mktemp("bf16_base")
-    built = tiny_backbone(seed=3).build()
-    built.model.to(torch.bfloat16).save_pretrained(folder)
-    built.tokenizer.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(folder)
-    return folder
-
-
-@pytest.mark.parametrize("method", ["lora", "dora"])
-def test_llava_bf16_merged_folder_stays_bf16_and_equals_the_adapted_model(method, bf16_base, tmp_path):
-    torch.manual_seed(0)  # the adapters' initial A
-    module = trained(LlavaModule(HFLlava(path=str(bf16_base), dtype="bfloat16"), adapter(method)))
-    assert module.model.lm_head.weight.dtype == torch.bfloat16
-    # the merged weights are rounded to bf16 once, where the adapted model adds an fp32 update to bf16 weights:
-    # measured over 5 seeds, the merged model's largest logit error is 0.6x to 1.15x the adapted model's
-    autocast = partial(torch.autocast, "cpu", dtype=torch.bfloat16)
-    check_llava_export(module, tmp_path / "merged", atol=None, precision=autocast)
-
-
-def test_merged_config_rebuilds_the_merged_model_without_adapters(tmp_path):
-    module = trained(LlavaModule(tiny_backbone(seed=2), adapter("dora")))
-    folder = export_merged(module, tmp_path / "merged")
-    overlay = yaml.safe_load((folder / MERGED_CONFIG).read_text())["model"]["init_args"]
-    assert overlay["adapter"] is None and overlay["backbone"]["class_path"] == "mmft.models.HFLlava"
-    reloaded = LlavaModule(HFLlava(**overlay["backbone"]["init_args"]), adapter=None).eval()
-    assert not any(p.requires_grad for p in reloaded.parameters())
-    batch = module.collate(vqa_samples())
-    assert reloaded.generate_answers(reloaded.collate(vqa_samples())) == module.generate_answers(batch)
-    export_merged(module, folder)  # an existing export is replaced
-    with pytest.raises(ExportError, match="merged already"):
-        export_merged(reloaded, tmp_path / "again")
-
-
 def test_merged_config_composes_after_the_recipe(tmp_path, monkeypatch, capsys):
+    """The embedded default's recipe, then the export's mmft_merged.yaml: the merged folder as the backbone."""
     from mmft.cli import main
 
-    module = trained(LlavaModule(tiny_backbone(seed=2), adapter("lora")))
+    module = trained(VisionLanguageModule(tiny_vlm_backbone("llava", seed=2), lm_adapter("llava", "lora")))
     folder = export_merged(module, tmp_path / "merged")
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
@@ -220,28 +79,15 @@ def test_merged_config_composes_after_the_recipe(tmp_path, monkeypatch, capsys):
         main()
     printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
     assert printed["adapter"] is None
-    assert printed["backbone"]["class_path"] == "mmft.models.HFLlava"
+    assert printed["backbone"]["class_path"] == "mmft.models.HFVisionLanguage"
     assert printed["backbone"]["init_args"].items() >= {"path": str(folder), "dtype": "float32"}.items()
-    assert "tokenizer" not in printed["backbone"]["init_args"]  # the recipe's LlavaFromConfig settings are gone
+    assert "tokenizer" not in printed["backbone"]["init_args"]  # the recipe's tiny-model settings are gone
 
 
 def test_fitting_a_model_without_adapters_is_refused():
-    module = LlavaModule(tiny_backbone(seed=2), adapter=None)
+    module = VisionLanguageModule(tiny_vlm_backbone("llava", seed=2), adapter=None)
     with pytest.raises(RuntimeError, match="adapter is null"):
         module.on_fit_start()
-
-
-def test_timm_llava_has_no_transformers_layout(tmp_path):
-    backbone = TimmLlava(
-        vision_tower="vit_tiny_patch16_224", vision_kwargs={"img_size": 32, "depth": 2},
-        language_model={"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                        "num_attention_heads": 4, "num_key_value_heads": 2},
-        tokenizer=str(Path(__file__).resolve().parents[1] / "configs" / "tiny" / "tokenizer"),
-    )
-    module = LlavaModule(backbone, adapter("lora", targets=r".*language_model.*\.(q_proj|v_proj)"))
-    with pytest.raises(ExportError, match="TimmLlava.*export its PEFT adapter instead"):
-        export_merged(module, tmp_path / "merged")
-    assert not (tmp_path / "merged").exists() and not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------ image-text-to-text families

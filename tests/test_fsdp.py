@@ -20,17 +20,17 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from cli_helpers import ROOT, make_workdir, run_command
 from peft import PeftModel
 from safetensors.torch import load_file
+from test_llava_family import vqa_samples
 from torch import nn
 
-from cli_helpers import ROOT, make_workdir, run_command
-from test_llava import vqa_samples
 from mmft.adapters import AdaptedLinear, AdapterConfig, QuantizationConfig, apply_adapters, quantize_linear_layers
 from mmft.callbacks import WeightUpdates
 from mmft.cli import resolve_config
 from mmft.fsdp import AdapterFSDPStrategy, ShardingError, shard_model
-from mmft.models import LlavaFromConfig
+from mmft.models import VisionLanguageFromConfig
 from mmft.tools.export import export_peft, load_module
 
 WORLD = 2
@@ -196,10 +196,10 @@ def test_fsdp_checkpoint_is_adapter_only_and_exports_for_peft(fsdp_run, monkeypa
     assert at_fit_end.keys() == exported.keys()
     assert all(torch.equal(at_fit_end[k], exported[k]) for k in exported)
 
-    base = LlavaFromConfig(**checkpoint["hyper_parameters"]["backbone"]["init_args"]).build().model
+    base = VisionLanguageFromConfig(**checkpoint["hyper_parameters"]["backbone"]["init_args"]).build().model
     peft_model = PeftModel.from_pretrained(base, folder).eval()
     batch = module.collate(vqa_samples())
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    inputs = module._inputs(batch, prompt=False)
     with torch.no_grad():
         expected = module.eval().model(**inputs).logits
         with peft_model.disable_adapter():

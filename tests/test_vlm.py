@@ -8,24 +8,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from generation_checks import assert_batched_logits_equal_one_by_one
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
+from test_llava_family import VICUNA_V1_SYSTEM
+from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
 from torch.utils.data import DataLoader
 
 from data_modules.records import Example, Sample, Turn
 from mmft.adapters import save_adapters
 from mmft.metrics import VQAAccuracy
 from mmft.models import VisionLanguageModule
+from mmft.models.batch_rows import CollateError
 from mmft.models.chat_collate import MEDIA_KEYS_SKIPPED
-from mmft.models.llava_collate import SHORT_ANSWER_SUFFIX, CollateError
+from mmft.models.instructions import SHORT_ANSWER_SUFFIX
 from mmft.models.lm_loss import next_token_loss
 from mmft.models.vlm_families import FAMILIES as TINY_FAMILIES
 from mmft.models.vlm_families import family_template
 from mmft.models.vlm_parts import find_parts
-from generation_checks import assert_batched_logits_equal_one_by_one
-from test_llava_collate import VICUNA_V1_SYSTEM
-from tiny_vlms import FAMILIES, PROJECTORS, lm_adapter, tiny_backbone
 
 RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
 # the two-turn conversation of the mask test, as each family's published format writes it: (text, supervised); a
@@ -48,7 +49,7 @@ MINICPMV_TWO_TURNS = [
 ]
 TWO_TURNS = {
     "llava": [
-        (f"{VICUNA_V1_SYSTEM} USER: <image>\nWhat is it? ASSISTANT:", False),
+        (f"<s>{VICUNA_V1_SYSTEM} USER: <image>\nWhat is it? ASSISTANT:", False),
         (" a red circle</s>", True),
         ("USER: And the square? ASSISTANT:", False),
         (" blue</s>", True),
@@ -95,7 +96,7 @@ TWO_TURNS = {
         (" blue</s>", True),
     ],
     "llava_next_video": [
-        (f"{VICUNA_V1_SYSTEM} USER: <image>\nWhat is it? ASSISTANT:", False),
+        (f"<s>{VICUNA_V1_SYSTEM} USER: <image>\nWhat is it? ASSISTANT:", False),
         (" a red circle</s>", True),
         ("USER: And the square? ASSISTANT:", False),
         (" blue</s>", True),
@@ -448,7 +449,7 @@ QWEN3_MULTI_IMAGE_TEXT = (
     "<|vision_start|><|image_pad|><|vision_end|> same colour?<|im_end|>\n<|im_start|>assistant\nno<|im_end|>\n")
 QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 MULTI_IMAGE_TEXT = {
-    "llava": f"{VICUNA_V1_SYSTEM} USER: Left: <image>\n right: <image>\n same colour? ASSISTANT: no</s>",
+    "llava": f"<s>{VICUNA_V1_SYSTEM} USER: Left: <image>\n right: <image>\n same colour? ASSISTANT: no</s>",
     "minicpmv4_6": QWEN_SYSTEM + "<|im_start|>user\nLeft: <|image_pad|> right: <|image_pad|> same colour?<|im_end|>\n"
                                  "<|im_start|>assistant\nno<|im_end|>\n",
     "qwen2_5_vl": QWEN_SYSTEM + QWEN3_MULTI_IMAGE_TEXT,
@@ -463,7 +464,7 @@ MULTI_IMAGE_TEXT = {
                 "<|im_start|>assistant\nno<|im_end|>\n",
     "mistral3": "<s>[INST]Left: [IMG] right: [IMG] same colour?[/INST]no</s>",
     "llava_next": "[INST] Left: <image>\n right: <image>\n same colour? [/INST] no</s>",
-    "llava_next_video": f"{VICUNA_V1_SYSTEM} USER: Left: <image>\n right: <image>\n same colour? ASSISTANT: no</s>",
+    "llava_next_video": f"<s>{VICUNA_V1_SYSTEM} USER: Left: <image>\n right: <image>\n same colour? ASSISTANT: no</s>",
     "idefics3": "<|begin_of_text|>User: Left: <image> right: <image> same colour?<end_of_utterance>\nAssistant: no"
                 "<end_of_utterance>\n",
     "llava_onevision": "<|im_start|>user\nLeft: <image>\n right: <image>\n same colour?<|im_end|>\n"
@@ -644,8 +645,9 @@ def test_local_checkpoint_folder_loads_offline_with_no_table_entry(name, tmp_pat
 def test_recipe_sets_the_checkpoints_image_and_video_resolution(tmp_path):
     """Qwen2.5-VL's fine-tuning scripts set min / max pixels: the folder's processors take them, and a misspelt
     setting (which transformers would drop silently) is refused with its config key."""
+    from mmft.models.vlm_backbones import BackboneConfigError
+
     from mmft.models import HFVisionLanguage
-    from mmft.models.llava_backbones import BackboneConfigError
 
     built = tiny_backbone("qwen2_5_vl").build()
     built.model.save_pretrained(tmp_path)
@@ -703,10 +705,10 @@ def test_an_image_the_processor_rejects_is_a_named_error_or_a_counted_skip(tmp_p
 def test_a_checkpoint_folder_mmft_cannot_train_is_a_named_error(tmp_path, monkeypatch):
     """A model type that is not image-text-to-text, a processor with no chat template (and no family template to
     fall back on), and a template that never writes a reply each stop with a message naming the folder."""
+    from mmft.models.vlm_backbones import BackboneConfigError
     from transformers import LlamaConfig
 
     from mmft.models import HFVisionLanguage, vlm_backbones
-    from mmft.models.llava_backbones import BackboneConfigError
     from mmft.models.reply_end import ReplyEndError
 
     text_only = tmp_path / "llama"

@@ -1,21 +1,14 @@
 """Steps that mix text-only and image batches across processes finish: two gloo processes through the CLI, where
 every step one rank's batch is text-only (its vision tower runs on the zero-weight dummy), for a chat-template
-family (without the dummy the run stops: the text-only rank never reduces the projector's gradients); and for
-LLaVA-1.5 the dummy adds exactly zero to the loss and reaches the projector."""
+family (without the dummy the run stops: the text-only rank never reduces the projector's gradients). That the dummy
+adds exactly zero and reaches the projector is tests/test_vlm.py's, family by family."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
-
 from cli_helpers import make_workdir, run_mmft
-from data_modules.records import Example, Sample, Turn
-from mmft.models import LlavaFromConfig, LlavaModule
-from mmft.models.lm_loss import next_token_loss
-from test_llava import TEXT, TOKENIZER, VISION, adapter
 
 # two examples, one per rank each step (the sampler deals every second example of the shuffled order to each rank):
 # one rank always has the image, the other always a text-only batch
@@ -30,7 +23,7 @@ MIXED = [
 
 @pytest.mark.slow
 def test_ddp_steps_mixing_text_only_and_image_ranks_finish(sample_data, tmp_path):
-    config, run = "configs/tiny/qwen2_5_vl_dora.yaml", "tiny_qwen2_5_vl_dora"  # LlavaModule: the test below
+    config, run = "configs/tiny/qwen2_5_vl_dora.yaml", "tiny_qwen2_5_vl_dora"
     (tmp_path / "mixed.json").write_text(json.dumps(MIXED))
     short = {
         "trainer": {"max_epochs": 3, "limit_val_batches": 0, "num_sanity_val_steps": 0, "log_every_n_steps": 1},
@@ -43,19 +36,3 @@ def test_ddp_steps_mixing_text_only_and_image_ranks_finish(sample_data, tmp_path
                    "--trainer.accelerator", "cpu", timeout=300)
     assert "Starting with 2 processes" in out
     assert (workdir / "runs" / run / "adapter" / "adapter_model.safetensors").is_file()
-
-
-def test_llava_text_only_batch_adds_exactly_zero_and_reaches_the_projector():
-    module = LlavaModule(LlavaFromConfig(tokenizer=TOKENIZER, vision_config=VISION, text_config=TEXT), adapter())
-    batch = module.collate([Sample(Example("instruct", "t", (Turn("user", "Hi"), Turn("assistant", "hello"))))])
-    assert "pixel_values" not in batch
-    loss = module.training_loss(batch)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    with torch.no_grad():
-        without_dummy = next_token_loss(module.model, {**inputs, "pixel_values": None}, batch["labels"])
-        plain = module.model(**inputs, labels=batch["labels"]).loss
-    assert loss.item() == without_dummy.item()  # the dummy adds exactly zero
-    torch.testing.assert_close(loss.detach(), plain)
-    loss.backward()
-    projector = list(module.model.model.multi_modal_projector.parameters())
-    assert all(p.grad is not None for p in projector)

@@ -1,13 +1,19 @@
 """The processor collate: list[Sample] -> batch tensors for a transformers image-text-to-text family, prompts from
 the model's own chat template. Runs in DataLoader workers.
 
-The same two views as :class:`~mmft.models.llava_collate.LlavaCollate`: the training view (``input_ids``,
-``attention_mask``, ``labels``; right padding), labels -100 except the assistant replies and their end-of-turn
-token, and the generation view (``prompt_input_ids``, ``prompt_attention_mask``; left padding). The processor
-expands the media placeholders the template writes (Qwen's ``<|image_pad|>`` by the image's grid, OneVision's
-``<image>`` by its AnyRes tiles, SmolVLM's ``<image>`` by its tiles and pixel-shuffled tokens); reply spans found in
-the rendered text (prefix rendering, :func:`~mmft.models.templates.render_messages`) are carried over the expansion
-with the processor's replacement offsets, and tokens overlapping a reply are supervised. The prompt view is the
+Each batch carries two views of the same examples: the training view (``input_ids``, ``attention_mask``,
+``labels``; right padding), labels -100 except the assistant replies and their end-of-turn token, present when
+every example ends with an assistant reply; and the generation view (``prompt_input_ids``,
+``prompt_attention_mask``; left padding), the conversation up to its last reply ending with the generation prompt,
+with ``ids``, ``tasks`` and ``references`` for scoring. A DataModule has one collate for every stage, so the collate
+cannot know which stage it serves; the prompt view costs a slice of the training view. Every question gets its
+task's instruction (:mod:`mmft.models.instructions`).
+
+The processor expands the media placeholders the template writes (Qwen's ``<|image_pad|>`` by the image's grid,
+OneVision's ``<image>`` by its AnyRes tiles, LLaVA-1.5's ``<image>`` by its patches, SmolVLM's ``<image>`` by its
+tiles and pixel-shuffled tokens); reply spans found in the rendered text (prefix rendering,
+:func:`~mmft.models.templates.render_messages`) are carried over the expansion with the processor's replacement
+offsets, and tokens overlapping a reply are supervised. The prompt view is the
 training view cut where the last reply starts, so the images are processed once for both. Media tensors
 (``pixel_values``, ``image_grid_thw``, ``pixel_values_videos``, ...) are returned under ``media``.
 
@@ -16,13 +22,13 @@ or a video goes at the start of the first user turn. A video is passed as the pr
 frame times (frames without times are taken as sampled at ``default_fps``); families that read video as images
 (SmolVLM) get its frames as images.
 
-Over-long conversations lose whole earlier exchanges (question and reply), oldest first, as in the LLaVA collate: the
-last question, its answer and the answer's end of turn are never cut, and a conversation whose images are placed by
-markers in its turns is never shortened. :meth:`ChatCollate.check_length` estimates each example's length from its
-text and a probe image's visual tokens, so the DataModule counts the shortened examples and drops or refuses those
-that cannot fit when it reads the data. The collate cuts by the real length (dynamic-resolution images and videos
-may come out longer than the estimate): only a row over ``max_length`` is rendered again, without as few earliest
-exchanges as make it fit, and it is refused, naming the record, only when nothing more can go.
+Over-long conversations lose whole earlier exchanges (question and reply), oldest first, as LLaVA-1.5's training
+code does: the last question, its answer and the answer's end of turn are never cut, and a conversation whose images
+are placed by markers in its turns is never shortened. :meth:`ChatCollate.check_length` estimates each example's
+length from its text and a probe image's visual tokens, so the DataModule counts the shortened examples and drops or
+refuses those that cannot fit when it reads the data. The collate cuts by the real length (dynamic-resolution images
+and videos may come out longer than the estimate): only a row over ``max_length`` is rendered again, without as few
+earliest exchanges as make it fit, and it is refused, naming the record, only when nothing more can go.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from PIL import Image
 from data_modules.records import IMAGE_MARKER, Example, LengthCheck, RejectedSamples, Sample, Turn
 
 from .base import batch_metadata
-from .llava_collate import IGNORE_INDEX, LLAVA_INSTRUCTIONS, CollateError, pad_rows, with_instruction
+from .batch_rows import IGNORE_INDEX, CollateError, pad_rows
+from .instructions import LLAVA_INSTRUCTIONS, with_instruction
 from .templates import check_turns, render_messages
 
 if TYPE_CHECKING:
@@ -360,9 +367,12 @@ def _shift_spans(spans: Sequence[tuple[int, int]], replacements: Sequence[dict])
 
 
 def _prompt_length(offsets: Sequence[tuple[int, int]], reply_start: int, name: str) -> int:
-    """Tokens before the last reply; its first token must start exactly there (prefix-stable tokenisation)."""
-    starts = [int(s) for s, e in offsets if e > s]
-    index = bisect.bisect_left(starts, reply_start)
-    if index == len(starts) or starts[index] != reply_start:
+    """Tokens before the last reply: up to the first token at or after its start (a word-level tokenizer leaves the
+    space before a reply out of every token); a token across the start means the prompt cannot be cut there."""
+    spans = [(i, int(s), int(e)) for i, (s, e) in enumerate(offsets) if e > s]
+    if any(s < reply_start < e for _, s, e in spans):
         raise CollateError(f"{name}: the last reply does not start on a token boundary; its prompt cannot be cut")
-    return next(i for i, (s, e) in enumerate(offsets) if e > s and int(s) == reply_start)
+    after = [i for i, s, _ in spans if s >= reply_start]
+    if not after:
+        raise CollateError(f"{name}: no token of the last reply was found; its prompt cannot be cut")
+    return after[0]

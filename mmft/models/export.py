@@ -1,14 +1,12 @@
 """Merged exports: a fine-tuned model with its adapters folded into its weights, in a folder other tools load.
 
-- LLaVA (a transformers ``LlavaForConditionalGeneration`` base): the transformers layout, which
-  ``LlavaForConditionalGeneration.from_pretrained`` and ``AutoProcessor.from_pretrained`` load offline (and so
-  lmms-eval, VLMEvalKit and vLLM): ``config.json``, ``generation_config.json``, ``model.safetensors`` in the base's
-  dtype, the tokenizer, and a ``LlavaProcessor`` that prepares inputs as mmft does (images padded to square with
-  LLaVA's colour, ``<image>`` expanded to the model's visual tokens, the training template as chat template).
-- Image-text-to-text families (``VisionLanguageModule``: Qwen2-VL / Qwen2.5-VL, LLaVA-OneVision, LLaVA-NeXT(-Video),
-  SmolVLM, Idefics3): the model in the transformers layout (base dtype, generation stopping at the family's end of
-  turn) and its own processor (tokenizer, image / video processor, chat template), which
-  ``AutoModelForImageTextToText.from_pretrained`` and ``AutoProcessor.from_pretrained`` load offline.
+- Image-text-to-text families (``VisionLanguageModule``: LLaVA-1.5, Qwen-VL, InternVL, Gemma 3, ...): the model in
+  the transformers layout (``config.json``, ``generation_config.json`` stopping at the family's end of turn,
+  ``model.safetensors`` in the base's dtype) and its processor as mmft trained with it (tokenizer, image / video
+  processor, chat template; for LLaVA-1.5 images padded to square and the vicuna_v1 template), which
+  ``AutoModelForImageTextToText.from_pretrained`` and ``AutoProcessor.from_pretrained`` load offline (and so
+  lmms-eval, VLMEvalKit and vLLM). The timm layout (``TimmLlava``) is no transformers class: it exports its PEFT
+  adapter instead.
 - VL-BART (not a transformers class): ``bart/``, the merged BART in the transformers layout with its tokenizer, and
   ``visual_embedding.safetensors``.
 
@@ -34,11 +32,9 @@ from mmft.adapters import has_adapters, merge_adapters
 from mmft.adapters.merge import dequantize_4bit_layers
 
 from .base import AdapterModule
-from .llava import LlavaModule
-from .llava_backbones import DTYPES
-from .templates import VICUNA_V1_CHAT_TEMPLATE
 from .vlbart import VLBartModule
 from .vlm import VisionLanguageModule
+from .vlm_backbones import DTYPES
 
 MERGED_CONFIG = "mmft_merged.yaml"
 VISUAL_EMBEDDING_FILE = "visual_embedding.safetensors"
@@ -57,14 +53,12 @@ def export_merged(module: AdapterModule, folder: str | Path) -> Path:
     """
     if module.adapter_config is None:
         raise ExportError("the module has no adapters (adapter: null): it is merged already")
-    if isinstance(module, LlavaModule):
-        return _write_folder(Path(folder), lambda tmp, final: _write_llava(module, tmp, final))
     if isinstance(module, VisionLanguageModule):
         return _write_folder(Path(folder), lambda tmp, final: _write_vision_language(module, tmp, final))
     if isinstance(module, VLBartModule):
         return _write_folder(Path(folder), lambda tmp, final: _write_vlbart(module, tmp, final))
     raise ExportError(
-        f"merged export knows LlavaModule, VisionLanguageModule and VLBartModule, not {type(module).__name__}"
+        f"merged export knows VisionLanguageModule and VLBartModule, not {type(module).__name__}"
     )
 
 
@@ -118,71 +112,17 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return next(name for name, value in DTYPES.items() if value == dtype)
 
 
-# ---------------------------------------------------------------------------------------------------------- LLaVA
-
-
-def _write_llava(module: LlavaModule, folder: Path, final: Path) -> None:
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
-
-    if not isinstance(module.model, LlavaForConditionalGeneration):
-        raise ExportError(
-            f"{type(module.model).__name__} (a timm tower + causal LM, TimmLlava) is not a transformers class: "
-            "export its PEFT adapter instead (mmft.adapters.save_adapters)"
-        )
-    merged = merged_copy(module.model)
-    collate = module.collate
-    merged.generation_config.pad_token_id = collate.pad_token_id
-    merged.generation_config.eos_token_id = module.tokenizer.eos_token_id
-    merged.save_pretrained(folder)
-
-    tokenizer = copy.deepcopy(module.tokenizer)
-    if collate.template == "vicuna_v1":
-        _add_bos(tokenizer)  # mmft starts vicuna_v1 prompts with <s>, as LLaVA's tokenizer_image_token
-        tokenizer.chat_template = VICUNA_V1_CHAT_TEMPLATE
-    config = merged.config
-    grid = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
-    default = config.vision_feature_select_strategy == "default"
-    processor = LlavaProcessor(
-        image_processor=_llava_image_processor(collate.image_transform.processor, collate.pad_images_to_square),
-        tokenizer=tokenizer,
-        patch_size=config.vision_config.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        chat_template=tokenizer.chat_template,
-        # the processor counts grid + extra tokens, less the CLS under "default": make it count mmft's
-        num_additional_image_tokens=collate.num_image_tokens - grid + int(default),
-    )
-    processor.save_pretrained(folder)
-    backbone = {"class_path": "mmft.models.HFLlava", "init_args": {"path": str(final), "dtype": _dtype_name(merged.dtype)}}
-    _write_merged_config(folder, {"backbone": backbone})
-
-
-def _llava_image_processor(processor: Any, pad_to_square: bool) -> Any:
-    """A ``LlavaImageProcessor`` with ``processor``'s resizing and normalisation that pads to square first when mmft
-    does (with ``int(255 * mean)``, LLaVA-1.5's ``expand2square`` colour): the same pixels as mmft's collate."""
-    from transformers import LlavaImageProcessor
-
-    keys = ("size", "crop_size", "resample", "do_resize", "do_center_crop", "do_rescale", "rescale_factor",
-            "do_normalize", "image_mean", "image_std", "do_convert_rgb")
-    settings = {key: getattr(processor, key) for key in keys if getattr(processor, key, None) is not None}
-    return LlavaImageProcessor(**settings, do_pad=pad_to_square)
-
-
-def _add_bos(tokenizer: Any) -> None:
-    """Make ``tokenizer(text)`` start with the BOS token when it does not already (a tokenizers post-processor)."""
-    from tokenizers import processors
-
-    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
-    if bos is None or tokenizer("a")["input_ids"][:1] == [bos_id]:
-        return
-    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
-    )
-
-
 # ------------------------------------------------------------------------------------- image-text-to-text families
 
 
 def _write_vision_language(module: VisionLanguageModule, folder: Path, final: Path) -> None:
+    from transformers import PreTrainedModel
+
+    if not isinstance(module.model, PreTrainedModel):
+        raise ExportError(
+            f"{type(module.model).__name__} (a timm tower + causal LM, TimmLlava) is not a transformers class: "
+            "export its PEFT adapter instead (mmft export without --merged)"
+        )
     merged = merged_copy(module.model)
     merged.generation_config.pad_token_id = module.collate.pad_token_id
     merged.generation_config.eos_token_id = module.end_of_turn_id  # stop where mmft's generation stops

@@ -21,8 +21,9 @@ import torch
 
 from data_modules.records import IMAGE_MARKER, Example, LengthCheck, Sample, Turn
 
+from .batch_rows import IGNORE_INDEX, CollateError, pad_rows
 from .chat_collate import ChatCollate, RejectedMediaError, _view_turns
-from .llava_collate import IGNORE_INDEX, CollateError, pad_rows, with_instruction
+from .instructions import with_instruction
 from .reply_end import ReplyEnd
 from .templates import check_turns
 

@@ -1,16 +1,16 @@
-"""Conversation templates: turn a list of Turns into one string plus the character spans the model must learn.
+"""Rendering conversations with a chat template into one string plus the character spans the model must learn.
 
-A template renders text only; tokenisation happens afterwards (see `llava_collate`), and a token is supervised
-when its character span overlaps a supervised span. Each supervised span starts right after the generation prompt
-(`"ASSISTANT:"` for vicuna_v1) and ends after the end-of-turn marker, so training teaches exactly the text that
-greedy decoding must produce after the eval prompt, whatever the tokenizer does with the space in between.
+A template renders text only; tokenisation happens afterwards (see :mod:`mmft.models.chat_collate`), and a token is
+supervised when its character span overlaps a supervised span. Each supervised span starts right after the
+generation prompt (``"ASSISTANT:"`` for vicuna_v1) and ends after the end-of-turn marker, so training teaches exactly
+the text that greedy decoding must produce after the eval prompt, whatever the tokenizer does with the space in
+between.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
 
 from data_modules.records import Turn
 from mmft.errors import InputError
@@ -19,23 +19,6 @@ IMAGE_PLACEHOLDER = "<image>"
 VICUNA_V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-TemplateName = Literal["vicuna_v1", "chat_template"]
-# vicuna_v1 as a Hugging Face chat template, for exported processors: the same text as `render` (tested), with
-# "<image>\n" before the text of a turn for each image part (transformers' multimodal message format)
-VICUNA_V1_CHAT_TEMPLATE = (
-    "{%- macro text(content) -%}"
-    "{%- if content is string -%}{{ content }}{%- else -%}"
-    "{%- for part in content if part['type'] == 'image' -%}<image>\n{% endfor -%}"
-    "{%- for part in content if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}"
-    "{%- endif -%}"
-    "{%- endmacro -%}"
-    f'{{{{ "{VICUNA_V1_SYSTEM} " }}}}'
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}USER: {{ text(message['content']) }} {% else -%}"
-    "ASSISTANT: {{ text(message['content']) }}{{ eos_token }}{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}ASSISTANT:{%- endif -%}"
 )
 
 
@@ -64,58 +47,6 @@ def check_turns(turns: Sequence[Turn], source: str) -> None:
             )
 
 
-def render(
-    template: TemplateName,
-    turns: Sequence[Turn],
-    eos: str,
-    tokenizer: Any = None,
-    add_generation_prompt: bool = False,
-    source: str = "",
-) -> Rendered:
-    """Render ``turns`` with ``template``; the assistant turns (plus ``eos``) are the supervised spans.
-
-    With ``add_generation_prompt`` the text ends where the next assistant reply would start (the eval prompt).
-    ``chat_template`` uses ``tokenizer.apply_chat_template`` and finds each reply by rendering the prefixes.
-    """
-    check_turns(turns, source)
-    if template == "vicuna_v1":
-        return _render_vicuna_v1(turns, eos, add_generation_prompt)
-    if template == "chat_template":
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise TemplateError(
-                "template 'chat_template' needs a tokenizer with a chat template; this tokenizer has none: "
-                "use template: vicuna_v1"
-            )
-        return _render_chat_template(turns, tokenizer, add_generation_prompt, source)
-    raise TemplateError(f"unknown template {template!r}: choose vicuna_v1 or chat_template")
-
-
-def _render_vicuna_v1(turns: Sequence[Turn], eos: str, add_generation_prompt: bool) -> Rendered:
-    # LLaVA-1.5 conv_vicuna_v1 (separator style TWO): "<system> USER: <q> ASSISTANT: <a></s>USER: ..."
-    text = VICUNA_V1_SYSTEM + " "
-    spans = []
-    for turn in turns:
-        if turn.role == "user":
-            text += f"USER: {turn.text} "
-        else:
-            text += "ASSISTANT:"
-            start = len(text)
-            text += f" {turn.text}{eos}"
-            spans.append((start, len(text)))
-    if add_generation_prompt:
-        text += "ASSISTANT:"
-    return Rendered(text, tuple(spans))
-
-
-def _render_chat_template(turns: Sequence[Turn], tokenizer: Any, add_generation_prompt: bool, source: str) -> Rendered:
-    messages = [{"role": t.role, "content": t.text} for t in turns]
-
-    def chat(msgs: list[dict], generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=generation_prompt)
-
-    return render_messages(messages, chat, add_generation_prompt, source)
-
-
 def render_messages(
     messages: Sequence[dict], chat: Callable[[list[dict], bool], str], add_generation_prompt: bool, source: str
 ) -> Rendered:
@@ -134,7 +65,7 @@ def render_messages(
         if not (text.startswith(start_text) and text.startswith(end_text)):
             raise TemplateError(
                 f"{source}: the chat template does not render conversations prefix by prefix, so the "
-                "assistant replies cannot be located for label masking: use template: vicuna_v1"
+                "assistant replies cannot be located for label masking: give the backbone a chat_template that does"
             )
         spans.append((len(start_text), len(end_text)))
     return Rendered(text, tuple(spans))

@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
-from .llava_collate import SHORT_ANSWER_SUFFIX
+from .instructions import SHORT_ANSWER_SUFFIX
 from .templates import IMAGE_PLACEHOLDER, VICUNA_V1_SYSTEM
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", IMAGE_PLACEHOLDER)

@@ -1,12 +1,13 @@
 """Fine-tuning any transformers image-text-to-text model with adapters: the LightningModule.
 
 The network and its processor come from a backbone (:mod:`mmft.models.vlm_backbones`): any checkpoint folder
-``AutoModelForImageTextToText`` loads, or a tiny model of a family built from its config. Prompts come from the
-processor's chat template (:class:`~mmft.models.chat_collate.ChatCollate`), where a reply ends from the template and
-the generation config (:mod:`mmft.models.reply_end`); a prefix-LM processor that takes a question and an answer
-itself (PaliGemma) is given those instead (:class:`~mmft.models.prefix_collate.PrefixCollate`). The language model,
-vision tower and projector come from the model's structure (:mod:`mmft.models.vlm_parts`). Adapters go wherever ``target_modules`` reach, the vision tower
-included.
+``AutoModelForImageTextToText`` loads, a tiny model of a family built from its config, or LLaVA's timm tower +
+projector + causal LM (:mod:`mmft.models.timm_llava`). Prompts come from the processor's chat template
+(:class:`~mmft.models.chat_collate.ChatCollate`), where a reply ends from the template and the generation config
+(:mod:`mmft.models.reply_end`); a prefix-LM processor that takes a question and an answer itself (PaliGemma) is
+given those instead (:class:`~mmft.models.prefix_collate.PrefixCollate`). The language model, vision tower and
+projector come from the model's structure (:mod:`mmft.models.vlm_parts`). Adapters go wherever ``target_modules``
+reach, the vision tower included.
 
 Several processes: a rank whose batch has no image or video still runs the vision tower and projector
 (:mod:`mmft.models.vision_dummy`).
@@ -27,7 +28,6 @@ from mmft.adapters import AdapterConfig
 
 from .base import AdapterModule, default_optimizer, no_split_layers
 from .chat_collate import TOKEN_TYPE_KEYS, ChatCollate
-from .llava import enable_activation_checkpointing
 from .lm_loss import next_token_loss
 from .optim import ParamGroup, SchedulerCallable
 from .prefix_collate import PrefixCollate, prefix_reply_end, takes_suffix
@@ -39,6 +39,14 @@ from .vlm_parts import find_parts
 VISUAL_INPUTS = ("pixel_values", "pixel_values_videos")
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute a transformers model's layer activations in backward (non-reentrant, so frozen inputs are fine)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 class VisionLanguageModule(AdapterModule):
     """Adapters on a transformers image-text-to-text model, prompts from its chat template.
 
@@ -46,7 +54,8 @@ class VisionLanguageModule(AdapterModule):
     generation from the prompt view, scored with the task's metric.
 
     Args:
-        backbone: :class:`HFVisionLanguage` (a local checkpoint) or :class:`VisionLanguageFromConfig` (tiny).
+        backbone: :class:`HFVisionLanguage` (a local checkpoint), :class:`VisionLanguageFromConfig` (tiny) or
+            :class:`TimmLlava` (a timm tower + projector + causal LM).
         adapter: the adapter config (targets may include the vision tower); ``null`` for a merged model.
         max_length: longest sequence, visual tokens included.
         instructions: task -> instruction appended to each question (see :class:`ChatCollate`).

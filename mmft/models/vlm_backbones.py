@@ -5,6 +5,8 @@
 - :class:`VisionLanguageFromConfig`: a family's config class with YAML sizes and random weights from a seed, and
   its processor built from parts (a tokenizer folder plus the family's special tokens, the family's image / video
   processor with tiny sizes, the family's chat template, see :mod:`mmft.models.vlm_families`).
+
+LLaVA's own layout (a timm tower + projector + causal LM) is :class:`~mmft.models.timm_llava.TimmLlava`.
 """
 
 from __future__ import annotations
@@ -13,17 +15,26 @@ import difflib
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mmft.adapters import QuantizationConfig
+from mmft.adapters import QuantizationConfig, quantize_linear_layers
+from mmft.adapters.quantize import quantization_device
+from mmft.errors import InputError
 
-from .llava_backbones import BACKBONE_KEY, BackboneConfigError, _dtype, _local_folder, quantize_language_model
 from .prefix_collate import takes_suffix
-from .vlm_families import FAMILIES, family_classes, family_template, get_family
+from .vlm_families import FAMILIES, NAMED_TEMPLATES, family_classes, family_template, get_family
 from .vlm_parts import find_parts
+
+BACKBONE_KEY = "model.init_args.backbone.init_args"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class BackboneConfigError(InputError, ValueError):
+    """A backbone setting is missing or points nowhere; the message names the config key."""
 
 
 @dataclass
@@ -41,6 +52,39 @@ class VisionLanguageBackbone(ABC):
 
     @abstractmethod
     def build(self) -> BuiltVisionLanguage: ...
+
+
+def local_folder(path: str | None, key: str, what: str) -> Path:
+    """``path`` as an existing folder; unset or missing is an error naming ``key`` (no model hub is contacted)."""
+    if path is None:
+        raise BackboneConfigError(f"{key} is not set: set it to {what}")
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise BackboneConfigError(f"{key}={path!r}: no such folder; set it to {what} (no model hub is contacted)")
+    return folder
+
+
+def dtype_named(name: str | None, key: str) -> torch.dtype | None:
+    """The torch dtype called ``name`` (float32, bfloat16, float16); None keeps the checkpoint's."""
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise BackboneConfigError(f"{key}={name!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def find_language_model(model: nn.Module) -> nn.Module:
+    """The module called ``language_model`` inside a vision-language network (every family names it so)."""
+    return next(m for n, m in model.named_modules() if n.rsplit(".", 1)[-1] == "language_model")
+
+
+def quantize_language_model(model: nn.Module, quantization: QuantizationConfig | None) -> None:
+    """QLoRA's base: every linear layer of the language model in 4 bits (quantized on the GPU when there is one);
+    the vision tower, the projector and the output head stay as they are."""
+    if quantization is not None:
+        language_model = find_language_model(model)
+        quantize_linear_layers(language_model, quantization, skip=["lm_head"],
+                               device=quantization_device(language_model))
 
 
 def _transformers_class(name: str) -> Any:
@@ -68,7 +112,9 @@ def _load_model(folder: Any, dtype: Any) -> nn.Module:
 
 def _chat_template(processor: Any, model_type: str, template: str | None, folder: Any) -> None:
     """Give ``processor`` the chat template to train with: ``template`` if given, else the checkpoint's own, else
-    the family's (for checkpoints that ship none); none at all is a named error."""
+    the family's (for checkpoints that ship none); none at all is a named error. ``template`` is a Jinja text or a
+    name of :data:`~mmft.models.vlm_families.NAMED_TEMPLATES` (``vicuna_v1``)."""
+    template = NAMED_TEMPLATES.get(template, template) if template is not None else None
     if template is None and not getattr(processor, "chat_template", None) and model_type in FAMILIES:
         template = family_template(FAMILIES[model_type])
     if template is not None:
@@ -119,7 +165,8 @@ class HFVisionLanguage(VisionLanguageBackbone):
         image_processor: settings of the checkpoint's image processor to replace, as a recipe sets its resolution
             (Qwen2.5-VL's ``min_pixels`` / ``max_pixels``); names the processor does not take are refused.
         video_processor: the same for its video processor (Qwen2.5-VL's per-frame ``min_pixels`` / ``max_pixels``).
-        chat_template: a Jinja chat template to train with, for a checkpoint that ships none (or to replace its own).
+        chat_template: a Jinja chat template to train with, for a checkpoint that ships none (or to replace its own),
+            or ``vicuna_v1``: LLaVA-1.5's training format (a Llava checkpoint's own template is another one).
 
     A video goes in as the processor's video input when it has a video processor, else as its frames, each an
     image (Gemma 3, Mistral 3).
@@ -144,8 +191,8 @@ class HFVisionLanguage(VisionLanguageBackbone):
     def build(self) -> BuiltVisionLanguage:
         from transformers import AutoProcessor
 
-        folder = _local_folder(self.path, f"{BACKBONE_KEY}.path", "a local image-text-to-text checkpoint folder")
-        model = _load_model(folder, _dtype(self.dtype, f"{BACKBONE_KEY}.dtype"))
+        folder = local_folder(self.path, f"{BACKBONE_KEY}.path", "a local image-text-to-text checkpoint folder")
+        model = _load_model(folder, dtype_named(self.dtype, f"{BACKBONE_KEY}.dtype"))
         parts = {
             name: _media_processor(auto_class, folder, settings, f"{BACKBONE_KEY}.{name}")
             for name, auto_class, settings in (
@@ -214,7 +261,7 @@ class VisionLanguageFromConfig(VisionLanguageBackbone):
 
         family = get_family(self.family, f"{BACKBONE_KEY}.family")
         classes = family_classes(self.family)
-        folder = _local_folder(self.tokenizer, f"{BACKBONE_KEY}.tokenizer", "a tokenizer folder")
+        folder = local_folder(self.tokenizer, f"{BACKBONE_KEY}.tokenizer", "a tokenizer folder")
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
                                                   extra_special_tokens=dict(family.named_tokens))
         tokenizer.add_special_tokens({"additional_special_tokens": list(family.special_tokens)},

@@ -49,7 +49,9 @@ MISTRAL_INST = (
 )
 
 VICUNA_V1_MEDIA = (
-    f'{{{{ "{VICUNA_V1_SYSTEM} " }}}}'
+    # LLaVA's text starts with the tokenizer's BOS (its Llama tokenizer adds one); written here, so a tokenizer
+    # that adds none (the tiny one) gets the same ids
+    f'{{{{ bos_token + "{VICUNA_V1_SYSTEM} " }}}}'
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}{{ 'USER: ' }}"
     "{% for part in message['content'] %}"
@@ -173,9 +175,10 @@ FAMILIES: dict[str, Family] = {
         {"image_token_id": "<image>", "video_token_id": "<video>"}, "<|im_end|>", CHATML_ONEVISION,
         config_defaults={"vision_feature_layer": -1},
     ),
-    # LLaVA-1.5 (Hugging Face Llava checkpoints): vicuna_v1, as LLaVA-1.5 trains; images padded to square with the
-    # mean colour by the processor (image_aspect_ratio: pad) when the recipe sets do_pad
-    "llava": Family(("<image>",), {"image_token_id": "<image>"}, "</s>", VICUNA_V1_MEDIA),
+    # LLaVA-1.5 (Hugging Face Llava checkpoints and the timm layout): vicuna_v1, as LLaVA-1.5 trains; images padded
+    # to square with the mean colour by the processor (image_aspect_ratio: pad) when the recipe sets do_pad; a video
+    # as its frames, one <image> each (LLaVA-1.5 has no video input)
+    "llava": Family(("<image>",), {"image_token_id": "<image>"}, "</s>", VICUNA_V1_MEDIA, video_as_images=True),
     "llava_next": Family(("<image>",), {"image_token_id": "<image>"}, "</s>", MISTRAL_INST),
     "llava_next_video": Family(
         ("<image>", "<video>"), {"image_token_id": "<image>", "video_token_id": "<video>"}, "</s>", VICUNA_V1_MEDIA,
@@ -220,6 +223,10 @@ FAMILIES: dict[str, Family] = {
         "<|endoftext|>", GLM4V,
     ),
 }
+
+
+# templates a recipe may name instead of writing the Jinja text (``chat_template: vicuna_v1``)
+NAMED_TEMPLATES = {"vicuna_v1": VICUNA_V1_MEDIA}
 
 
 def family_template(family: Family) -> str | None:

@@ -40,8 +40,9 @@ def find_parts(model: nn.Module) -> ModelParts:
                               "language model and a vision tower inside the model")
     language_model, vision_tower = names[id(decoder)], names[id(tower)]
     parent = language_model.rpartition(".")[0]
-    siblings = dict(model.get_submodule(parent).named_children()) if parent else {}
-    projectors = [f"{parent}.{name}" for name, child in siblings.items()
+    prefix = f"{parent}." if parent else ""
+    siblings = dict(model.get_submodule(parent).named_children())
+    projectors = [f"{prefix}{name}" for name, child in siblings.items()
                   if child not in (decoder, tower) and any(True for _ in child.parameters())]
     if not projectors:
         projectors = [f"{vision_tower}.{name}" for name, _ in tower.named_children() if "merger" in name]
