@@ -226,9 +226,11 @@ class MultitaskDataModule(LightningDataModule):
     """Reads the readers of each stage, builds the datasets, and serves multitask training and per-reader eval.
 
     Args:
-        train, val, test, predict: readers per stage (any :class:`Reader` subclass, ``class_path`` in YAML).
-            Training readers with the same ``task`` are pooled into one task. Training readers may be
-            :class:`StreamingShards` (see the module docstring).
+        train: training readers (any :class:`Reader` subclass, ``class_path`` in YAML); readers with the same
+            ``task`` are pooled into one task. They may be :class:`StreamingShards` (see the module docstring).
+        val: validation readers.
+        test: test readers.
+        predict: prediction readers.
         batch_size: per-device batch size, or a dict task -> batch size.
         eval_batch_size: batch size of val/test/predict loaders (default: ``batch_size`` of the reader's task).
         sampling: ``round_robin`` / ``proportional`` (one task per batch, see :class:`MultitaskBatchSampler`)

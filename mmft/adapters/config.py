@@ -42,15 +42,17 @@ class AdapterConfig:
             "fewer parameters" granularity). Same matching rules; takes precedence over ``target_modules``.
         modules_to_save: modules trained fully (e.g. a projector), matched by exact name or ``"." + name`` suffix,
             as PEFT matches them.
-        rank_pattern / alpha_pattern: per-module rank / alpha, keys matched as PEFT does (``(.*\\.)?(key)$``).
-        layers_to_transform / layers_pattern: restrict list targets to these layer indices (``layers_pattern`` names
-            the module list, e.g. ``layers``; by default the first numbered segment of the name is the index).
+        rank_pattern: per-module rank, keys matched as PEFT does (``(.*\\.)?(key)$``).
+        alpha_pattern: per-module alpha, keys matched the same way.
+        layers_to_transform: restrict list targets to these layer indices (by default the first numbered segment of
+            the name is the index).
+        layers_pattern: the module list whose index ``layers_to_transform`` reads, e.g. ``layers``.
         bias: ``none``, ``all`` (train every bias) or ``lora_only`` (train the biases of adapted layers).
         detach_norm: DoRA paper section 4.3: treat the weight norm as a constant in backprop (saves memory).
         dora_recompute: recompute the DoRA layer output in backward instead of saving it: less activation memory,
             one extra matmul per adapted layer.
-        vera_d_initial / vera_seed: VeRA's initial ``lambda_d`` value and the seed of its shared projections
-            (PEFT's ``d_initial`` and ``projection_prng_key``).
+        vera_d_initial: VeRA's initial ``lambda_d`` value (PEFT's ``d_initial``).
+        vera_seed: the seed of VeRA's shared projections (PEFT's ``projection_prng_key``).
     """
 
     method: Method = "lora"

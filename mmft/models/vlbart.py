@@ -247,9 +247,10 @@ class VLBartModule(AdapterModule):
         visual: the frozen visual encoder, or pre-extracted feature files (:class:`VisualConfig`).
         prefixes: task -> prefix of the encoder text (default: VL-Adapter's ``vqa: ``, ``gqa: ``, ``nlvr: ``,
             ``caption: ``, ...).
-        max_length / max_target_length: longest encoder text / label sequence in tokens, ``<s>`` and ``</s>``
-            included; longer ones are cut (VL-T5: 20 and 20).
-        num_beams / max_new_tokens: beam search at evaluation.
+        max_length: longest encoder text in tokens, ``<s>`` and ``</s>`` included (VL-T5: 20).
+        max_target_length: longest label sequence in tokens, the same way (VL-T5: 20).
+        num_beams: beams of the beam search at evaluation.
+        max_new_tokens: generation length at evaluation.
         max_images: most images per example (2: NLVR2).
         seed: seed of the random weights (BART from a config, the visual embedding).
         visual_embedding: a safetensors file holding the visual embedding's weights (a merged export's
