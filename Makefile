@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-$(SAMPLE)/README.txt: mmft/tools/sample_data.py
+$(SAMPLE)/README.txt: $(wildcard mmft/tools/sample_data/*.py)
 	$(VENV)/bin/mmft sample-data --out $(SAMPLE)
 
 # the main job: DoRA visual instruction tuning of the tiny LLaVA on the sample data, then its test metrics

@@ -9,6 +9,7 @@ from data_modules.formats import (
     MSRVTTQA,
     NLVR2,
     OCRVQA,
+    POPE,
     TVQA,
     CocoKarpathy,
     DataFormatError,
@@ -16,7 +17,6 @@ from data_modules.formats import (
     LlavaInstruct,
     MMBench,
     OnError,
-    POPE,
     Reader,
     ScienceQA,
     SkipReport,
@@ -26,8 +26,9 @@ from data_modules.formats import (
     VQAv2,
 )
 from data_modules.media import FrameSampling, MediaError, VideoFrames, load_image, load_video_frames, pad_to_square
-from data_modules.multitask import DataConfigError, MultitaskBatchSampler, MultitaskDataModule
+from data_modules.multitask import DataConfigError, MultitaskDataModule
 from data_modules.records import Example, Sample, Turn
+from data_modules.sampler import MultitaskBatchSampler
 from data_modules.shard_index import ShardIndexError
 from data_modules.streaming import DamagedShardError, StreamingShards
 

@@ -4,7 +4,7 @@ into the :class:`Sample` a model's collate receives.
 
 The shards are read by index, not streamed in litdata's order: litdata's ``StreamingDataset[i]`` reads any item by
 its global index (a local chunk in place; a remote one fetched into the cache on demand). So a shard set is a
-map-style Dataset of known length and the DataModule's own :class:`~data_modules.multitask.MultitaskBatchSampler`
+map-style Dataset of known length and the DataModule's own :class:`~data_modules.sampler.MultitaskBatchSampler`
 draws its batches exactly as for examples held in memory: every ``sampling``, per-task batch sizes,
 ``group_by_modality_length``, DDP sharding with DistributedSampler's padding and an exact mid-epoch resume from the
 DataModule's state. What the sampler needs of each item (task, modality and length) comes from the shard index

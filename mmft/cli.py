@@ -98,6 +98,18 @@ def write_results(metrics: Mapping[str, Any], stage: str, path: Path, checkpoint
     return write_json_atomic(path, {"checkpoint": checkpoint, "metrics": numbers})
 
 
+# what every run keeps unless its config lists trainer.callbacks itself; a recipe adds to them with `callbacks+:`
+DEFAULT_CALLBACKS = [
+    # saved after validation: Lightning resumes such checkpoints exactly with --ckpt_path
+    {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+     "init_args": {"save_last": True, "save_on_train_epoch_end": False}},
+    {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}},
+    {"class_path": "mmft.callbacks.Throughput"},
+    {"class_path": "mmft.callbacks.PeftExport"},
+    {"class_path": "mmft.callbacks.AnswerWriter"},
+]
+
+
 class LoggingSaveConfigCallback(SaveConfigCallback):
     """Saves ``config.yaml`` in the log dir (overwriting: a rerun in the same folder must not abort) and logs the
     whole run config to every logger (W&B shows it as the run's config)."""
@@ -148,6 +160,7 @@ class MMFTCLI(LightningCLI):
         parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        parser.set_defaults({"trainer.callbacks": DEFAULT_CALLBACKS})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.collate", "data.init_args.collate_fn", apply_on="instantiate")

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_adapters import cpu_peak_bytes  # noqa: E402
+from bench_parts.meters import cpu_peak_bytes  # noqa: E402
 
 from mmft.models.lm_loss import IGNORE_INDEX, next_token_loss  # noqa: E402
 

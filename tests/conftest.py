@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str):
-    """The benchmark ``scripts/<name>.py`` as a module (scripts/ holds benchmarks, not a package), loaded once."""
+    """The benchmark ``scripts/<name>.py`` as a module (scripts/ holds benchmarks, not a package), loaded once; its
+    parts (``scripts/bench_parts``) import as when the script runs, from the script's folder."""
+    if str(ROOT / "scripts") not in sys.path:
+        sys.path.insert(0, str(ROOT / "scripts"))
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses look their module up in sys.modules
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def load_benchmark() -> types.SimpleNamespace:
+    """``scripts/bench_adapters.py`` with the names of its parts (``scripts/bench_parts/*``) in one namespace, as the
+    benchmark tests read them."""
+    script = load_script("bench_adapters")
+    names: dict = {}
+    for part in ("settings", "variants", "meters", "quant", "report"):
+        names.update(vars(importlib.import_module(f"bench_parts.{part}")))
+    return types.SimpleNamespace(**{**names, **vars(script)})
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_llama
 from torch import nn
 
 from mmft.adapters import (
@@ -18,7 +19,6 @@ from mmft.adapters import (
     save_adapters,
     unmerge_adapters,
 )
-from tiny_models import tiny_llama
 
 
 def lora(**kw):

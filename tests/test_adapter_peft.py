@@ -9,9 +9,9 @@ import re
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, VeraConfig, get_peft_model
+from tiny_models import MODELS, first_output
 
 from mmft.adapters import AdapterConfig, apply_adapters, load_adapters, save_adapters
-from tiny_models import MODELS, first_output
 
 ATOL = 1e-5
 

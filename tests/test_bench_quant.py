@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from conftest import load_script
+from conftest import load_benchmark
 
 TINY = ["--quant", "4bit", "--device", "cpu", "--threads", "1", "--warmup", "1", "--rounds", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script("bench_adapters")
+    return load_benchmark()
 
 
 def test_quant_report_compares_dense_and_4bit_bases_and_mmft_with_peft(bench, tmp_path):

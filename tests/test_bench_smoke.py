@@ -10,8 +10,7 @@ import math
 
 import pytest
 import torch
-
-from conftest import load_script
+from conftest import load_benchmark, load_script
 
 TINY = ["--preset", "tiny", "--device", "cpu", "--threads", "1", "--warmup", "1", "--rounds", "1",
         "--eval-warmup", "0", "--eval-rounds", "1", "--quiet"]
@@ -20,7 +19,7 @@ FOUR = ["mmft_lora", "mmft_dora", "peft_lora", "peft_dora"]
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script("bench_adapters")
+    return load_benchmark()
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from data_modules.formats import POPE, DataFormatError, MMBench, ScienceQA, TextVQA, VizWiz
-from mmft.models.instructions import LLAVA_INSTRUCTIONS
+from mmft.tasks import LLAVA_INSTRUCTIONS
 
 
 def write_json(path: Path, data) -> Path:

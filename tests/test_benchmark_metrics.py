@@ -6,6 +6,7 @@ metrics), with the data and the split into halves defined here."""
 from __future__ import annotations
 
 import pytest
+
 from mmft.metrics import (
     POPE,
     CircularAccuracy,

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from cli_helpers import ROOT, make_workdir, run_command, run_mmft
 
 pytestmark = pytest.mark.slow  # end-to-end runs of the CLI

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cli_helpers import make_workdir, run_mmft
 from test_cli import SHORT_RUN, train_losses
 

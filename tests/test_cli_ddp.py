@@ -7,7 +7,6 @@ import csv
 from pathlib import Path
 
 import pytest
-
 from cli_helpers import make_workdir
 from test_cli import LAST, RUN, SHORT_RUN, mmft
 

@@ -31,7 +31,8 @@ from data_modules import (
     SkippedSample,
     VQAv2,
 )
-from data_modules.multitask import deal_by_length
+from data_modules.records import LengthCheck
+from data_modules.sampler import deal_by_length
 from mmft.metrics import VQAAccuracy
 
 
@@ -497,12 +498,16 @@ def test_sample_data_is_deterministic(tmp_path: Path, sample_data: Path) -> None
 
 
 class FeatureCollate:
-    """A collate that reads pre-extracted features, as VL-BART's does: it asks for no decoded images."""
+    """A collate that reads pre-extracted features, as VL-BART's does: it asks for no decoded images (a
+    :class:`data_modules.collate.Collate` whose every example fits)."""
 
     needs_media = False
 
     def __call__(self, samples: list[Sample]) -> dict:
         return {"id": [s.example.id for s in samples], "images": [len(s.images) for s in samples]}
+
+    def check_length(self, example, training: bool) -> LengthCheck:
+        return LengthCheck()
 
 
 def test_feature_collates_need_no_image_files(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import copy
 import os
-from collections import Counter
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest

@@ -15,7 +15,7 @@ from mmft.errors import InputError
 # the DataModule handles (the user sees the model's CollateError); a span outside a video is re-raised as the
 # MediaError that names the file
 NOT_INPUT_ERRORS = {"mmft.tools.export.ExportError", "mmft.tools.optimize.OutputFolderError",
-                    "mmft.tools.compare.RunFolderError", "mmft.models.export.ExportError",
+                    "mmft.tools.compare.RunFolderError", "mmft.models.base.ExportError",
                     "data_modules.records.RejectedSamples", "data_modules.media.SpanOutsideVideo"}
 
 

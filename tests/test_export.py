@@ -32,7 +32,7 @@ from mmft.models import (
     VisionLanguageModule,
 )
 from mmft.models.export import MERGED_CONFIG, export_merged
-from mmft.models.instructions import SHORT_ANSWER_SUFFIX
+from mmft.tasks import SHORT_ANSWER_SUFFIX
 
 
 def trained(module, scale: float = 0.05, seed: int = 0):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import ROOT, make_workdir, run_mmft
 from lightning.pytorch import LightningModule, Trainer
 from torch.utils.data import DataLoader
 
-from cli_helpers import ROOT, make_workdir, run_mmft
 from mmft.callbacks import AnswerWriter
 from mmft.checkpoint_io import AtomicCheckpointIO
 
@@ -128,11 +128,11 @@ def test_a_failed_predict_keeps_the_previous_file_and_its_partial_answers(tmp_pa
 # -------------------------------------------------------------------------------------------------------- evaluation
 def test_samples_skipped_for_bad_media_show_as_scored_of_total(tmp_path):
     from PIL import Image
+    from test_checkpoints import tiny_module
 
     from data_modules import LlavaInstruct, MultitaskDataModule
     from mmft.cli import results_table
     from mmft.metrics import ExactMatchAccuracy
-    from test_checkpoints import tiny_module
 
     records = []
     for k in range(3):
@@ -157,11 +157,11 @@ def test_samples_skipped_for_bad_media_show_as_scored_of_total(tmp_path):
 def test_a_task_whose_every_sample_was_skipped_shows_as_unscored(tmp_path):
     """Not left out of the table and the JSON file, and the average is not taken over the other tasks alone."""
     from PIL import Image
+    from test_checkpoints import tiny_module
 
     from data_modules import LlavaInstruct, MultitaskDataModule
     from mmft.cli import results_table, write_results
     from mmft.metrics import ExactMatchAccuracy
-    from test_checkpoints import tiny_module
 
     Image.new("RGB", (8, 8), (200, 20, 20)).save(tmp_path / "good.png")
     (tmp_path / "bad.png").write_bytes(b"not an image")

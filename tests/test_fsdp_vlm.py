@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from test_vlm import BLUE, RED, VISION_TARGETS, video_sample
+from tiny_vlms import LM_TARGETS, PROJECTORS, tiny_backbone
 from torch.distributed.fsdp import FSDPModule
 
 from data_modules.records import Example, Sample, Turn
@@ -21,8 +23,6 @@ from mmft.adapters import AdaptedLinear, AdapterConfig
 from mmft.adapters.expert_layers import AdaptedParameters
 from mmft.fsdp import AdapterFSDPStrategy
 from mmft.models import VisionLanguageModule
-from test_vlm import BLUE, RED, VISION_TARGETS, video_sample
-from tiny_vlms import LM_TARGETS, PROJECTORS, tiny_backbone
 
 WORLD = 2
 # each family's decoder layer: the FSDP units, found through the model's get_decoder()

@@ -39,9 +39,9 @@ from mmft.models import (
 )
 from mmft.models.batch_rows import IGNORE_INDEX
 from mmft.models.export import ExportError, export_merged
-from mmft.models.instructions import SHORT_ANSWER_SUFFIX
 from mmft.models.optim import ParamGroupError, build_param_groups
 from mmft.models.vlm_backbones import BackboneConfigError
+from mmft.tasks import SHORT_ANSWER_SUFFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD_CHECKPOINT = ROOT / "tests" / "fixtures" / "llava_module_762749b"
@@ -342,12 +342,12 @@ def test_warmup_cosine_matches_the_closed_form():
 
 
 def test_tiny_tokenizer_is_reproducible_from_the_sample_data(sample_data, tmp_path):
-    from mmft.models.tiny_tokenizer import TEMPLATE_TEXTS, build_tiny_tokenizer, sample_data_texts
+    from mmft.tools.tiny_tokenizer import TEMPLATE_TEXTS, build_tiny_tokenizer, sample_data_texts
 
     build_tiny_tokenizer([*TEMPLATE_TEXTS, *sample_data_texts(sample_data)]).save_pretrained(tmp_path)
     shipped = AutoTokenizer.from_pretrained(TOKENIZER)
     rebuilt = AutoTokenizer.from_pretrained(tmp_path)
-    hint = "the sample data changed: python -m mmft.models.tiny_tokenizer --sample-data data/sample"
+    hint = "the sample data changed: python -m mmft.tools.tiny_tokenizer --sample-data data/sample"
     assert rebuilt.get_vocab() == shipped.get_vocab(), hint
     assert (tmp_path / "tokenizer.json").read_text() == (Path(TOKENIZER) / "tokenizer.json").read_text(), hint
 

@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_llama
 
 from mmft.adapters import AdapterConfig, apply_adapters
 from mmft.models.lm_loss import IGNORE_INDEX, next_token_loss
-from tiny_models import tiny_llama
 
 
 def plain_loss(model, ids, labels):

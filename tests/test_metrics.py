@@ -9,18 +9,17 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from test_benchmark_metrics import CIRCULAR_DATA, flatten, make_benchmark_metrics, update_benchmarks
 
 from mmft.metrics import (
     ANLS,
     CIDErD,
     CircularAccuracy,
+    ExactMatchAccuracy,
     GQAAccuracy,
     LenientANLS,
     LenientVQAAccuracy,
     TextVQAAccuracy,
-    ExactMatchAccuracy,
     VQAAccuracy,
     anls_score,
     cider_d_scores,

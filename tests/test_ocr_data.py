@@ -98,7 +98,7 @@ def test_ocrvqa_bad_records_name_the_file_and_book(books: Path, record, message:
     path.write_text(json.dumps({"B1": book(), "B2": record}))
     with pytest.raises(DataFormatError) as error:
         OCRVQA(path, books / "images").read()
-    assert f"dataset.json#B2" in str(error.value) and message in str(error.value)
+    assert "dataset.json#B2" in str(error.value) and message in str(error.value)
     skipping = OCRVQA(path, books / "images", on_error="skip")
     assert len(skipping.read()) == 2 and skipping.skipped.total == 1
 

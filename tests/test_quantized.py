@@ -13,6 +13,8 @@ import pytest
 import torch
 from bitsandbytes.functional import dequantize_4bit
 from peft import PeftModel, get_peft_model
+from test_adapter_peft import assert_same, peft_config, randomise_
+from tiny_models import llama_inputs, tiny_llama
 from torch import nn
 
 import mmft.adapters.base_weight as base_weight
@@ -30,8 +32,6 @@ from mmft.adapters import (
 )
 from mmft.adapters.base_weight import dense_weight, row_chunks
 from mmft.analysis import weight_updates
-from test_adapter_peft import assert_same, peft_config, randomise_
-from tiny_models import llama_inputs, tiny_llama
 
 FP32 = QuantizationConfig(compute_dtype="float32")
 

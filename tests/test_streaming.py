@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from cli_helpers import make_workdir
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 
-from cli_helpers import make_workdir
 from data_modules import (
     MSRVTTQA,
     DataConfigError,
@@ -38,8 +38,8 @@ from data_modules import (
     load_video_frames,
 )
 from data_modules.formats.base import TOO_LONG
-from data_modules.multitask import modality_length
 from data_modules.records import LengthCheck
+from data_modules.sampler import modality_length
 from data_modules.shard_index import INDEX_NAME, ShardIndexError, read_shard_index
 from data_modules.shards import example_to_item, item_to_example
 from data_modules.streaming import DAMAGED_SHARD, DamagedShardError
@@ -116,12 +116,16 @@ def samples_of(samples: list[Sample]) -> dict:
 
 
 class FeatureCollate:
-    """A collate that reads no pixels (as VL-BART's on feature files): samples come without media."""
+    """A collate that reads no pixels (as VL-BART's on feature files): samples come without media (a
+    :class:`data_modules.collate.Collate` whose every example fits)."""
 
     needs_media = False
 
     def __call__(self, samples: list[Sample]) -> dict:
         return samples_of(samples)
+
+    def check_length(self, example, training: bool) -> LengthCheck:
+        return LengthCheck()
 
 
 def test_shard_item_round_trip_keeps_the_example_and_the_file_bytes(sample_data: Path) -> None:
@@ -169,6 +173,8 @@ def test_streamed_media_decode_to_the_same_pixels_as_the_files(shards: Path) -> 
 
 class FlagLong:
     """A stand-in for a model's collate with a token budget: examples with a ``too_long`` id exceed it."""
+
+    needs_media = True
 
     def __init__(self, too_long: set[str]) -> None:
         self.too_long = too_long

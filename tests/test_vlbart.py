@@ -15,9 +15,11 @@ from PIL import Image
 from data_modules import NLVR2, CocoKarpathy, ExampleDataset, VQAv2
 from mmft.adapters import AdapterConfig
 from mmft.models import WarmupLinear
-from mmft.models.vlbart import VisualEmbedding, VLBartConfigError, VLBartModule
-from mmft.models.vlbart_collate import IGNORE_INDEX, VLBART_PREFIXES, VLBartCollate, VLBartCollateError
+from mmft.models.batch_rows import IGNORE_INDEX
 from mmft.models.visual_features import FeatureStore, VisualConfig, VisualEncoder, VisualFeatureError
+from mmft.models.vlbart import VisualEmbedding, VLBartConfigError, VLBartModule
+from mmft.models.vlbart_collate import VLBartCollate, VLBartCollateError
+from mmft.tasks import VLBART_PREFIXES
 from mmft.tools import extract_features
 
 ROOT = Path(__file__).resolve().parents[1]

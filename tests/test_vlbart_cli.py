@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from cli_helpers import ROOT, make_workdir, run_mmft
+
 from mmft.cli import main, resolve_config
 from mmft.models.vlbart import VLBartModule
-
 
 # 3 training steps, one batch per evaluation loader, files under runs/ of the work folder
 SHORT_RUN = {

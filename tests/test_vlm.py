@@ -22,11 +22,11 @@ from mmft.metrics import VQAAccuracy
 from mmft.models import VisionLanguageModule
 from mmft.models.batch_rows import CollateError
 from mmft.models.chat_collate import MEDIA_KEYS_SKIPPED
-from mmft.models.instructions import SHORT_ANSWER_SUFFIX
 from mmft.models.lm_loss import next_token_loss
 from mmft.models.vlm_families import FAMILIES as TINY_FAMILIES
 from mmft.models.vlm_families import family_template
 from mmft.models.vlm_parts import find_parts
+from mmft.tasks import SHORT_ANSWER_SUFFIX
 
 RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
 # the two-turn conversation of the mask test, as each family's published format writes it: (text, supervised); a
@@ -645,9 +645,8 @@ def test_local_checkpoint_folder_loads_offline_with_no_table_entry(name, tmp_pat
 def test_recipe_sets_the_checkpoints_image_and_video_resolution(tmp_path):
     """Qwen2.5-VL's fine-tuning scripts set min / max pixels: the folder's processors take them, and a misspelt
     setting (which transformers would drop silently) is refused with its config key."""
-    from mmft.models.vlm_backbones import BackboneConfigError
-
     from mmft.models import HFVisionLanguage
+    from mmft.models.vlm_backbones import BackboneConfigError
 
     built = tiny_backbone("qwen2_5_vl").build()
     built.model.save_pretrained(tmp_path)
@@ -705,11 +704,11 @@ def test_an_image_the_processor_rejects_is_a_named_error_or_a_counted_skip(tmp_p
 def test_a_checkpoint_folder_mmft_cannot_train_is_a_named_error(tmp_path, monkeypatch):
     """A model type that is not image-text-to-text, a processor with no chat template (and no family template to
     fall back on), and a template that never writes a reply each stop with a message naming the folder."""
-    from mmft.models.vlm_backbones import BackboneConfigError
     from transformers import LlamaConfig
 
     from mmft.models import HFVisionLanguage, vlm_backbones
     from mmft.models.reply_end import ReplyEndError
+    from mmft.models.vlm_backbones import BackboneConfigError
 
     text_only = tmp_path / "llama"
     LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4).save_pretrained(

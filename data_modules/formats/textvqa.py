@@ -18,7 +18,6 @@ from data_modules.formats.base import (
 )
 from data_modules.records import Example, Turn
 
-
 OCR_PREFIX = "Reference OCR token: "
 
 

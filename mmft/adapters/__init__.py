@@ -6,8 +6,8 @@ PyTorch, no Lightning or transformers import.
 """
 
 from .config import AdapterConfig, AdapterConfigError
-from .fingerprint import frozen_weights_hash
 from .expert_layers import AdaptedParameters
+from .fingerprint import frozen_weights_hash
 from .inject import (
     AdapterError,
     AdapterReport,

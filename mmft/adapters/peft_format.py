@@ -22,7 +22,6 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from .config import AdapterConfig
-from .methods import method_of_peft_folder
 from .inject import (
     VERA_ATTRIBUTE,
     AdapterError,
@@ -33,6 +32,7 @@ from .inject import (
     has_adapters,
     saved_module_names,
 )
+from .methods import method_of_peft_folder
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

@@ -2,7 +2,6 @@
 of the updates (rank at 90% of their energy)."""
 
 from .spectrum import UpdateSpectrum, effective_weight, layer_spectrum, rank_at_energy, update_spectra, update_spectrum
-
 from .updates import (
     WeightUpdate,
     direction_magnitude_trend,

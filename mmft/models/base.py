@@ -28,6 +28,7 @@ import inspect
 import json
 import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ from mmft.adapters import AdapterConfig, AdapterReport, apply_adapters, frozen_w
 from mmft.checkpoint_io import install_atomic_checkpoint_io
 from mmft.errors import InputError
 from mmft.fsdp import is_sharded, shard_model
+from mmft.tasks import default_metric
 
 from .optim import ParamGroup, SchedulerCallable, build_param_groups
 
@@ -92,6 +94,10 @@ def require_embedding_grads(model: nn.Module) -> None:
         transformers_model.enable_input_require_grads()
 
 
+class ExportError(ValueError):
+    """The module cannot be exported as a merged model; the message says why and what to do instead."""
+
+
 class CheckpointMismatchError(InputError, RuntimeError):
     """A checkpoint's parameters, base model or adapter config are not those of the configured model."""
 
@@ -139,7 +145,8 @@ class AdapterModule(LightningModule):
         scheduler: called as ``scheduler(optimizer, total_steps)``; stepped every optimizer step.
         param_groups: parameters with their own lr / weight decay; the rest use the optimizer's.
         metrics: task -> torchmetrics Metric scoring generated answers (``update(answers, references)``), e.g.
-            ``{vqav2: {class_path: mmft.metrics.VQAAccuracy}}``; each eval dataloader gets its own copy.
+            ``{vqav2: {class_path: mmft.metrics.VQAAccuracy}}``; each eval dataloader gets its own copy. A task
+            named here nowhere is scored by the task table's metric (:data:`mmft.tasks.TASKS`).
         allow_base_mismatch: load checkpoints whose base model or adapter config differ from this model's (a
             warning instead of an error), for users who mean it, e.g. adapters moved onto a re-quantised base.
     """
@@ -202,6 +209,12 @@ class AdapterModule(LightningModule):
                 "adapter": asdict(self.adapter_config) if self.adapter_config is not None else None,
             }
         return self.fingerprint
+
+    def write_merged(self, folder: Path, final: Path) -> None:
+        """Write the network with its adapters merged into ``folder``, which will be renamed to ``final`` (paths
+        written into it name ``final``); :func:`mmft.models.export.export_merged` calls it. A family whose network
+        other tools can load overrides it."""
+        raise ExportError(f"{type(self).__name__} has no merged format: export its PEFT adapter instead")
 
     def fsdp_units(self) -> list[nn.Module]:
         """The submodules FSDP shards as units of their own (each one's weights gathered together, one at a time)."""
@@ -353,12 +366,14 @@ class AdapterModule(LightningModule):
         task = batch["tasks"][0]
         key = (stage, dataloader_idx)
         if key not in self._eval_metrics:
-            if task not in self.task_metrics:
+            metric = self._metric_for(task)
+            if metric is None:
                 raise KeyError(
                     f"no metric for task {task!r} ({stage} dataloader {dataloader_idx}): add it to "
-                    f"model.init_args.metrics, e.g. {{{task}: {{class_path: mmft.metrics.VQAAccuracy}}}}"
+                    f"model.init_args.metrics, e.g. {{{task}: {{class_path: mmft.metrics.VQAAccuracy}}}}, or to "
+                    "the task table (mmft/tasks.py)"
                 )
-            self._eval_metrics[key] = (task, copy.deepcopy(self.task_metrics[task]).to(self.device))
+            self._eval_metrics[key] = (task, metric.to(self.device))
         expected_task, metric = self._eval_metrics[key]
         if any(t != expected_task for t in batch["tasks"]):
             raise ValueError(
@@ -389,8 +404,15 @@ class AdapterModule(LightningModule):
         if not hasattr(datamodule, "eval_tasks"):
             return
         for idx, task in enumerate(datamodule.eval_tasks(stage)):
-            if (stage, idx) not in self._eval_metrics and task in self.task_metrics:
-                self._eval_metrics[(stage, idx)] = (task, copy.deepcopy(self.task_metrics[task]).to(self.device))
+            metric = self._metric_for(task) if (stage, idx) not in self._eval_metrics else None
+            if metric is not None:
+                self._eval_metrics[(stage, idx)] = (task, metric.to(self.device))
+
+    def _metric_for(self, task: str) -> Metric | None:
+        """A fresh copy of the recipe's metric for ``task``, else the task table's, else None."""
+        if task in self.task_metrics:
+            return copy.deepcopy(self.task_metrics[task])
+        return default_metric(task)
 
     def _log_metrics(self, stage: str) -> None:
         self._add_unscored_tasks(stage)

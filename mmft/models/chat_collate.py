@@ -7,7 +7,7 @@ every example ends with an assistant reply; and the generation view (``prompt_in
 ``prompt_attention_mask``; left padding), the conversation up to its last reply ending with the generation prompt,
 with ``ids``, ``tasks`` and ``references`` for scoring. A DataModule has one collate for every stage, so the collate
 cannot know which stage it serves; the prompt view costs a slice of the training view. Every question gets its
-task's instruction (:mod:`mmft.models.instructions`).
+task's instruction (:mod:`mmft.tasks`).
 
 The processor expands the media placeholders the template writes (Qwen's ``<|image_pad|>`` by the image's grid,
 OneVision's ``<image>`` by its AnyRes tiles, LLaVA-1.5's ``<image>`` by its patches, SmolVLM's ``<image>`` by its
@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from data_modules.records import IMAGE_MARKER, Example, LengthCheck, RejectedSamples, Sample, Turn
+from mmft.tasks import LLAVA_INSTRUCTIONS
 
 from .base import batch_metadata
 from .batch_rows import IGNORE_INDEX, CollateError, pad_rows
-from .instructions import LLAVA_INSTRUCTIONS, with_instruction
+from .instructions import with_instruction
 from .templates import check_turns, render_messages
 
 if TYPE_CHECKING:
@@ -78,18 +79,22 @@ def media_messages(turns: Sequence[Turn], num_images: int, has_video: bool, fram
 
 
 class ChatCollate:
-    """Conversations through a processor's chat template, labels on the assistant replies, media batched.
+    """Conversations through a processor's chat template, labels on the assistant replies, media batched (a
+    :class:`~data_modules.collate.Collate`).
 
     Args:
         processor: the model's processor (tokenizer, image / video processor, chat template).
         video_as_images: pass a video as its frames, each an image part, not as the processor's video input.
         max_length: longest sequence, visual tokens included.
-        instructions: task -> text appended (after a newline) to every question; ``None`` means the LLaVA collate's
-            (LLaVA-1.5's evaluation instructions, and the video tasks' short-answer, choice-label and caption ones).
+        instructions: task -> text appended (after a newline) to every question; ``None`` means the task table's
+            (:data:`mmft.tasks.TASKS`: LLaVA-1.5's evaluation instructions, and the video tasks' short-answer,
+            choice-label and caption ones).
         default_fps: frame rate assumed for videos whose frame times are unknown.
         reply_suffix: text added after every reply (the end-of-sequence token of a template that writes no
             end-of-turn token, see :mod:`mmft.models.reply_end`), supervised with the reply.
     """
+
+    needs_media = True  # the processor reads images and videos
 
     def __init__(
         self,

@@ -31,17 +31,13 @@ from torch import nn
 from mmft.adapters import has_adapters, merge_adapters
 from mmft.adapters.merge import dequantize_4bit_layers
 
-from .base import AdapterModule
-from .vlbart import VLBartModule
-from .vlm import VisionLanguageModule
+from .base import AdapterModule, ExportError
 from .vlm_backbones import DTYPES
 
+__all__ = ["MERGED_CONFIG", "ExportError", "base_dtype", "dtype_name", "export_merged", "merged_copy",
+           "write_merged_config"]
+
 MERGED_CONFIG = "mmft_merged.yaml"
-VISUAL_EMBEDDING_FILE = "visual_embedding.safetensors"
-
-
-class ExportError(ValueError):
-    """The module cannot be exported as a merged model; the message says why and what to do instead."""
 
 
 def export_merged(module: AdapterModule, folder: str | Path) -> Path:
@@ -53,13 +49,7 @@ def export_merged(module: AdapterModule, folder: str | Path) -> Path:
     """
     if module.adapter_config is None:
         raise ExportError("the module has no adapters (adapter: null): it is merged already")
-    if isinstance(module, VisionLanguageModule):
-        return _write_folder(Path(folder), lambda tmp, final: _write_vision_language(module, tmp, final))
-    if isinstance(module, VLBartModule):
-        return _write_folder(Path(folder), lambda tmp, final: _write_vlbart(module, tmp, final))
-    raise ExportError(
-        f"merged export knows VisionLanguageModule and VLBartModule, not {type(module).__name__}"
-    )
+    return _write_folder(Path(folder), module.write_merged)
 
 
 def base_dtype(model: nn.Module) -> torch.dtype:
@@ -99,7 +89,8 @@ def _write_folder(folder: Path, write: Callable[[Path, Path], None]) -> Path:
     return folder
 
 
-def _write_merged_config(folder: Path, init_args: dict[str, Any]) -> None:
+def write_merged_config(folder: Path, init_args: dict[str, Any]) -> None:
+    """``mmft_merged.yaml``: the overlay that, after the training recipe, evaluates the merged folder."""
     text = (
         "# Compose after the recipe the model was trained with, then evaluate without a checkpoint:\n"
         f"#   mmft test --config <recipe>.yaml --config {MERGED_CONFIG}\n"
@@ -108,47 +99,6 @@ def _write_merged_config(folder: Path, init_args: dict[str, Any]) -> None:
     (folder / MERGED_CONFIG).write_text(text, encoding="utf-8")
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """The config name of ``dtype`` (``bfloat16``), as backbones take it."""
     return next(name for name, value in DTYPES.items() if value == dtype)
-
-
-# ------------------------------------------------------------------------------------- image-text-to-text families
-
-
-def _write_vision_language(module: VisionLanguageModule, folder: Path, final: Path) -> None:
-    from transformers import PreTrainedModel
-
-    if not isinstance(module.model, PreTrainedModel):
-        raise ExportError(
-            f"{type(module.model).__name__} (a timm tower + causal LM, TimmLlava) is not a transformers class: "
-            "export its PEFT adapter instead (mmft export without --merged)"
-        )
-    merged = merged_copy(module.model)
-    merged.generation_config.pad_token_id = module.collate.pad_token_id
-    merged.generation_config.eos_token_id = module.end_of_turn_id  # stop where mmft's generation stops
-    merged.save_pretrained(folder)
-    module.processor.save_pretrained(folder)
-    backbone = {"class_path": "mmft.models.HFVisionLanguage",
-                "init_args": {"path": str(final), "dtype": _dtype_name(merged.dtype)}}
-    _write_merged_config(folder, {"backbone": backbone})
-
-
-# --------------------------------------------------------------------------------------------------------- VL-BART
-
-
-def _write_vlbart(module: VLBartModule, folder: Path, final: Path) -> None:
-    from safetensors.torch import save_file
-
-    merged = merged_copy(module.model)
-    merged.bart.save_pretrained(folder / "bart")
-    module.tokenizer.save_pretrained(folder / "bart")
-    state = {name: tensor.contiguous() for name, tensor in merged.visual_embedding.state_dict().items()}
-    save_file(state, folder / VISUAL_EMBEDDING_FILE, metadata={"format": "pt"})
-    _write_merged_config(
-        folder,
-        {
-            "bart": str(final / "bart"),
-            "tokenizer": str(final / "bart"),
-            "visual_embedding": str(final / VISUAL_EMBEDDING_FILE),
-        },
-    )

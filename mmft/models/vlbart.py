@@ -29,11 +29,15 @@ from torchmetrics import Metric
 from mmft.adapters import AdapterConfig
 from mmft.errors import InputError
 from mmft.fsdp import ShardingError
+from mmft.tasks import VLBART_PREFIXES, vlbart_metrics
 
 from .base import AdapterModule
+from .export import merged_copy, write_merged_config
 from .optim import ParamGroup, SchedulerCallable
 from .visual_features import FeatureStore, VisualConfig, VisualEncoder
-from .vlbart_collate import IGNORE_INDEX, VLBART_PREFIXES, VLBartCollate
+from .vlbart_collate import IGNORE_INDEX, VLBartCollate
+
+VISUAL_EMBEDDING_FILE = "visual_embedding.safetensors"
 
 MODEL_KEY = "model.init_args"
 
@@ -45,14 +49,6 @@ class VLBartConfigError(InputError, ValueError):
 def default_vlbart_optimizer(params: Any) -> torch.optim.Optimizer:
     """VL-Adapter's optimizer: AdamW, lr 1e-3 (its LoRA/DoRA lr), weight decay 0.01, eps 1e-6."""
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, eps=1e-6)
-
-
-def default_vlbart_metrics() -> dict[str, Metric]:
-    """The metric of each VL-Adapter image task: VQA accuracy, exact match (GQA, NLVR2), CIDEr-D (COCO)."""
-    from mmft.metrics import CIDErD, ExactMatchAccuracy, VQAAccuracy
-
-    return {"vqav2": VQAAccuracy(), "gqa": ExactMatchAccuracy(), "nlvr2": ExactMatchAccuracy(),
-            "coco_caption": CIDErD()}
 
 
 class VisualEmbedding(nn.Module):
@@ -279,7 +275,7 @@ class VLBartModule(AdapterModule):
         allow_base_mismatch: bool = False,
     ) -> None:
         super().__init__(adapter, optimizer, scheduler, param_groups,
-                         default_vlbart_metrics() if metrics is None else metrics, allow_base_mismatch)
+                         vlbart_metrics() if metrics is None else metrics, allow_base_mismatch)
         self.save_hyperparameters(logger=False)  # under the CLI: the model's config (see AdapterModule)
         visual = VisualConfig() if visual is None else visual
         if isinstance(bart, str):
@@ -370,6 +366,19 @@ class VLBartModule(AdapterModule):
         return (per_token.sum(dim=1) / supervised).mean()
 
     @torch.no_grad()
+    def write_merged(self, folder: Path, final: Path) -> None:
+        """``bart/``: the merged BART in the transformers layout with its tokenizer; ``visual_embedding.safetensors``:
+        the trained visual embedding; ``mmft_merged.yaml`` points the recipe at both."""
+        from safetensors.torch import save_file
+
+        merged = merged_copy(self.model)
+        merged.bart.save_pretrained(folder / "bart")
+        self.tokenizer.save_pretrained(folder / "bart")
+        state = {name: tensor.contiguous() for name, tensor in merged.visual_embedding.state_dict().items()}
+        save_file(state, folder / VISUAL_EMBEDDING_FILE, metadata={"format": "pt"})
+        write_merged_config(folder, {"bart": str(final / "bart"), "tokenizer": str(final / "bart"),
+                                     "visual_embedding": str(final / VISUAL_EMBEDDING_FILE)})
+
     def generate_answers(self, batch: dict[str, Any]) -> list[str]:
         output = self.model.generate(
             batch["input_ids"],

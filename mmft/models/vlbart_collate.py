@@ -27,22 +27,11 @@ from data_modules.records import Example, LengthCheck, Sample
 from mmft.errors import InputError
 
 from .base import batch_metadata
+from .batch_rows import IGNORE_INDEX
 from .visual_features import FeatureStore, ImageTransform
 
-IGNORE_INDEX = -100
 # the cuttable context of the VALUE prompts (data_modules.formats.value): "[Subs] <subtitles> [Q] ..."
 CONTEXT_START, CONTEXT_END = "[Subs] ", " [Q] "
-# VL-Adapter's task prefixes (REFERENCE.md section 3), by the task names of the mmft readers
-VLBART_PREFIXES = {
-    "vqav2": "vqa: ",
-    "gqa": "gqa: ",
-    "nlvr2": "nlvr: ",
-    "coco_caption": "caption: ",
-    "tvqa": "tvqa: ",
-    "how2qa": "how2qa: ",
-    "tvc": "tvc: ",
-    "yc2c": "yc2c: ",
-}
 
 
 class VLBartCollateError(InputError, ValueError):

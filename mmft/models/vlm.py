@@ -15,6 +15,7 @@ Several processes: a rank whose batch has no image or video still runs the visio
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from mmft.adapters import AdapterConfig
 
 from .base import AdapterModule, default_optimizer, no_split_layers
 from .chat_collate import TOKEN_TYPE_KEYS, ChatCollate
+from .export import ExportError, dtype_name, merged_copy, write_merged_config
 from .lm_loss import next_token_loss
 from .optim import ParamGroup, SchedulerCallable
 from .prefix_collate import PrefixCollate, prefix_reply_end, takes_suffix
@@ -138,6 +140,25 @@ class VisionLanguageModule(AdapterModule):
                     # sharded: every rank runs as many forwards as the longest answer needs
                     "synced_gpus": self.sharded, **options}
         return self.model.generate(**self._inputs(batch, prompt=True), **settings)
+
+    def write_merged(self, folder: Path, final: Path) -> None:
+        """The merged network in the transformers layout (base dtype, generation stopping where mmft's stops) and
+        the processor mmft trained with, which the Auto classes load; ``mmft_merged.yaml`` points a recipe at it."""
+        from transformers import PreTrainedModel
+
+        if not isinstance(self.model, PreTrainedModel):
+            raise ExportError(
+                f"{type(self.model).__name__} (a timm tower + causal LM, TimmLlava) is not a transformers class: "
+                "export its PEFT adapter instead (mmft export without --merged)"
+            )
+        merged = merged_copy(self.model)
+        merged.generation_config.pad_token_id = self.collate.pad_token_id
+        merged.generation_config.eos_token_id = self.end_of_turn_id
+        merged.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
+        backbone = {"class_path": "mmft.models.HFVisionLanguage",
+                    "init_args": {"path": str(final), "dtype": dtype_name(merged.dtype)}}
+        write_merged_config(folder, {"backbone": backbone})
 
     def generate_answers(self, batch: dict[str, Any]) -> list[str]:
         new = self.generate(batch)[:, batch["prompt_input_ids"].shape[1]:]

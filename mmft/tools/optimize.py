@@ -37,8 +37,8 @@ from typing import Any
 
 from data_modules.formats.base import DataFormatError, OnError, Reader, SkipReport
 from data_modules.media import FrameSampling, MediaError
-from data_modules.multitask import modality_length
 from data_modules.records import Example
+from data_modules.sampler import modality_length
 from data_modules.shard_index import INDEX_NAME, ShardIndex, is_uri, write_shard_index
 from data_modules.shards import FrameCodec, FrameExtraction, example_to_item
 from data_modules.streaming import litdata

@@ -4,7 +4,7 @@ No model hub is reachable, so the tiny LLaVA ships its own tokenizer in ``config
 covers any text (no unknown tokens); trained on the sample data's words plus the LLaVA templates, every word of the
 sample becomes one token, which keeps sequences short on a CPU. Regenerate it after the sample data changes:
 
-    python -m mmft.models.tiny_tokenizer --sample-data data/sample --out configs/tiny/tokenizer
+    python -m mmft.tools.tiny_tokenizer --sample-data data/sample --out configs/tiny/tokenizer
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
-from .instructions import SHORT_ANSWER_SUFFIX
-from .templates import IMAGE_PLACEHOLDER, VICUNA_V1_SYSTEM
+from mmft.models.templates import IMAGE_PLACEHOLDER, VICUNA_V1_SYSTEM
+from mmft.tasks import SHORT_ANSWER_SUFFIX
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", IMAGE_PLACEHOLDER)
 # the vicuna_v1 text around the data: system prompt, role names after a space and after "</s>", and the instruction
