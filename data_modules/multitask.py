@@ -1,12 +1,12 @@
 """One LightningDataModule for every model family: readers in, batches of one task (or mixed) out.
 
-Training batches come from :class:`~data_modules.sampler.MultitaskBatchSampler`: each batch holds one task's examples (``round_robin``
-and ``proportional``) or a mix (``concat``). The order depends only on ``seed`` and the epoch, so a run is
-reproducible. Resuming is exact from any checkpoint: the DataModule's ``state_dict`` (which Lightning saves in
-checkpoints) records how many batches of the current epoch were trained, and a resumed run's sampler skips them, so
-a checkpoint saved mid-epoch (``every_n_train_steps``; the only kind a one-epoch recipe such as LLaVA-1.5's has)
-continues with the next batch the uninterrupted run would have drawn. Evaluation gets
-one DataLoader per reader, in order, so a ``dataloader_idx`` maps to ``datamodule.eval_tasks(stage)[dataloader_idx]``.
+Training batches come from :class:`~data_modules.sampler.MultitaskBatchSampler`: each batch holds one task's
+examples (``round_robin`` and ``proportional``) or a mix (``concat``). The order depends only on ``seed`` and the
+epoch, so a run is reproducible. Resuming is exact from any checkpoint: the DataModule's ``state_dict`` (which
+Lightning saves in checkpoints) records how many batches of the current epoch were trained, and a resumed run's
+sampler skips them, so a checkpoint saved mid-epoch (``every_n_train_steps``; the only kind a one-epoch recipe such
+as LLaVA-1.5's has) continues with the next batch the uninterrupted run would have drawn. Evaluation gets one
+DataLoader per reader, in order, so a ``dataloader_idx`` maps to ``datamodule.eval_tasks(stage)[dataloader_idx]``.
 
 Distributed training: Lightning's sampler injection does the sharding. The batch sampler takes a
 ``DistributedSampler`` only for its ``rank``, ``num_replicas`` and ``epoch``; under DDP Lightning re-creates the

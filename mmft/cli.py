@@ -5,7 +5,7 @@ tool subcommands over mmft's library code (sample-data, compare, extract-feature
     mmft fit --config configs/tiny/llava.yaml --config configs/methods/lora.yaml    # recipe + method overlay
     mmft test --ckpt_path runs/tiny_llava_dora/checkpoints/last.ckpt                 # the config comes with it
     mmft test --config configs/tiny/llava_dora.yaml --config configs/eval/llava15_benchmarks.yaml --ckpt_path ...
-    mmft fit --config configs/llava_dora.yaml --config my_paths.yaml --print_config
+    mmft fit --config configs/llava.yaml --config configs/methods/dora.yaml --config my_paths.yaml --print_config
 
 Models and DataModules are chosen by ``class_path`` in the config (subclass mode). The model's collate is handed
 to the DataModule (``collate_fn``) once both exist, so a config never names it. Several ``--config`` files compose
@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import yaml
+from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
@@ -98,7 +99,8 @@ def write_results(metrics: Mapping[str, Any], stage: str, path: Path, checkpoint
     return write_json_atomic(path, {"checkpoint": checkpoint, "metrics": numbers})
 
 
-# what every run keeps unless its config lists trainer.callbacks itself; a recipe adds to them with `callbacks+:`
+# the callbacks every run gets beside those its config lists, unless it lists one of the same class itself (its own
+# ModelCheckpoint, say): recipes write only the callbacks they add
 DEFAULT_CALLBACKS = [
     # saved after validation: Lightning resumes such checkpoints exactly with --ckpt_path
     {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -108,6 +110,17 @@ DEFAULT_CALLBACKS = [
     {"class_path": "mmft.callbacks.PeftExport"},
     {"class_path": "mmft.callbacks.AnswerWriter"},
 ]
+
+
+def add_default_callbacks(trainer: Namespace) -> None:
+    """Append to a parsed ``trainer`` section each of :data:`DEFAULT_CALLBACKS` whose class it does not list."""
+    listed = trainer.get("callbacks") or []
+    if not isinstance(listed, list):
+        listed = [listed]
+    classes = {entry.get("class_path") for entry in listed if hasattr(entry, "get")}
+    added = [Namespace(class_path=entry["class_path"], init_args=Namespace(**entry.get("init_args", {})))
+             for entry in DEFAULT_CALLBACKS if entry["class_path"] not in classes]
+    trainer.callbacks = listed + added
 
 
 class LoggingSaveConfigCallback(SaveConfigCallback):
@@ -160,7 +173,6 @@ class MMFTCLI(LightningCLI):
         parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
-        parser.set_defaults({"trainer.callbacks": DEFAULT_CALLBACKS})
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("model.collate", "data.init_args.collate_fn", apply_on="instantiate")
@@ -191,6 +203,7 @@ class MMFTCLI(LightningCLI):
                  if path is not None and not isinstance(path, str)]
         # the run is named after the files given on the command line, not the recipes they include
         given = [f for f in files if f.resolve() in getattr(self, "given_configs", ())] or files
+        add_default_callbacks(config.trainer)
         fill_run_paths(config.trainer, given, method)
 
     # validate / test print mmft's per-task table instead of Lightning's, which repeats epoch-level metrics under

@@ -148,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llava", choices=sorted(LLAVA_SIZES),
                    help="with --quant: peak memory and step time of a random LLaVA of this size (7b: LLaVA-1.5-7B), "
                         "4-bit and bf16 base, the recipe's adapters, batch, length and gradient checkpointing")
-    p.add_argument("--recipe", default="configs/llava_dora.yaml", help="the recipe --llava follows (default: "
+    p.add_argument("--recipe", default="configs/llava.yaml", help="the recipe --llava follows (default: "
                    "%(default)s); --batch / --seq override its per-device batch and max length")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -30,7 +30,7 @@ from data_modules import MultitaskDataModule, StreamingShards
 from mmft.cli import MMFTCLI
 from mmft.tools.optimize import optimize_config
 
-RECIPES = {"image": "configs/tiny/llava_dora.yaml", "video": "configs/tiny/vlbart_video_dora.yaml"}
+RECIPES = {"image": "configs/tiny/llava_dora.yaml", "video": "configs/tiny/vlbart_video.yaml"}
 
 
 def build(config: str) -> tuple[torch.nn.Module, MultitaskDataModule]:

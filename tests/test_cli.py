@@ -313,8 +313,8 @@ print(json.dumps({"same": sum(a == wanted[e.id] for a, e in zip(answers, example
 
 
 def test_the_checkpoint_loads_from_plain_python(workdir, fitted):
-    """``VisionLanguageModule.load_from_checkpoint(path)`` in a script that imports only mmft rebuilds the trained model: its
-    answers equal those ``mmft predict`` wrote from the same checkpoint."""
+    """``VisionLanguageModule.load_from_checkpoint(path)`` in a script that imports only mmft rebuilds the trained
+    model: its answers equal those ``mmft predict`` wrote from the same checkpoint."""
     mmft_alone(workdir, "predict", "--ckpt_path", LAST)
     out = run_command(workdir, [sys.executable, "-c", PLAIN_SCRIPT, LAST, str(RUN / "predictions.jsonl")])
     (result,) = [json.loads(line) for line in out.splitlines() if line.startswith('{"same"')]

@@ -211,7 +211,8 @@ def test_fsdp_checkpoint_is_adapter_only_and_exports_for_peft(fsdp_run, monkeypa
 def test_the_real_recipe_composes_with_the_fsdp_overlay(monkeypatch):
     monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
     monkeypatch.chdir(ROOT)
-    config = resolve_config(["--config", "configs/llava_dora.yaml", "--config", "configs/overlays/fsdp.yaml"])
+    config = resolve_config(["--config", "configs/llava.yaml", "--config", "configs/methods/dora.yaml", "--config",
+                             "configs/overlays/fsdp.yaml"])
     assert config["trainer"]["strategy"]["class_path"] == "mmft.fsdp.AdapterFSDPStrategy"
     assert config["trainer"]["precision"] == "bf16-mixed"  # the recipe's, which the strategy supports
     assert config["model"]["init_args"]["adapter"]["method"] == "dora"

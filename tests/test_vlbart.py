@@ -3,13 +3,15 @@ checkpoint loading from local folders, the linear schedule."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
 import math
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from data_modules import NLVR2, CocoKarpathy, ExampleDataset, VQAv2
@@ -23,14 +25,21 @@ from mmft.tasks import VLBART_PREFIXES
 from mmft.tools import extract_features
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {method: ROOT / "configs" / "tiny" / f"vlbart_image_{method}.yaml" for method in ("dora", "lora")}
 TINY_RECIPE = ROOT / "configs" / "tiny" / "vlbart_image.yaml"
 
 
+@functools.cache
+def _tiny_config(method: str) -> dict:
+    from mmft.cli import resolve_config
+
+    with contextlib.chdir(ROOT):
+        return resolve_config(["--config", str(TINY_RECIPE), "--config", f"configs/methods/{method}.yaml"])
+
+
 def tiny_init_args(method: str = "dora") -> dict:
-    """The tiny recipe's model arguments with ``method`` (what configs/methods/<method>.yaml sets)."""
-    args = yaml.safe_load(TINY_RECIPE.read_text())["model"]["init_args"]
-    return {**args, "adapter": {**args["adapter"], "method": method}}
+    """The tiny recipe's model arguments with ``method``, as the CLI composes the recipe (and the real recipe it
+    builds on) with configs/methods/<method>.yaml."""
+    return copy.deepcopy(_tiny_config(method)["model"]["init_args"])
 
 
 def tiny_module(method: str = "dora", **overrides) -> VLBartModule:
@@ -268,7 +277,7 @@ def test_more_tokens_than_the_model_has_positions_are_refused(key) -> None:
 
 # ---------------------------------------------------------------------------------- pre-extracted visual features
 def test_feature_file_gives_the_end_to_end_features(module: VLBartModule, samples: list, tmp_path: Path) -> None:
-    config = extract_features.visual_config_from([TINY["dora"]])
+    config = extract_features.visual_config_from([TINY_RECIPE, ROOT / "configs" / "methods" / "dora.yaml"])
     images = sorted({path for s in samples for path in s.example.images})
     out = tmp_path / "features.safetensors"
     counts = extract_features.extract(config, images, out, batch_size=3)
@@ -286,7 +295,7 @@ def test_feature_file_gives_the_end_to_end_features(module: VLBartModule, sample
 
 
 def test_feature_files_made_otherwise_or_incomplete_are_refused(samples: list, tmp_path: Path) -> None:
-    config = extract_features.visual_config_from([TINY["dora"]])
+    config = extract_features.visual_config_from([TINY_RECIPE, ROOT / "configs" / "methods" / "dora.yaml"])
     out = tmp_path / "one.safetensors"
     extract_features.extract(config, [samples[2].example.images[0]], out)
     other_grid = VisualConfig(**{**tiny_init_args()["visual"], "grid": 5})
@@ -442,7 +451,7 @@ def test_extract_script_keeps_frames_at_the_asked_rate(sample_data: Path, tmp_pa
     from safetensors import safe_open
 
     out = tmp_path / "tvc.safetensors"
-    config = ROOT / "configs" / "tiny" / "vlbart_video_dora.yaml"
+    config = ROOT / "configs" / "tiny" / "vlbart_video.yaml"
     extract_features.main(["--config", str(config), "--videos", str(sample_data / "tvc" / "videos"), "--video-fps", "4",
                  "--out", str(out)])
     videos = sorted((sample_data / "tvc" / "videos").glob("*.mp4"))

@@ -53,8 +53,8 @@ def logged_columns(run: Path) -> set[str]:
 @pytest.mark.parametrize("method", ["dora", "lora"])
 def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path, monkeypatch):
     workdir = make_workdir(tmp_path, sample_data, SHORT_RUN)
-    config = f"configs/tiny/vlbart_image_{method}.yaml"
-    mmft(workdir, "fit", config)
+    config, overlay = "configs/tiny/vlbart_image.yaml", ("--config", f"configs/methods/{method}.yaml")
+    mmft(workdir, "fit", config, *overlay)
     runs = workdir / "runs"
     columns = logged_columns(runs)
     assert "train/loss" in columns and "val/average" in columns
@@ -77,7 +77,7 @@ def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path, monkeypatch)
     assert all(torch.equal(trained[key], value) for key, value in state.items())
 
     if method == "dora":  # test from the trainable-only checkpoint: the frozen weights are rebuilt from the config
-        output = mmft(workdir, "test", config, "--ckpt_path", "runs/ckpt/last.ckpt")
+        output = mmft(workdir, "test", config, *overlay, "--ckpt_path", "runs/ckpt/last.ckpt")
         table = [row.split() for row in output[output.index("task  "):].splitlines()[1:6]]
         assert [row[:2] for row in table[:4]] == [list(item) for item in TASK_METRICS.items()]
         scores = [float(row[2]) for row in table[:4]] + [float(table[4][1])]
@@ -89,20 +89,20 @@ def test_tiny_config_fits_end_to_end(method, sample_data, tmp_path, monkeypatch)
 def test_tiny_video_config_fits_and_tests_end_to_end(sample_data, tmp_path):
     """Frames decoded from the sample videos (a caption's span for TVC), one token per frame, QA and captions."""
     workdir = make_workdir(tmp_path, sample_data, SHORT_RUN)
-    config = "configs/tiny/vlbart_video_dora.yaml"
-    mmft(workdir, "fit", config, "--trainer.check_val_every_n_epoch", "1")
+    config, dora = "configs/tiny/vlbart_video.yaml", ("--config", "configs/methods/dora.yaml")
+    mmft(workdir, "fit", config, *dora, "--trainer.check_val_every_n_epoch", "1")
     columns = logged_columns(workdir / "runs")
     assert {"train/loss", "val/average", "val/tvqa/ExactMatchAccuracy", "val/tvc/CIDErD"} <= columns
-    output = mmft(workdir, "test", config, "--ckpt_path", "runs/ckpt/last.ckpt")
+    output = mmft(workdir, "test", config, *dora, "--ckpt_path", "runs/ckpt/last.ckpt")
     table = [row.split() for row in output[output.index("task  "):].splitlines()[1:4]]
     assert [row[:2] for row in table[:2]] == [["tvqa", "ExactMatchAccuracy"], ["tvc", "CIDErD"]]
     assert table[2][0] == "average"
 
 
 # ---------------------------------------------------------------------------------------------- paper recipes
-def resolved(name: str) -> dict:
-    """A config as the CLI reads it (includes and defaults resolved)."""
-    return resolve_config(["--config", str(ROOT / "configs" / f"{name}.yaml")])
+def resolved(*names: str) -> dict:
+    """Configs composed as the CLI reads them (includes and defaults resolved)."""
+    return resolve_config([arg for name in names for arg in ("--config", str(ROOT / "configs" / f"{name}.yaml"))])
 
 
 def test_recipe_numbers_match_the_paper(monkeypatch):
@@ -111,7 +111,7 @@ def test_recipe_numbers_match_the_paper(monkeypatch):
     monkeypatch.chdir(ROOT)
     tiny = resolved("tiny/vlbart_image")["model"]["init_args"]["adapter"]
     for method in ("dora", "lora"):
-        config = resolved(f"vlbart_image_{method}")
+        config = resolved("vlbart_image", "methods/dora") if method == "dora" else resolved("vlbart_image_lora")
         model = config["model"]["init_args"]
         adapter = model["adapter"]
         assert adapter["method"] == method and adapter["r"] == 128 and adapter["bias"] == "all"
@@ -143,7 +143,7 @@ def test_video_recipe_numbers_match_the_paper(monkeypatch):
     assert model["num_beams"] == 5
 
 
-@pytest.mark.parametrize("name", ["vlbart_image_dora", "vlbart_image_lora", "vlbart_video_dora", "vlbart_video_lora"])
+@pytest.mark.parametrize("name", ["vlbart_image", "vlbart_image_lora", "vlbart_video", "vlbart_video_lora"])
 def test_recipe_asks_for_the_bart_folder(name, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.chdir(ROOT)
@@ -152,9 +152,9 @@ def test_recipe_asks_for_the_bart_folder(name, monkeypatch):
         main()
 
 
-# the recipes (the named configs equal recipe + overlay: tests/test_configs.py)
-VLBART_CONFIGS = sorted(p for name in ("vlbart_image.yaml", "vlbart_video.yaml")
-                        for p in (ROOT / "configs").rglob(name))
+# the recipes, real and tiny (the named configs equal recipe + overlay: tests/test_configs.py)
+VLBART_CONFIGS = sorted(ROOT / "configs" / folder / f"vlbart_{kind}.yaml" for folder in ("", "tiny")
+                        for kind in ("image", "video"))
 
 
 @pytest.mark.parametrize("config", VLBART_CONFIGS, ids=lambda p: p.relative_to(ROOT / "configs").as_posix())
@@ -177,5 +177,5 @@ def test_config_prints(config, capsys, monkeypatch):
 
 def test_all_configs_exist():
     names = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("vlbart_*.yaml")}
-    assert names == {f"{folder}vlbart_{kind}{method}.yaml" for folder in ("", "tiny/") for kind in ("image", "video")
-                     for method in ("", "_dora", "_lora")}
+    assert names == {f"{folder}vlbart_{kind}.yaml" for folder in ("", "tiny/", "data/")
+                     for kind in ("image", "video")} | {"vlbart_image_lora.yaml", "vlbart_video_lora.yaml"}

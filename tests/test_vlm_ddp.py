@@ -23,7 +23,7 @@ MIXED = [
 
 @pytest.mark.slow
 def test_ddp_steps_mixing_text_only_and_image_ranks_finish(sample_data, tmp_path):
-    config, run = "configs/tiny/qwen2_5_vl_dora.yaml", "tiny_qwen2_5_vl_dora"
+    config, run = "configs/tiny/qwen2_5_vl.yaml", "tiny_qwen2_5_vl_dora"
     (tmp_path / "mixed.json").write_text(json.dumps(MIXED))
     short = {
         "trainer": {"max_epochs": 3, "limit_val_batches": 0, "num_sanity_val_steps": 0, "log_every_n_steps": 1},
@@ -32,7 +32,8 @@ def test_ddp_steps_mixing_text_only_and_image_ranks_finish(sample_data, tmp_path
     }
     (tmp_path / "work").mkdir()
     workdir = make_workdir(tmp_path / "work", sample_data, short)
-    out = run_mmft(workdir, "fit", config, "--trainer.strategy", "ddp", "--trainer.devices", "2",
+    out = run_mmft(workdir, "fit", config, "--config", "configs/methods/dora.yaml", "--trainer.strategy", "ddp",
+                   "--trainer.devices", "2",
                    "--trainer.accelerator", "cpu", timeout=300)
     assert "Starting with 2 processes" in out
     assert (workdir / "runs" / run / "adapter" / "adapter_model.safetensors").is_file()

@@ -2,9 +2,9 @@
 and write one safetensors file keyed by file name (``[grid², channels]`` per image; ``[frames, grid², channels]``
 per video, for the frames taken at ``--video-fps``, with that rate beside it).
 
-    mmft extract-features --config configs/vlbart_image_dora.yaml \\
+    mmft extract-features --config configs/vlbart_image.yaml --config configs/methods/dora.yaml \\
         --images /data/coco/train2014 /data/coco/val2014 --out features/coco.safetensors
-    mmft extract-features --config configs/vlbart_video_dora.yaml \\
+    mmft extract-features --config configs/vlbart_video.yaml --config configs/methods/dora.yaml \\
         --videos /data/tvqa/videos --video-fps 3 --out features/tvqa.safetensors
 
 A video example then takes ``model.init_args.max_images`` of the stored frames, spread over its clip (or its caption's

@@ -1,7 +1,7 @@
 """Write a config's readers to litdata shards for streaming: one shard folder holding every task's examples.
 
     mmft optimize --config configs/tiny/llava.yaml --stage train --out shards/tiny_llava
-    mmft optimize --config configs/llava_dora.yaml --config my_paths.yaml --out s3://bucket/llava665k --num-workers 32
+    mmft optimize --config configs/llava.yaml --config my_paths.yaml --out s3://bucket/llava665k --num-workers 32
     mmft optimize --config configs/tiny/vlbart_video.yaml --out shards/tiny_video --video-frames jpeg
 
 The readers are ``data.init_args.<stage>`` of the configs as the CLI composes them (``--config`` files compose as
