@@ -285,3 +285,18 @@ def test_tiny_moe_experts_recipe_adapts_the_expert_weights_too():
     module = VisionLanguageModule(VisionLanguageFromConfig(**model["backbone"]["init_args"]),
                                   AdapterConfig(**model["adapter"]), max_length=model["max_length"])
     assert len(module.adapter_report.adapted_parameters) == 4  # two expert tensors in each of two layers
+
+
+def test_the_cli_adds_the_default_callbacks_a_recipe_does_not_list_itself():
+    """Recipes list only the callbacks they add; a recipe's own ModelCheckpoint replaces the default one."""
+    def by_class(config):
+        return {c["class_path"].rsplit(".", 1)[1]: c.get("init_args") or {} for c in config["trainer"]["callbacks"]}
+
+    tiny, real = by_class(resolved("tiny/llava", "methods/dora")), by_class(resolved("llava", "methods/dora"))
+    defaults = {"ModelCheckpoint", "LearningRateMonitor", "Throughput", "PeftExport", "AnswerWriter"}
+    assert defaults | {"CPUThreads", "WeightUpdates", "UpdateSpectra", "SourceForgetting"} == set(tiny)
+    assert defaults | {"WeightUpdates"} == set(real)
+    assert tiny["ModelCheckpoint"]["save_on_train_epoch_end"] is False and tiny["ModelCheckpoint"]["save_last"]
+    assert real["ModelCheckpoint"]["every_n_train_steps"] == 500  # the recipe's own, not a second one
+    listed = resolved("llava", "methods/dora")["trainer"]["callbacks"]
+    assert sum(c["class_path"].endswith("ModelCheckpoint") for c in listed) == 1
