@@ -37,8 +37,8 @@ from mmft.models import (
     VisionLanguageModule,
     WarmupCosine,
 )
-from mmft.models.batch_rows import IGNORE_INDEX
 from mmft.models.export import ExportError, export_merged
+from mmft.models.lm_loss import IGNORE_INDEX
 from mmft.models.optim import ParamGroupError, build_param_groups
 from mmft.models.vlm_backbones import BackboneConfigError
 from mmft.tasks import SHORT_ANSWER_SUFFIX
@@ -401,3 +401,11 @@ def test_tiny_llava_trains_and_answers_on_multi_image_and_video_records(sample_d
         assert images == sum(len(e.images) or 2 for e in examples[:2])  # a video: its 2 frames
         assert (batch["prompt_input_ids"] == image_id).sum().item() == images * 4
         assert len(module.generate_answers(batch)) == 2
+
+
+def test_a_template_the_old_module_never_had_and_a_missing_tokenizer_template_are_named():
+    with pytest.raises(BackboneConfigError, match=r"model\.init_args\.template='vicuna': choose vicuna_v1"):
+        LlavaModule(LlavaFromConfig(tokenizer=TOKENIZER, vision_config={}, text_config=TEXT), adapter(),
+                    template="vicuna")
+    with pytest.raises(BackboneConfigError, match=r"chat_template is null but the tokenizer has no chat template"):
+        timm_backbone(chat_template=None).build()  # the tiny tokenizer ships none

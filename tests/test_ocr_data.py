@@ -13,7 +13,7 @@ from data_modules import OCRVQA, DocVQA, TextVQA
 from data_modules.formats import DataFormatError
 from data_modules.media import MediaError
 from mmft.metrics import ANLS, ExactMatchAccuracy, TextVQAAccuracy
-from mmft.tools.sample_data import OCR_WORDS
+from mmft.tools.sample_data.ocr import OCR_WORDS
 
 
 def read_ocr(sample_data: Path, split: str) -> dict[str, list]:

@@ -17,7 +17,7 @@ from PIL import Image
 from data_modules import NLVR2, CocoKarpathy, ExampleDataset, VQAv2
 from mmft.adapters import AdapterConfig
 from mmft.models import WarmupLinear
-from mmft.models.batch_rows import IGNORE_INDEX
+from mmft.models.lm_loss import IGNORE_INDEX
 from mmft.models.visual_features import FeatureStore, VisualConfig, VisualEncoder, VisualFeatureError
 from mmft.models.vlbart import VisualEmbedding, VLBartConfigError, VLBartModule
 from mmft.models.vlbart_collate import VLBartCollate, VLBartCollateError

@@ -8,10 +8,6 @@ from torch import Tensor
 
 from mmft.errors import InputError
 
-from .lm_loss import IGNORE_INDEX
-
-__all__ = ["IGNORE_INDEX", "CollateError", "pad_rows"]
-
 
 class CollateError(InputError, ValueError):
     """A sample cannot be turned into model inputs; the message names the record and the setting to change."""

@@ -44,8 +44,9 @@ from data_modules.records import IMAGE_MARKER, Example, LengthCheck, RejectedSam
 from mmft.tasks import LLAVA_INSTRUCTIONS
 
 from .base import batch_metadata
-from .batch_rows import IGNORE_INDEX, CollateError, pad_rows
+from .batch_rows import CollateError, pad_rows
 from .instructions import with_instruction
+from .lm_loss import IGNORE_INDEX
 from .templates import check_turns, render_messages
 
 if TYPE_CHECKING:

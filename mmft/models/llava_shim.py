@@ -21,7 +21,7 @@ Deprecated: they leave mmft in the next release. Old setting -> new setting:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
@@ -87,6 +87,8 @@ class LlavaFromConfig(VisionLanguageFromConfig):
 def _with_old_settings(backbone: VisionLanguageBackbone, template: str, pad_images_to_square: bool
                        ) -> VisionLanguageBackbone:
     """``backbone`` given the old module's template and padding settings."""
+    if template not in (VICUNA_V1, "chat_template"):
+        raise BackboneConfigError(f"model.init_args.template={template!r}: choose vicuna_v1 or chat_template")
     if isinstance(backbone, TimmLlava):
         backbone.chat_template = VICUNA_V1 if template == VICUNA_V1 else None
         backbone.pad_images_to_square = pad_images_to_square
@@ -109,7 +111,7 @@ class LlavaModule(VisionLanguageModule):
         self,
         backbone: VisionLanguageBackbone,
         adapter: AdapterConfig | None,
-        template: str = VICUNA_V1,
+        template: Literal["vicuna_v1", "chat_template"] = VICUNA_V1,
         max_length: int = 2048,
         instructions: dict[str, str] | None = None,
         pad_images_to_square: bool = True,

@@ -21,9 +21,10 @@ import torch
 
 from data_modules.records import IMAGE_MARKER, Example, LengthCheck, Sample, Turn
 
-from .batch_rows import IGNORE_INDEX, CollateError, pad_rows
+from .batch_rows import CollateError, pad_rows
 from .chat_collate import ChatCollate, RejectedMediaError, _view_turns
 from .instructions import with_instruction
+from .lm_loss import IGNORE_INDEX
 from .reply_end import ReplyEnd
 from .templates import check_turns
 

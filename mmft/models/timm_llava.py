@@ -27,6 +27,7 @@ from transformers.processing_utils import ProcessorMixin
 from data_modules.media import pad_to_square
 from mmft.adapters import QuantizationConfig
 
+from .templates import IMAGE_PLACEHOLDER
 from .vlm import enable_activation_checkpointing
 from .vlm_backbones import (
     BACKBONE_KEY,
@@ -37,9 +38,7 @@ from .vlm_backbones import (
     local_folder,
     quantize_language_model,
 )
-from .vlm_families import NAMED_TEMPLATES
-
-IMAGE_TOKEN = "<image>"
+from .vlm_families import template_text
 
 
 class MlpProjector(nn.Module):
@@ -210,8 +209,8 @@ class TimmLlavaProcessor(ProcessorMixin):
 
     def __init__(self, image_processor: Any = None, tokenizer: Any = None, num_image_tokens: int = 1,
                  chat_template: str | None = None, **kwargs: Any) -> None:
-        self.image_token = IMAGE_TOKEN
-        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        self.image_token = IMAGE_PLACEHOLDER
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
         self.num_image_tokens = num_image_tokens
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
@@ -285,8 +284,8 @@ class TimmLlava(VisionLanguageBackbone):
             tokenizer_path = self.tokenizer
         folder = local_folder(tokenizer_path, f"{BACKBONE_KEY}.tokenizer", "a tokenizer folder")
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        if tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) in (None, tokenizer.unk_token_id):
-            tokenizer.add_tokens([AddedToken(IMAGE_TOKEN, special=True, normalized=False)], special_tokens=True)
+        if tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER) in (None, tokenizer.unk_token_id):
+            tokenizer.add_tokens([AddedToken(IMAGE_PLACEHOLDER, special=True, normalized=False)], special_tokens=True)
         return tokenizer, lm_folder
 
     def _vision_kwargs(self) -> dict[str, Any]:
@@ -314,7 +313,8 @@ class TimmLlava(VisionLanguageBackbone):
                 lm_config = dict(self.language_model)
                 lm_config.setdefault("vocab_size", len(tokenizer))
                 lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**lm_config))
-            model = VisionLanguageModel(tower, lm, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), self.feature_layer)
+            image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+            model = VisionLanguageModel(tower, lm, image_token_id, self.feature_layer)
         if self.projector_checkpoint is not None:
             load_llava_projector(
                 model.multi_modal_projector, self.projector_checkpoint, f"{BACKBONE_KEY}.projector_checkpoint"
@@ -324,7 +324,7 @@ class TimmLlava(VisionLanguageBackbone):
             model.language_model.to(dtype)
         quantize_language_model(model, self.quantization)
         image_processor = TimmImageProcessor(timm_data_config(tower), do_pad=self.pad_images_to_square)
-        template = (NAMED_TEMPLATES.get(self.chat_template, self.chat_template) if self.chat_template is not None
+        template = (template_text(self.chat_template) if self.chat_template is not None
                     else getattr(tokenizer, "chat_template", None))
         if not template:
             raise BackboneConfigError(f"{BACKBONE_KEY}.chat_template is null but the tokenizer has no chat template: "

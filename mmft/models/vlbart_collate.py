@@ -27,7 +27,7 @@ from data_modules.records import Example, LengthCheck, Sample
 from mmft.errors import InputError
 
 from .base import batch_metadata
-from .batch_rows import IGNORE_INDEX
+from .lm_loss import IGNORE_INDEX
 from .visual_features import FeatureStore, ImageTransform
 
 # the cuttable context of the VALUE prompts (data_modules.formats.value): "[Subs] <subtitles> [Q] ..."

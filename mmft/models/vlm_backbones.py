@@ -26,7 +26,7 @@ from mmft.adapters.quantize import quantization_device
 from mmft.errors import InputError
 
 from .prefix_collate import takes_suffix
-from .vlm_families import FAMILIES, NAMED_TEMPLATES, family_classes, family_template, get_family
+from .vlm_families import FAMILIES, family_classes, family_template, get_family, template_text
 from .vlm_parts import find_parts
 
 BACKBONE_KEY = "model.init_args.backbone.init_args"
@@ -114,7 +114,7 @@ def _chat_template(processor: Any, model_type: str, template: str | None, folder
     """Give ``processor`` the chat template to train with: ``template`` if given, else the checkpoint's own, else
     the family's (for checkpoints that ship none); none at all is a named error. ``template`` is a Jinja text or a
     name of :data:`~mmft.models.vlm_families.NAMED_TEMPLATES` (``vicuna_v1``)."""
-    template = NAMED_TEMPLATES.get(template, template) if template is not None else None
+    template = template_text(template) if template is not None else None
     if template is None and not getattr(processor, "chat_template", None) and model_type in FAMILIES:
         template = family_template(FAMILIES[model_type])
     if template is not None:

@@ -229,6 +229,11 @@ FAMILIES: dict[str, Family] = {
 NAMED_TEMPLATES = {"vicuna_v1": VICUNA_V1_MEDIA}
 
 
+def template_text(template: str) -> str:
+    """The Jinja text of ``template``: a name of :data:`NAMED_TEMPLATES`, or the Jinja text itself."""
+    return NAMED_TEMPLATES.get(template, template)
+
+
 def family_template(family: Family) -> str | None:
     """The family's chat template text (SmolVLM's is read from transformers; None for a prefix-LM family)."""
     return smolvlm_template() if family.chat_template == "smolvlm" else family.chat_template

@@ -28,11 +28,11 @@ from .images import (
     make_source_text,
     make_vqav2,
 )
-from .ocr import OCR_WORDS, make_ocr
+from .ocr import make_ocr
 from .scenes import write_json
 from .videos import make_llava_video, make_msrvtt_qa, make_tvc, make_tvqa
 
-__all__ = ["OCR_WORDS", "main", "make_sample_data"]
+__all__ = ["main", "make_sample_data"]
 
 def make_sample_data(out: Path | str, seed: int = 0, scale: int = 1, videos: bool = True) -> dict[str, Any]:
     """Write the sample data under ``out`` and return a summary (also written to ``out/manifest.json``).
