@@ -150,13 +150,16 @@ def rate_frame_indices(
     return first + np.floor(np.arange(count) * step + 1e-6).astype(np.int64)
 
 
+DEFAULT_NUM_FRAMES = 8
+
+
 @dataclass(frozen=True)
 class FrameSampling:
     """Which frames a video example takes: ``num_frames`` spread uniformly (the default), or, with ``fps`` set,
     one frame every ``1 / fps`` seconds, at most ``max_frames`` (then spread uniformly). Either way inside the
     example's ``video_span`` when it has one."""
 
-    num_frames: int = 8
+    num_frames: int = DEFAULT_NUM_FRAMES
     fps: float | None = None
     max_frames: int | None = None
 
@@ -174,6 +177,19 @@ class FrameSampling:
         if self.fps is None:
             return sample_frame_indices(num_total, fps, self.num_frames, span)
         return rate_frame_indices(num_total, fps, self.fps, int(self.max_frames), span)  # type: ignore[arg-type]
+
+
+def frame_sampling_for(num_frames: int | None, video_fps: float | None, max_frames: int | None,
+                       model_frames: int | None) -> FrameSampling:
+    """The sampling of the data settings when the model fixes ``model_frames`` frames per video (or None): a fixed
+    count is the number, and asking for another one (or for a rate) is a ValueError naming both."""
+    if model_frames is not None:
+        if video_fps is not None or num_frames not in (None, model_frames):
+            asked = f"video_fps={video_fps}" if video_fps is not None else f"num_frames={num_frames}"
+            raise ValueError(f"{asked}, but the model takes {model_frames} frames per video (VL-BART: its "
+                             "max_images): leave num_frames and video_fps unset")
+        num_frames = model_frames
+    return FrameSampling(DEFAULT_NUM_FRAMES if num_frames is None else num_frames, video_fps, max_frames)
 
 
 class VideoFrames(NamedTuple):

@@ -47,7 +47,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 from data_modules.collate import Collate
 from data_modules.datasets import SKIPPED_KEY, ExampleDataset, SkipFilteringCollate
 from data_modules.formats.base import TOO_LONG, DataFormatError, OnError, Reader, SkipReport
-from data_modules.media import FrameSampling
+from data_modules.media import FrameSampling, frame_sampling_for
 from data_modules.records import Example, Sample
 from data_modules.sampler import MultitaskBatchSampler, Sampling, modality_length
 from data_modules.streaming import DecodeShardItem, StreamingShards
@@ -93,7 +93,8 @@ class MultitaskDataModule(LightningDataModule):
             paths); refused by default, as malformed records.
         collate_fn: the model's collate (Samples -> batch dict; a :class:`~data_modules.collate.Collate` is also
             asked for lengths and media); the CLI links it from the model.
-        num_frames: frames sampled per video, spread uniformly over it (or over the example's span).
+        num_frames: frames sampled per video, spread uniformly over it (or over the example's span); default: the
+            number the model's collate fixes (VL-BART: ``model.init_args.max_images``), else 8.
         video_fps: sample one frame every ``1 / video_fps`` seconds instead (LLaVA-NeXT/OneVision's ``video_fps``);
             needs ``max_frames``.
         max_frames: with ``video_fps``, the most frames per video (LLaVA-NeXT's ``frames_upbound``): a longer
@@ -116,7 +117,7 @@ class MultitaskDataModule(LightningDataModule):
         seed: int = 0,
         on_error: OnError = "raise",
         collate_fn: Collate | Callable[[list[Sample]], dict] | None = None,
-        num_frames: int = 8,
+        num_frames: int | None = None,
         video_fps: float | None = None,
         max_frames: int | None = None,
         group_by_modality_length: bool = False,
@@ -149,15 +150,24 @@ class MultitaskDataModule(LightningDataModule):
         self.media_skips = SkipReport("media decoded by the DataLoaders")
         self.eval_skips: Counter[tuple[str, int]] = Counter()
 
+    @property
+    def frame_sampling(self) -> FrameSampling:
+        """How videos are sampled: ``num_frames`` (or ``video_fps`` + ``max_frames``), or the count a collate fixes
+        (:attr:`Collate.video_frames`), so the model and the data cannot disagree."""
+        collate = self._model_collate
+        try:
+            return frame_sampling_for(self.num_frames, self.video_fps, self.max_frames,
+                                      collate.video_frames if collate is not None else None)
+        except ValueError as error:
+            raise DataConfigError(f"data.num_frames / data.video_fps / data.max_frames: {error}") from None
+
     def _frame_options(self) -> dict[str, Any]:
-        return {"num_frames": self.num_frames, "video_fps": self.video_fps, "max_frames": self.max_frames}
+        sampling = self.frame_sampling
+        return {"num_frames": sampling.num_frames, "video_fps": sampling.fps, "max_frames": sampling.max_frames}
 
     def _check_arguments(self) -> None:
         self._check_streaming()
-        try:
-            FrameSampling(self.num_frames, self.video_fps, self.max_frames)
-        except ValueError as error:
-            raise DataConfigError(f"data.num_frames / data.video_fps / data.max_frames: {error}") from None
+        self.frame_sampling  # noqa: B018 (checks the frame settings now, with the collate given)
         if self.sampling not in ("round_robin", "proportional", "concat"):
             raise DataConfigError(f"data.sampling must be round_robin, proportional or concat, not {self.sampling!r}")
         if self.on_error not in ("raise", "skip"):
@@ -363,8 +373,7 @@ class MultitaskDataModule(LightningDataModule):
     def _decode_shard_item(self, reader: StreamingShards) -> DecodeShardItem:
         collate = self._model_collate
         check_length = collate.check_length if collate is not None else None
-        frames = FrameSampling(self.num_frames, self.video_fps, self.max_frames)
-        return DecodeShardItem(reader.task, self._policy(reader), self._needs_media, frames, check_length)
+        return DecodeShardItem(reader.task, self._policy(reader), self._needs_media, self.frame_sampling, check_length)
 
     def state_dict(self) -> dict[str, int]:
         """Where training stands in its epoch, saved with every checkpoint: the epoch and the batches trained in it."""

@@ -502,6 +502,7 @@ class FeatureCollate:
     :class:`data_modules.collate.Collate` whose every example fits)."""
 
     needs_media = False
+    video_frames = None
 
     def __call__(self, samples: list[Sample]) -> dict:
         return {"id": [s.example.id for s in samples], "images": [len(s.images) for s in samples]}
@@ -522,6 +523,30 @@ def test_feature_collates_need_no_image_files(tmp_path: Path) -> None:
     features.setup("validate")
     batch = next(iter(features.val_dataloader()[0]))
     assert batch["id"] == ["r0", "r1", "r2"] and batch["images"] == [0, 0, 0]
+
+
+class FixedFrames(FeatureCollate):
+    """A collate whose model fixes its frames per video (VL-BART's ordered frame embeddings), reading pixels."""
+
+    needs_media = True
+    video_frames = 3
+
+    def __call__(self, samples: list[Sample]) -> dict:
+        return {"frames": [tuple(s.frames.shape) for s in samples]}
+
+
+def test_a_model_that_fixes_its_frames_sets_the_data_frame_count(sample_data: Path) -> None:
+    """The frame count lives in one setting: with no data.num_frames the DataModule samples the collate's count,
+    the same count is accepted, and another count or a frame rate is refused naming both."""
+    videos = MSRVTTQA(sample_data / "msrvtt_qa" / "val_qa.json", sample_data / "msrvtt_qa" / "videos")
+    data = MultitaskDataModule(val=[videos], collate_fn=FixedFrames(), eval_batch_size=2)
+    data.setup("validate")
+    assert next(iter(data.val_dataloader()[0]))["frames"] == [(3, 64, 64, 3)] * 2
+    assert MultitaskDataModule(val=[videos], collate_fn=FixedFrames(), num_frames=3).frame_sampling.num_frames == 3
+    assert MultitaskDataModule(val=[videos], collate_fn=FeatureCollate()).frame_sampling.num_frames == 8
+    for asked in ({"num_frames": 8}, {"video_fps": 2.0, "max_frames": 4}):
+        with pytest.raises(DataConfigError, match=r"(num_frames=8|video_fps=2.0), but the model takes 3 frames"):
+            MultitaskDataModule(val=[videos], collate_fn=FixedFrames(), **asked)
 
 
 def long_and_short_conversations(tmp_path: Path) -> Path:

@@ -120,6 +120,7 @@ class FeatureCollate:
     :class:`data_modules.collate.Collate` whose every example fits)."""
 
     needs_media = False
+    video_frames = None
 
     def __call__(self, samples: list[Sample]) -> dict:
         return samples_of(samples)
@@ -175,6 +176,7 @@ class FlagLong:
     """A stand-in for a model's collate with a token budget: examples with a ``too_long`` id exceed it."""
 
     needs_media = True
+    video_frames = None
 
     def __init__(self, too_long: set[str]) -> None:
         self.too_long = too_long

@@ -420,6 +420,34 @@ def test_video_frames_are_images_in_frame_order(sample_data: Path) -> None:
         module.collate([too_many])
 
 
+def test_max_images_is_the_one_frame_setting_of_training_and_optimize(sample_data: Path) -> None:
+    """``max_images`` alone sets a video's frame count: the collate states it, the DataModule samples that many, and
+    ``mmft optimize`` derives the same sampling from the recipe; a different data.num_frames is refused by both."""
+    from data_modules import MultitaskDataModule, VideoCaptions
+    from data_modules.formats.base import DataFormatError
+    from mmft.cli import resolve_config
+    from mmft.tools.optimize import frame_sampling
+
+    module = tiny_module(max_images=5)
+    root = sample_data / "tvc"
+    reader = VideoCaptions(root / "tvc_val.jsonl", root / "videos")
+    data = MultitaskDataModule(val=[reader], collate_fn=module.collate, eval_batch_size=2)
+    data.setup("validate")
+    assert next(iter(data.val_dataloader()[0]))["image_counts"].tolist() == [5, 5]
+    with pytest.raises(ValueError, match=r"num_frames=4, but the model takes 5 frames per video"):
+        MultitaskDataModule(val=[reader], collate_fn=module.collate, num_frames=4)
+
+    with contextlib.chdir(ROOT):
+        recipe = resolve_config(["--config", "configs/tiny/vlbart_video.yaml"])
+    model, data_args = recipe["model"], recipe["data"]["init_args"]
+    assert data_args["num_frames"] is None
+    assert frame_sampling(data_args, model).num_frames == model["init_args"]["max_images"] == 8
+    with pytest.raises(DataFormatError, match=r"num_frames=4, but the model takes 8 frames per video"):
+        frame_sampling({**data_args, "num_frames": 4}, model)
+    qwen = {"class_path": "mmft.models.VisionLanguageModule", "init_args": {}}
+    assert frame_sampling({"num_frames": 4}, qwen).num_frames == 4 and frame_sampling({}, qwen).num_frames == 8
+
+
 def test_video_feature_files_give_the_end_to_end_frame_features(sample_data: Path, tmp_path: Path) -> None:
     """Every frame stored (--video-fps 0): the span's frames picked from the file are the decoded ones."""
     from data_modules import VideoCaptions

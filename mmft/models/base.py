@@ -216,6 +216,12 @@ class AdapterModule(LightningModule):
         other tools can load overrides it."""
         raise ExportError(f"{type(self).__name__} has no merged format: export its PEFT adapter instead")
 
+    @classmethod
+    def fixed_video_frames(cls, init_args: dict[str, Any]) -> int | None:
+        """The frames per video that a module built with ``init_args`` fixes (its collate's ``video_frames``), found
+        without building it, for tools that read a config (``mmft optimize``); None: ``data.num_frames`` decides."""
+        return None
+
     def fsdp_units(self) -> list[nn.Module]:
         """The submodules FSDP shards as units of their own (each one's weights gathered together, one at a time)."""
         return no_split_layers(self.model)

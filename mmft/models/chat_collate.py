@@ -96,6 +96,7 @@ class ChatCollate:
     """
 
     needs_media = True  # the processor reads images and videos
+    video_frames = None  # data.num_frames (or video_fps) decides: the processor takes any number
 
     def __init__(
         self,

@@ -38,6 +38,7 @@ from .visual_features import FeatureStore, VisualConfig, VisualEncoder
 from .vlbart_collate import IGNORE_INDEX, VLBartCollate
 
 VISUAL_EMBEDDING_FILE = "visual_embedding.safetensors"
+DEFAULT_MAX_IMAGES = 2  # NLVR2's image pair
 
 MODEL_KEY = "model.init_args"
 
@@ -247,7 +248,8 @@ class VLBartModule(AdapterModule):
         max_target_length: longest label sequence in tokens, the same way (VL-T5: 20).
         num_beams: beams of the beam search at evaluation.
         max_new_tokens: generation length at evaluation.
-        max_images: most images per example (2: NLVR2).
+        max_images: most images per example (2: NLVR2); for video, the frames per video (the DataModule samples
+            that many).
         seed: seed of the random weights (BART from a config, the visual embedding).
         visual_embedding: a safetensors file holding the visual embedding's weights (a merged export's
             ``visual_embedding.safetensors``), loaded over the random ones.
@@ -265,7 +267,7 @@ class VLBartModule(AdapterModule):
         max_target_length: int = 20,
         num_beams: int = 5,
         max_new_tokens: int = 20,
-        max_images: int = 2,
+        max_images: int = DEFAULT_MAX_IMAGES,
         seed: int = 0,
         visual_embedding: str | None = None,
         optimizer: OptimizerCallable = default_vlbart_optimizer,
@@ -364,6 +366,10 @@ class VLBartModule(AdapterModule):
         per_token = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
         supervised = (labels != IGNORE_INDEX).sum(dim=1).clamp_min(1)
         return (per_token.sum(dim=1) / supervised).mean()
+
+    @classmethod
+    def fixed_video_frames(cls, init_args: dict[str, Any]) -> int:
+        return int(init_args.get("max_images", DEFAULT_MAX_IMAGES))
 
     @torch.no_grad()
     def write_merged(self, folder: Path, final: Path) -> None:

@@ -50,8 +50,9 @@ class VLBartCollate:
             kept).
         image_transform: images -> pixel tensor, for features computed end to end.
         features: pre-extracted features; when given, images are looked up by file name instead.
-        max_images: most images per example (2: NLVR2's pair; for video tasks, the number of frames, which is also
-            how many frames a video example takes from feature files).
+        max_images: most images per example (2: NLVR2's pair); for video tasks, the frames per video: the
+            DataModule samples that many (:attr:`video_frames`), and a video example takes that many from feature
+            files.
     """
 
     def __init__(
@@ -86,6 +87,12 @@ class VLBartCollate:
     def needs_media(self) -> bool:
         """Whether samples must carry decoded images (False when features are read from files)."""
         return self.features is None
+
+    @property
+    def video_frames(self) -> int:
+        """A video example's frames, each one of the model's ``max_images`` ordered images: the DataModule samples
+        this many."""
+        return self.max_images
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         if not samples:
@@ -207,7 +214,7 @@ class VLBartCollate:
         if count > self.max_images:
             raise VLBartCollateError(
                 f"{self._name(example)}: {count} video frames but the model takes at most {self.max_images} per "
-                "example: set model.init_args.max_images to the data's num_frames"
+                "example (model.init_args.max_images)"
             )
         return count
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from data_modules.formats.base import DataFormatError, OnError, Reader, SkipReport
-from data_modules.media import FrameSampling, MediaError
+from data_modules.media import FrameSampling, MediaError, frame_sampling_for
 from data_modules.records import Example
 from data_modules.sampler import modality_length
 from data_modules.shard_index import INDEX_NAME, ShardIndex, is_uri, write_shard_index
@@ -47,9 +47,10 @@ from mmft.files import replace_refusal
 STAGES = ("train", "val", "test", "predict")
 
 
-def readers_from_config(config_files: Sequence[Path], stage: str) -> tuple[list[Reader], dict[str, Any]]:
-    """The readers of ``data.init_args.<stage>`` built from the configs as the CLI composes them, and the
-    DataModule's other arguments (``on_error``, ``allow_outside_paths``)."""
+def readers_from_config(config_files: Sequence[Path], stage: str) -> tuple[list[Reader], dict[str, Any],
+                                                                          dict[str, Any]]:
+    """The readers of ``data.init_args.<stage>`` built from the configs as the CLI composes them, the
+    DataModule's other arguments (``on_error``, ``allow_outside_paths``, frame sampling) and the model's config."""
     from mmft.cli import resolve_config
 
     for path in config_files:
@@ -68,7 +69,20 @@ def readers_from_config(config_files: Sequence[Path], stage: str) -> tuple[list[
             raise DataFormatError(f"data.init_args.{stage}[{number}]: {spec['class_path']} is not a reader of dataset "
                                   "files (streaming shards are written already)")
         readers.append(reader)
-    return readers, data
+    return readers, data, config.get("model") or {}
+
+
+def frame_sampling(data: dict[str, Any], model: dict[str, Any]) -> FrameSampling:
+    """The frame sampling that training with this data and model config uses (the model may fix the count, as
+    :attr:`data_modules.MultitaskDataModule.frame_sampling` decides)."""
+    fixed = None
+    if model.get("class_path"):
+        module, _, name = model["class_path"].rpartition(".")
+        fixed = getattr(importlib.import_module(module), name).fixed_video_frames(model.get("init_args") or {})
+    try:
+        return frame_sampling_for(data.get("num_frames"), data.get("video_fps"), data.get("max_frames"), fixed)
+    except ValueError as error:
+        raise DataFormatError(f"data.init_args.num_frames / video_fps / max_frames: {error}") from None
 
 
 def read_all(readers: Sequence[Reader], on_error: str, allow_outside_paths: bool) -> tuple[
@@ -201,7 +215,7 @@ def optimize_config(config_files: Sequence[Path], stage: str, out: str, num_work
     codec, sampled as the config's ``data.init_args`` says); returns the examples written per task and the skip
     reports: the readers', then the media that could not be read or decoded."""
     check_output_dir(out, overwrite)  # before reading anything
-    readers, data = readers_from_config(config_files, stage)
+    readers, data, model = readers_from_config(config_files, stage)
     on_error = data.get("on_error") or "raise"
     examples, reports, policies = [], [], []
     for reader in readers:  # one at a time, to give each example its reader's own on_error
@@ -211,11 +225,7 @@ def optimize_config(config_files: Sequence[Path], stage: str, out: str, num_work
         policies += [reader.on_error or on_error] * len(read)
     frames = None
     if video_frames is not None:
-        try:
-            sampling = FrameSampling(data.get("num_frames", 8), data.get("video_fps"), data.get("max_frames"))
-        except ValueError as error:
-            raise DataFormatError(f"data.init_args.num_frames / video_fps / max_frames: {error}") from None
-        frames = FrameExtraction(sampling, video_frames)
+        frames = FrameExtraction(frame_sampling(data, model), video_frames)
     skipped = write_shards(examples, out.rstrip("/"), num_workers, chunk_bytes, policies=policies, frames=frames,
                            overwrite=overwrite)
     media = SkipReport(f"media read by mmft optimize ({len(examples)} examples)")
