@@ -47,6 +47,7 @@ from .base import batch_metadata
 from .batch_rows import CollateError, pad_rows
 from .instructions import with_instruction
 from .lm_loss import IGNORE_INDEX
+from .packing import PackingError, pack_training_view
 from .templates import check_turns, render_messages
 
 if TYPE_CHECKING:
@@ -117,6 +118,7 @@ class ChatCollate:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
         self._probe_tokens: int | None = None
+        self.packing_problem: str | None = None
 
     # ---------------------------------------------------------------------------------------------------- batches
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
@@ -162,6 +164,17 @@ class ChatCollate:
         for key in type_keys:
             batch[f"prompt_{key}"], _ = pad_rows([row[:n] for row, n in zip(types[key], prompt_lengths)], 0, left=True)
         return batch
+
+    def pack(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch``'s training view as one padding-free row (:mod:`mmft.models.packing`)."""
+        self.check_packing()
+        return pack_training_view(batch, TOKEN_TYPE_KEYS)
+
+    def check_packing(self) -> None:
+        """Raise :class:`PackingError` when the model cannot train on packed rows (``packing_problem``, set by the
+        module that knows its network)."""
+        if self.packing_problem is not None:
+            raise PackingError(f"data.packing: {self.packing_problem}; train this model on padded batches")
 
     def _supervision(self, samples: list[Sample], rendered: list[tuple[str, tuple]], encoded: BatchFeature,
                      rows: list[list[int]], training: bool) -> tuple[list[list[int]], list[int]]:

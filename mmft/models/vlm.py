@@ -32,6 +32,7 @@ from .chat_collate import TOKEN_TYPE_KEYS, ChatCollate
 from .export import ExportError, dtype_name, merged_copy, write_merged_config
 from .lm_loss import next_token_loss
 from .optim import ParamGroup, SchedulerCallable
+from .packing import PACKED_LENGTHS, packed_position_ids, packing_problem
 from .prefix_collate import PrefixCollate, prefix_reply_end, takes_suffix
 from .reply_end import find_reply_end
 from .vision_dummy import dummy_vision_loss
@@ -99,6 +100,7 @@ class VisionLanguageModule(AdapterModule):
         collate = PrefixCollate if prefix_lm else ChatCollate
         self.collate = collate(built.processor, built.video_as_images, max_length, instructions, default_fps,
                                reply_suffix=self.reply_end.appended)
+        self.collate.packing_problem = packing_problem(built.model)
         dummy = built.processor.image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")
         self.dummy_vision_inputs = {k: torch.as_tensor(v) for k, v in dummy.items()}
         if gradient_checkpointing:
@@ -113,8 +115,12 @@ class VisionLanguageModule(AdapterModule):
 
     def _inputs(self, batch: dict[str, Any], prompt: bool) -> dict[str, Any]:
         prefix = "prompt_" if prompt else ""
-        inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
-                  **batch["media"]}
+        if PACKED_LENGTHS in batch:  # one padding-free row: attention confined per example by the positions
+            inputs = {"input_ids": batch["input_ids"], "position_ids": packed_position_ids(self.model, batch),
+                      **batch["media"]}
+        else:
+            inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
+                      **batch["media"]}
         for key in TOKEN_TYPE_KEYS:
             if f"{prefix}{key}" in batch:
                 inputs[key] = batch[f"{prefix}{key}"]
