@@ -14,6 +14,10 @@ is one) also answers the three questions below, and the DataModule asks them:
 
 A plain callable gets no length checks and always its samples' decoded media. Collates run in DataLoader workers,
 so they must pickle.
+
+With ``data.packing`` the collate must also be a :class:`Packs`: its training batches are then ``pack(collate(
+samples))`` (:class:`PackedCollate`), one padding-free row, and ``check_packing()`` is asked once, when the
+DataModule is built, so a model that cannot pack is refused before any data is read.
 """
 
 from __future__ import annotations
@@ -33,3 +37,22 @@ class Collate(Protocol):
     def __call__(self, samples: list[Sample]) -> dict[str, Any]: ...
 
     def check_length(self, example: Example, training: bool) -> LengthCheck: ...
+
+
+@runtime_checkable
+class Packs(Protocol):
+    """A collate whose training batches can be packed into one padding-free row."""
+
+    def pack(self, batch: dict[str, Any]) -> dict[str, Any]: ...
+
+    def check_packing(self) -> None: ...
+
+
+class PackedCollate:
+    """Training batches as one packed row: ``collate.pack(collate(samples))`` (a class, so workers can pickle it)."""
+
+    def __init__(self, collate: Packs) -> None:
+        self.collate = collate
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        return self.collate.pack(self.collate(samples))

@@ -44,7 +44,7 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Subset
 
-from data_modules.collate import Collate
+from data_modules.collate import Collate, PackedCollate, Packs
 from data_modules.datasets import SKIPPED_KEY, ExampleDataset, SkipFilteringCollate
 from data_modules.formats.base import TOO_LONG, DataFormatError, OnError, Reader, SkipReport
 from data_modules.media import FrameSampling, frame_sampling_for
@@ -102,6 +102,12 @@ class MultitaskDataModule(LightningDataModule):
         group_by_modality_length: LLaVA-1.5's option (its LoRA recipe turns it on): each training batch holds
             examples of one modality (with images or video, or text-only) and of similar lengths; see
             :class:`MultitaskBatchSampler`.
+        packing: train on padding-free batches: each training batch is whole examples of one task (of any with
+            ``concat``) filling at most ``max_tokens`` tokens, laid end to end in one row with attention confined to
+            each example (the model's collate ``pack``\ s it, :class:`~data_modules.collate.Packs`);
+            ``batch_size`` then sets only the evaluation batches. Rows are filled by the collate's length estimates
+            (``check_length``), the longest examples first within windows of the shuffled order.
+        max_tokens: the token budget of a packed batch (visual tokens included); needed with ``packing``.
     """
 
     def __init__(
@@ -122,6 +128,8 @@ class MultitaskDataModule(LightningDataModule):
         max_frames: int | None = None,
         group_by_modality_length: bool = False,
         allow_outside_paths: bool = False,
+        packing: bool = False,
+        max_tokens: int | None = None,
     ) -> None:
         super().__init__()
         self.readers: dict[str, list[Reader | StreamingShards]] = {
@@ -142,8 +150,11 @@ class MultitaskDataModule(LightningDataModule):
         self.max_frames = max_frames
         self.group_by_modality_length = group_by_modality_length
         self.allow_outside_paths = allow_outside_paths
+        self.packing = packing
+        self.max_tokens = max_tokens
         self._check_arguments()
         self._examples: dict[str, list[list[Example]]] = {}
+        self._token_lengths: list[list[int | None]] = []  # the training examples' (parallel to their lists)
         self._resume: tuple[int, int] | None = None
         self.read_reports: list[SkipReport] = []
         self.length_reports: dict[str, dict[str, Counter[str]]] = {}
@@ -167,6 +178,7 @@ class MultitaskDataModule(LightningDataModule):
 
     def _check_arguments(self) -> None:
         self._check_streaming()
+        self._check_packing()
         self.frame_sampling  # noqa: B018 (checks the frame settings now, with the collate given)
         if self.sampling not in ("round_robin", "proportional", "concat"):
             raise DataConfigError(f"data.sampling must be round_robin, proportional or concat, not {self.sampling!r}")
@@ -191,6 +203,30 @@ class MultitaskDataModule(LightningDataModule):
                 f"batch sizes must be positive: data.batch_size={self.batch_size}, "
                 f"data.eval_batch_size={self.eval_batch_size}"
             )
+
+    def _check_packing(self) -> None:
+        if not self.packing:
+            if self.max_tokens is not None:
+                raise DataConfigError("data.max_tokens is the budget of packed batches: set data.packing: true too")
+            return
+        if self.max_tokens is None or self.max_tokens < 1:
+            raise DataConfigError(f"data.packing needs data.max_tokens, the tokens of a packed batch (a positive "
+                                  f"number, got {self.max_tokens})")
+        if self.group_by_modality_length:
+            raise DataConfigError("data.packing fills batches by length itself: leave data.group_by_modality_length "
+                                  "off")
+        if any(isinstance(r, StreamingShards) for r in self.readers["train"]):
+            raise DataConfigError("data.packing reads the training examples' lengths from the model's collate when "
+                                  "it reads them: it takes in-memory readers, not StreamingShards")
+        if self.collate_fn is not None:
+            self._packing_collate().check_packing()
+
+    def _packing_collate(self) -> Packs:
+        collate = self._model_collate
+        if not isinstance(collate, Packs):
+            raise DataConfigError(f"data.packing: the model's collate ({type(self.collate_fn).__name__}) cannot pack "
+                                  "batches (VL-BART's encoder-decoder batches are not packed): set data.packing: false")
+        return collate
 
     def _check_streaming(self) -> None:
         for split in _EVAL:
@@ -236,7 +272,9 @@ class MultitaskDataModule(LightningDataModule):
                         f"data.train: {reader!r} has {len(unanswered)} examples without an answer to train on, "
                         f"e.g. {unanswered[0].source} (a test split given as training data?)"
                     )
-            examples = self._fit_lengths(split, reader, examples)
+            examples, tokens = self._fit_lengths(split, reader, examples)
+            if split == "train":
+                self._token_lengths.append(tokens)
             if not examples:
                 raise DataFormatError(f"data.{split}: none of the examples of {reader!r} fit the model's max_length")
             per_reader.append(examples)
@@ -249,14 +287,16 @@ class MultitaskDataModule(LightningDataModule):
                     split, task, counts["truncated"], counts["examples"], counts["dropped"],
                 )
 
-    def _fit_lengths(self, split: str, reader: Reader, examples: list[Example]) -> list[Example]:
-        """Ask the collate whether each example fits the model's token budget (see the module docstring)."""
+    def _fit_lengths(self, split: str, reader: Reader, examples: list[Example]
+                     ) -> tuple[list[Example], list[int | None]]:
+        """Ask the collate whether each example fits the model's token budget (see the module docstring): the
+        examples kept and their lengths in tokens (None where the collate does not say)."""
         collate = self._model_collate
         if collate is None:
-            return examples
+            return examples, [None] * len(examples)
         policy = self._policy(reader)
         counts = self.length_reports.setdefault(split, {}).setdefault(reader.task, Counter())
-        kept = []
+        kept, tokens = [], []
         for example in examples:
             verdict = collate.check_length(example, split == "train")
             counts["examples"] += 1
@@ -269,7 +309,8 @@ class MultitaskDataModule(LightningDataModule):
                 continue
             counts["truncated"] += verdict.truncated
             kept.append(example)
-        return kept
+            tokens.append(verdict.tokens)
+        return kept, tokens
 
     def _in_memory(self, split: str) -> list[Reader]:
         """The readers of ``split`` whose examples are read into memory (all but shard sets)."""
@@ -307,6 +348,11 @@ class MultitaskDataModule(LightningDataModule):
         if not self.readers["train"]:
             raise DataConfigError("data.train has no readers")
         dataset, pools, lengths = self._training_dataset()
+        packing = {}
+        if self.packing:
+            collate = SkipFilteringCollate(PackedCollate(self._packing_collate()))
+            packing = {"token_lengths": lengths, "max_tokens": self.max_tokens}
+            lengths = None
         if self.sampling == "concat":
             task_sizes, batch_sizes = [len(dataset)], [self.batch_size]  # one int: checked in __init__
         else:
@@ -320,6 +366,7 @@ class MultitaskDataModule(LightningDataModule):
             seed=self.seed,
             modality_lengths=lengths,
             resume=self._resume,
+            **packing,
         )
         return DataLoader(
             dataset,
@@ -331,8 +378,8 @@ class MultitaskDataModule(LightningDataModule):
 
     def _training_dataset(self) -> tuple[Dataset, dict[str, list[int]], list[int] | None]:
         """Every training example as one Dataset whose indices run task by task (tasks in the order of their first
-        reader, each task's examples in reader order), each task's items, and each example's modality length (None
-        without ``group_by_modality_length``).
+        reader, each task's examples in reader order), each task's items, and each example's modality length (with
+        ``group_by_modality_length``) or its tokens (with ``packing``), else None.
 
         In-memory examples form one :class:`ExampleDataset`, already in that order; each shard set is one
         :class:`~data_modules.streaming.ShardDataset` after it; ``pools`` index their concatenation, and a ``Subset``
@@ -340,18 +387,26 @@ class MultitaskDataModule(LightningDataModule):
         """
         in_memory: dict[str, list[tuple[Example, OnError]]] = {}
         spans: list[tuple[str, int, int]] = []  # each in-memory reader's task and place in that task's pool
-        for reader, examples in zip(self._in_memory("train"), self.examples("train")):
+        tokens: dict[str, list[int | None]] = {}
+        examples_read = self.examples("train")
+        for reader, examples, lengths in zip(self._in_memory("train"), examples_read, self._token_lengths):
             pool = in_memory.setdefault(reader.task, [])
             spans.append((reader.task, len(pool), len(examples)))
             pool.extend((e, self._policy(reader)) for e in examples)
+            tokens.setdefault(reader.task, []).extend(lengths)
         pooled = [pair for pairs in in_memory.values() for pair in pairs]
         starts = dict(zip(in_memory, np.cumsum([0, *(len(pairs) for pairs in in_memory.values())]).tolist()))
         parts: list[Dataset] = []
         if pooled:
             parts.append(ExampleDataset([e for e, _ in pooled], load_media=self._needs_media,
                                         on_error=[policy for _, policy in pooled], **self._frame_options()))
-        grouping = self.group_by_modality_length
-        lengths = [modality_length(e) for e, _ in pooled] if grouping else []
+        grouping = self.group_by_modality_length or self.packing
+        if self.packing:
+            lengths = [length for per_task in tokens.values() for length in per_task]
+            if None in lengths:
+                raise DataConfigError("data.packing: the model's collate gave no token lengths for the examples")
+        else:
+            lengths = [modality_length(e) for e, _ in pooled] if grouping else []
         pools: dict[str, list[int]] = {}
         memory_spans = iter(spans)
         for reader in self.readers["train"]:
@@ -390,7 +445,8 @@ class MultitaskDataModule(LightningDataModule):
         """The settings that make an epoch's batch order: a mid-epoch resume replays it only if they are the same."""
         world_size = self.trainer.world_size if self.trainer is not None else 1
         return {"batch_size": self.batch_size, "seed": self.seed, "sampling": self.sampling,
-                "group_by_modality_length": self.group_by_modality_length, "world_size": world_size}
+                "group_by_modality_length": self.group_by_modality_length, "world_size": world_size,
+                "packing": self.packing, "max_tokens": self.max_tokens}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Resume the saved epoch after its trained batches (see the module docstring); a mid-epoch checkpoint is

@@ -88,8 +88,11 @@ class LengthCheck(NamedTuple):
     example when the DataModule reads its data, so that nothing fails or is silently cut mid-epoch.
 
     ``truncated``: the example fits only with some context cut (earlier turns, subtitles); the question, choices
-    and supervised answer are kept. ``problem``: why it cannot fit at all (None when it fits).
+    and supervised answer are kept. ``problem``: why it cannot fit at all (None when it fits). ``tokens``: its
+    length as the model will see it (visual tokens included; an estimate where media sizes vary), which packing
+    fills rows by; None from a collate that cannot pack.
     """
 
     truncated: bool = False
     problem: str | None = None
+    tokens: int | None = None

@@ -1,6 +1,6 @@
 """The training batch order of the multitask DataModule: one task's examples per batch (or a mix), shuffled per
-epoch from a seed, sharded over the processes, optionally grouped by length and modality as LLaVA does, and
-resumable mid-epoch by skipping the batches already trained."""
+epoch from a seed, sharded over the processes, optionally grouped by length and modality as LLaVA does or packed
+into batches of at most a token budget, and resumable mid-epoch by skipping the batches already trained."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from torch.utils.data import BatchSampler, DistributedSampler
 from data_modules.records import Example
 
 Sampling = Literal["round_robin", "proportional", "concat"]
+# packing fills batches from windows of this many shuffled examples, longest first: little room is left unused, and
+# the epoch's order stays random beyond a window
+PACK_WINDOW = 1024
 
 
 class MultitaskBatchSampler(BatchSampler):
@@ -37,6 +40,12 @@ class MultitaskBatchSampler(BatchSampler):
     example to the rank whose batch is shortest so far, so a step's batches hold one modality and similar lengths
     (less padding); the task's megabatches are then shuffled. A megabatch too small for every rank is padded by
     repeating its examples.
+
+    ``token_lengths`` (one per dataset index) with ``max_tokens`` packs instead: within a task, the shuffled
+    examples are cut into windows of ``PACK_WINDOW``, each window's examples go longest first into the first batch
+    with room for them (:func:`pack_by_length`; an example over the budget gets a batch alone), the task's batches
+    are shuffled and dealt to the ranks in turn (the last few repeated so every rank gets as many), and
+    ``batch_sizes`` are ignored. The batches differ per epoch and are the same on every rank and every run.
     """
 
     def __init__(
@@ -49,6 +58,8 @@ class MultitaskBatchSampler(BatchSampler):
         drop_last: bool = False,
         modality_lengths: Sequence[int] | None = None,
         resume: tuple[int, int] | None = None,
+        token_lengths: Sequence[int] | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         # BatchSampler.__init__ is not called: it accepts a single integer batch size only.
         if not isinstance(sampler, DistributedSampler):
@@ -74,6 +85,16 @@ class MultitaskBatchSampler(BatchSampler):
                 raise ValueError("modality_lengths needs one non-zero length per example of every task")
         self.modality_lengths = modality_lengths  # kept as given: Lightning rebuilds the sampler from its attributes
         self._lengths = None if modality_lengths is None else np.asarray(modality_lengths)
+        packing = token_lengths is not None
+        if packing != (max_tokens is not None) or (packing and modality_lengths is not None):
+            raise ValueError("packing needs token_lengths and max_tokens together, and no modality_lengths")
+        if token_lengths is not None:
+            if len(token_lengths) != sum(self.task_sizes) or min(token_lengths) < 1 or max_tokens < 1:
+                raise ValueError("token_lengths needs one positive length per example of every task, and "
+                                 "max_tokens a positive budget")
+        self.token_lengths = token_lengths
+        self.max_tokens = max_tokens
+        self._packed: dict[tuple[int, int], list[np.ndarray]] = {}
         self.resume = resume
         if resume is not None and sampler.epoch < resume[0]:
             # DataLoader workers draw their first batches when Lightning sets up the loader, before it sets the epoch
@@ -84,6 +105,8 @@ class MultitaskBatchSampler(BatchSampler):
 
     def _num_batches(self, task: int) -> int:
         divide = math.floor if self.drop_last else math.ceil
+        if self.token_lengths is not None:
+            return divide(len(self._packed_batches(task)) / self.sampler.num_replicas)
         if self.modality_lengths is not None:
             megabatch = self.sampler.num_replicas * self.batch_sizes[task]
             return sum(divide(n / megabatch) for n in self._modality_counts(task))
@@ -104,6 +127,10 @@ class MultitaskBatchSampler(BatchSampler):
     def _task_batches(self, task: int, offset: int) -> list[list[int]]:
         size, batch_size = self.task_sizes[task], self.batch_sizes[task]
         rank, world = self.sampler.rank, self.sampler.num_replicas
+        if self.token_lengths is not None:
+            batches = self._packed_batches(task)
+            batches = [batches[i % len(batches)] for i in range(self._num_batches(task) * world)]
+            return [(batch + offset).tolist() for batch in batches[rank::world]]
         order = np.random.default_rng([self.seed, self.sampler.epoch, 1 + task]).permutation(size)
         if self.modality_lengths is not None:
             return self._grouped_batches(task, order, offset)
@@ -111,6 +138,20 @@ class MultitaskBatchSampler(BatchSampler):
         mine = (order[rank::world] + offset).tolist()
         batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
         return batches[: self._num_batches(task)]
+
+    def _packed_batches(self, task: int) -> list[np.ndarray]:
+        """Every rank's packed batches of ``task`` this epoch (indices within the task), in their shuffled order."""
+        key = (self.sampler.epoch, task)
+        if key not in self._packed:
+            offset = sum(self.task_sizes[:task])
+            lengths = np.asarray(self.token_lengths[offset : offset + self.task_sizes[task]])
+            order = np.random.default_rng([self.seed, self.sampler.epoch, 1 + task]).permutation(len(lengths))
+            batches = [batch for start in range(0, len(order), PACK_WINDOW)
+                       for batch in pack_by_length(order[start : start + PACK_WINDOW], lengths, self.max_tokens)]
+            shuffle = np.random.default_rng([self.seed, self.sampler.epoch, 1 + task, 2]).permutation(len(batches))
+            self._packed = {k: v for k, v in self._packed.items() if k[0] == key[0]}  # this epoch's alone
+            self._packed[key] = [batches[i] for i in shuffle]
+        return self._packed[key]
 
     def _grouped_batches(self, task: int, order: np.ndarray, offset: int) -> list[list[int]]:
         """This rank's batches of ``task`` grouped by modality and length (see the class docstring)."""
@@ -159,6 +200,23 @@ def deal_by_length(indices: np.ndarray, lengths: np.ndarray, parts: int) -> list
         groups[target].append(int(indices[position]))
         totals[target] += int(lengths[position])
     return [np.asarray(group, dtype=np.int64) for group in groups]
+
+
+def pack_by_length(indices: np.ndarray, lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """``indices`` in batches of at most ``max_tokens`` tokens (``lengths[index]`` each): longest first, each into
+    the first batch with room for it, else a new one (first-fit decreasing); ties keep the order given."""
+    batches: list[list[int]] = []
+    room: list[int] = []
+    for index in indices[np.argsort(-lengths[indices], kind="stable")]:
+        length = int(lengths[index])
+        target = next((b for b, free in enumerate(room) if free >= length), None)
+        if target is None:
+            batches.append([])
+            room.append(max_tokens)
+            target = len(batches) - 1
+        batches[target].append(int(index))
+        room[target] -= length
+    return [np.asarray(batch, dtype=np.int64) for batch in batches]
 
 
 def modality_length(example: Example) -> int:

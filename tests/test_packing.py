@@ -1,17 +1,23 @@
-"""Padding-free packed batches: per family, the packed row's loss and gradients equal the padded batch's."""
+"""Padding-free packed batches: per family, the packed row's loss and gradients equal the padded batch's; the
+sampler's batches by token budget; the DataModule's packing settings."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from tiny_vlms import FAMILIES, lm_adapter, tiny_backbone
+from torch.utils.data import DistributedSampler
 
+from data_modules import DataConfigError, LlavaInstruct, MultitaskBatchSampler, MultitaskDataModule
 from data_modules.records import Example, Sample, Turn
+from data_modules.sampler import pack_by_length
 from mmft.models import VisionLanguageModule
-from mmft.models.lm_loss import IGNORE_INDEX
 from mmft.models.packing import PACKED_LENGTHS, PackingError
 
 RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
@@ -74,3 +80,97 @@ def test_packed_batch_has_the_padded_batchs_loss_and_gradients(family):
     assert grads.keys() == packed_grads.keys() and len(grads) > 0
     for name, grad in grads.items():
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------- batches by tokens
+
+
+def test_pack_by_length_is_first_fit_decreasing_by_hand():
+    """Lengths 5 3 8 2 4 6, budget 10: 8 -> A (2 left), 6 -> B (4), 5 -> C (5), 4 -> B (0), 3 -> C (2), 2 -> A (0)."""
+    batches = pack_by_length(np.arange(6), np.array([5, 3, 8, 2, 4, 6]), 10)
+    assert [batch.tolist() for batch in batches] == [[2, 3], [5, 4], [0, 1]]
+    assert [b.tolist() for b in pack_by_length(np.array([0, 1]), np.array([12, 3]), 10)] == [[0], [1]]  # over: alone
+
+
+def packed_sampler(lengths, sizes, epoch=0, rank=0, world=1, resume=None, max_tokens=40) -> MultitaskBatchSampler:
+    inner = DistributedSampler(range(len(lengths)), num_replicas=world, rank=rank, shuffle=False)
+    batches = MultitaskBatchSampler(inner, sizes, [1] * len(sizes), sampling="proportional", seed=7, resume=resume,
+                                    token_lengths=lengths, max_tokens=max_tokens)
+    batches.set_epoch(epoch)
+    return batches
+
+
+def test_packed_batches_cover_each_epoch_within_the_budget_and_resume_exactly():
+    lengths = np.random.default_rng(0).integers(1, 30, size=300).tolist()
+    sizes = [180, 120]
+    epochs = {epoch: list(packed_sampler(lengths, sizes, epoch)) for epoch in (0, 1)}
+    for batches in epochs.values():
+        assert sorted(i for batch in batches for i in batch) == list(range(300))
+        assert all(sum(lengths[i] for i in batch) <= 40 for batch in batches)
+        assert all(len({i < 180 for i in batch}) == 1 for batch in batches)  # one task per batch
+        assert len(batches) <= math.ceil(sum(lengths) / 40) + 4  # first-fit decreasing leaves little room unused
+    assert epochs[0] != epochs[1] and list(packed_sampler(lengths, sizes, 0)) == epochs[0]
+    assert len(packed_sampler(lengths, sizes, 0)) == len(epochs[0])
+    resumed = packed_sampler(lengths, sizes, 1, resume=(1, 5))
+    assert list(resumed) == epochs[1][5:]
+    ranks = [list(packed_sampler(lengths, sizes, 1, rank=rank, world=2)) for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) and {i for r in ranks for b in r for i in b} == set(range(300))
+
+
+def test_a_datamodule_packs_training_batches_and_leaves_evaluation_padded(sample_data: Path):
+    module = VisionLanguageModule(tiny_backbone("qwen2_5_vl"), lm_adapter("qwen2_5_vl"))
+    reader = LlavaInstruct(sample_data / "llava" / "llava_instruct_sample.json", sample_data)
+    data = MultitaskDataModule(train=[reader], val=[reader], batch_size=4, collate_fn=module.collate, packing=True,
+                               max_tokens=256)
+    data.setup("fit")
+    loader = data.train_dataloader()
+    examples = loader.dataset.examples
+    estimates = dict(zip((e.id for e in examples), data._token_lengths[0]))
+    for indices, batch in itertools.islice(zip(loader.batch_sampler, loader), 4):
+        assert sum(estimates[examples[i].id] for i in indices) <= 256
+        expected = module.collate.pack(module.collate([loader.dataset[i] for i in indices]))
+        assert batch["ids"] == [examples[i].id for i in indices] and batch.keys() == expected.keys()
+        torch.testing.assert_close(batch["input_ids"], expected["input_ids"])
+        assert batch["input_ids"].shape[1] == int(batch[PACKED_LENGTHS].sum())
+        assert module.training_loss(batch).isfinite()
+    assert "prompt_input_ids" in next(iter(data.val_dataloader()[0]))
+
+
+def test_packing_settings_and_models_that_cannot_pack_are_named_errors(sample_data: Path):
+    reader = LlavaInstruct(sample_data / "llava" / "llava_instruct_sample.json", sample_data)
+    module = VisionLanguageModule(tiny_backbone("qwen2_5_vl"), lm_adapter("qwen2_5_vl"))
+    cases = [
+        ({"max_tokens": 64}, "data.max_tokens is the budget of packed batches: set data.packing: true"),
+        ({"packing": True}, "data.packing needs data.max_tokens"),
+        ({"packing": True, "max_tokens": 64, "group_by_modality_length": True}, "leave data.group_by_modality_length"),
+        ({"packing": True, "max_tokens": 64, "collate_fn": lambda samples: {}}, "cannot pack batches"),
+    ]
+    for settings, message in cases:
+        with pytest.raises(DataConfigError, match=message):
+            MultitaskDataModule(train=[reader], **{"collate_fn": module.collate, **settings})
+    gemma = VisionLanguageModule(tiny_backbone("gemma3"), lm_adapter("gemma3"))
+    with pytest.raises(PackingError, match="Gemma 3's sliding-window layers"):
+        MultitaskDataModule(train=[reader], collate_fn=gemma.collate, packing=True, max_tokens=64)
+
+
+def test_lightning_rebuilds_the_packed_sampler_for_each_rank(sample_data: Path):
+    """Under DDP Lightning re-creates the batch sampler from its arguments: the packing settings survive, every
+    rank gets as many packed batches and together they cover the epoch."""
+    from lightning.fabric.utilities.data import _replace_dunder_methods, _set_sampler_epoch
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import BatchSampler, DataLoader
+
+    module = VisionLanguageModule(tiny_backbone("qwen2_5_vl"), lm_adapter("qwen2_5_vl"))
+    reader = LlavaInstruct(sample_data / "llava" / "llava_instruct_sample.json", sample_data)
+    data = MultitaskDataModule(train=[reader], collate_fn=module.collate, packing=True, max_tokens=300)
+    data.setup("fit")
+    with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
+        loader = data.train_dataloader()
+    ranks = []
+    for rank in (0, 1):
+        ranked = _update_dataloader(loader, DistributedSampler(loader.dataset, num_replicas=2, rank=rank))
+        assert ranked.batch_sampler.max_tokens == 300
+        _set_sampler_epoch(ranked, 2)
+        ranks.append(list(ranked.batch_sampler))
+    assert len(ranks[0]) == len(ranks[1]) > 1
+    assert {i for batches in ranks for batch in batches for i in batch} == set(range(len(loader.dataset)))

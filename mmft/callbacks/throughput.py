@@ -66,8 +66,9 @@ class Throughput(Callback):
             return
         self._sync(pl_module)
         seconds = time.perf_counter() - self._start
-        samples = int(batch["input_ids"].shape[0])
-        tokens = int(batch["attention_mask"].sum())
+        samples = len(batch["ids"]) if "ids" in batch else int(batch["input_ids"].shape[0])
+        # a packed row has no attention mask: every position is a token
+        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
         self._steps += 1
         self._recent = (self._recent + [(seconds, samples, tokens)])[-self.window :]
         if self._steps > self.skip_first:

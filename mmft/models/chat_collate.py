@@ -293,22 +293,21 @@ class ChatCollate:
         ``training=False``, as an evaluation prompt; ``truncated`` when only after dropping earlier exchanges.
         Estimated from its text (tokenised) and a probe image's tokens per image, a video counting as one image (its
         frames are not known before decoding)."""
-        dropped = self._exchanges_to_drop(example, training)
+        dropped, length = self._exchanges_to_drop(example, training)
         if dropped is None:
-            turns = _view_turns(example, not training)
-            length = self._estimated_length(example, turns[len(turns) - self._turns_kept(example, training):],
-                                            training)
             return LengthCheck(problem=self._too_long(example, length, training, measured=False))
-        return LengthCheck(truncated=dropped > 0)
+        return LengthCheck(truncated=dropped > 0, tokens=length)
 
-    def _exchanges_to_drop(self, example: Example, training: bool) -> int | None:
-        """How many earliest exchanges the view must lose for its estimated length to fit; None when the turns it
-        must keep are too long already."""
+    def _exchanges_to_drop(self, example: Example, training: bool) -> tuple[int | None, int]:
+        """How many earliest exchanges the view must lose for its estimated length to fit, and that length; None
+        and the length of the turns it must keep when those are too long already."""
         turns = _view_turns(example, not training)
         for dropped in range(self._most_droppable(example, training) + 1):
-            if self._estimated_length(example, turns[2 * dropped:], training) <= self.max_length:
-                return dropped
-        return None
+            length = self._estimated_length(example, turns[2 * dropped:], training)
+            if length <= self.max_length:
+                return dropped, length
+        kept = turns[len(turns) - self._turns_kept(example, training):]
+        return None, self._estimated_length(example, kept, training)
 
     def _turns_kept(self, example: Example, training: bool) -> int:
         """The turns a view cannot lose: the last exchange (the last question alone for a prompt), or every turn
