@@ -174,3 +174,34 @@ def test_lightning_rebuilds_the_packed_sampler_for_each_rank(sample_data: Path):
         ranks.append(list(ranked.batch_sampler))
     assert len(ranks[0]) == len(ranks[1]) > 1
     assert {i for batches in ranks for batch in batches for i in batch} == set(range(len(loader.dataset)))
+
+
+@pytest.mark.slow
+def test_compiled_decoder_layers_give_the_eager_loss_and_gradients_on_rounded_rows():
+    """``compile``: the language model's decoder layers compiled in place, rows rounded up to 64 tokens (padded and
+    packed alike); loss and gradients equal the eager module's on the same batches."""
+    samples = mixed_samples()
+    modules = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        modules[compiled] = VisionLanguageModule(tiny_backbone("qwen2_5_vl"), lm_adapter("qwen2_5_vl"),
+                                                 compile=compiled).eval()
+    eager, compiled = modules[False], modules[True]
+    assert compiled.collate.length_multiple == 64 and eager.collate.length_multiple == 1
+    layers = compiled.model.get_decoder().layers
+    assert all(layer._compiled_call_impl is not None for layer in layers)
+    for parameter_eager, parameter_compiled in zip(eager.parameters(), compiled.parameters()):
+        if parameter_eager.requires_grad and parameter_eager.dim() > 1:
+            torch.nn.init.normal_(parameter_eager, std=0.05)
+            parameter_compiled.data.copy_(parameter_eager.data)
+    padded = compiled.collate(samples)
+    assert padded["input_ids"].shape[1] % 64 == 0
+    packed = compiled.collate.pack(padded)
+    assert packed["input_ids"].shape[1] % 64 == 0 and packed["labels"][0, int(packed[PACKED_LENGTHS][:-1].sum()):].eq(
+        -100).all()
+    for batch, reference in ((padded, eager.collate(samples)), (packed, eager.collate.pack(eager.collate(samples)))):
+        loss, grads = loss_and_grads(eager, reference)
+        compiled_loss, compiled_grads = loss_and_grads(compiled, batch)
+        torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-6)
+        for name, grad in grads.items():
+            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -84,6 +84,16 @@ def no_split_layers(root: nn.Module) -> list[nn.Module]:
     return [module for module in root.modules() if type(module).__name__ in names]
 
 
+def compile_layers(layers: list[nn.Module]) -> None:
+    """``torch.compile`` each layer in place (regional compilation): same-class layers share one compiled graph, and
+    the cache is large enough that training, evaluation and a few row lengths each keep theirs."""
+    if not layers:
+        raise ValueError("compile: the model has no decoder layers to compile")
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    for layer in layers:
+        layer.compile()
+
+
 def require_embedding_grads(model: nn.Module) -> None:
     """Make the input embeddings' output need a gradient (transformers' ``enable_input_require_grads``), so that
     FSDP reduces the first decoder layer's gradients at the same point of backward on every rank: on a rank whose

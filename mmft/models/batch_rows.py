@@ -13,10 +13,10 @@ class CollateError(InputError, ValueError):
     """A sample cannot be turned into model inputs; the message names the record and the setting to change."""
 
 
-def pad_rows(rows: list[list[int]], value: int, left: bool) -> tuple[Tensor, Tensor]:
-    """Token rows as one tensor, padded with ``value`` on the left (generation) or the right (training), and the
-    attention mask."""
-    width = max(len(r) for r in rows)
+def pad_rows(rows: list[list[int]], value: int, left: bool, multiple: int = 1) -> tuple[Tensor, Tensor]:
+    """Token rows as one tensor, padded with ``value`` on the left (generation) or the right (training) to the
+    longest row's length rounded up to ``multiple``, and the attention mask."""
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
     out = torch.full((len(rows), width), value, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):

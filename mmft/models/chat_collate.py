@@ -119,6 +119,7 @@ class ChatCollate:
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
         self._probe_tokens: int | None = None
         self.packing_problem: str | None = None
+        self.length_multiple = 1  # training rows rounded up to a multiple of it (compiled layers reuse their graphs)
 
     # ---------------------------------------------------------------------------------------------------- batches
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
@@ -155,10 +156,11 @@ class ChatCollate:
                 types[key].append(encoded[key][i, :length].tolist())
         labels, prompt_lengths = self._supervision(samples, rendered, encoded, rows, training)
         if training:
-            batch["input_ids"], batch["attention_mask"] = pad_rows(rows, self.pad_token_id, left=False)
-            batch["labels"], _ = pad_rows(labels, IGNORE_INDEX, left=False)
+            multiple = self.length_multiple
+            batch["input_ids"], batch["attention_mask"] = pad_rows(rows, self.pad_token_id, False, multiple)
+            batch["labels"], _ = pad_rows(labels, IGNORE_INDEX, False, multiple)
             for key in type_keys:
-                batch[key], _ = pad_rows(types[key], 0, left=False)
+                batch[key], _ = pad_rows(types[key], 0, False, multiple)
         prompts = [row[:n] for row, n in zip(rows, prompt_lengths)]
         batch["prompt_input_ids"], batch["prompt_attention_mask"] = pad_rows(prompts, self.pad_token_id, left=True)
         for key in type_keys:
@@ -168,7 +170,7 @@ class ChatCollate:
     def pack(self, batch: dict[str, Any]) -> dict[str, Any]:
         """``batch``'s training view as one padding-free row (:mod:`mmft.models.packing`)."""
         self.check_packing()
-        return pack_training_view(batch, TOKEN_TYPE_KEYS)
+        return pack_training_view(batch, TOKEN_TYPE_KEYS, self.pad_token_id, self.length_multiple)
 
     def check_packing(self) -> None:
         """Raise :class:`PackingError` when the model cannot train on packed rows (``packing_problem``, set by the

@@ -59,11 +59,13 @@ def packing_problem(model: nn.Module) -> str | None:
     return None
 
 
-def pack_training_view(batch: dict[str, Any], token_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+def pack_training_view(batch: dict[str, Any], token_keys: tuple[str, ...] = (), pad_id: int = 0,
+                       multiple: int = 1) -> dict[str, Any]:
     """The training view of ``batch`` (right-padded ``input_ids``, ``attention_mask``, ``labels`` and the
-    ``token_keys`` per-token types) as one row. Images laid out per row (Idefics3 / SmolVLM: ``pixel_values``
-    ``[rows, images, C, H, W]`` with a ``pixel_attention_mask``; the model drops the all-zero padding images) become
-    one row of every row's images. The prompt view is left out (training only)."""
+    ``token_keys`` per-token types) as one row, rounded up to a multiple of ``multiple`` tokens by a last segment
+    of ``pad_id`` (unsupervised, attending only to itself). Images laid out per row (Idefics3 / SmolVLM:
+    ``pixel_values`` ``[rows, images, C, H, W]`` with a ``pixel_attention_mask``; the model drops the all-zero
+    padding images) become one row of every row's images. The prompt view is left out (training only)."""
     if "labels" not in batch:
         raise PackingError(f"examples {batch.get('ids', [])[:3]}: only training batches (with replies) are packed")
     mask = batch["attention_mask"].bool()
@@ -72,18 +74,20 @@ def pack_training_view(batch: dict[str, Any], token_keys: tuple[str, ...] = ()) 
     packed = {key: value for key, value in batch.items()
               if key not in ("input_ids", "attention_mask", "labels", "media") and not key.startswith("prompt_")
               and key not in token_keys}
-    packed["input_ids"] = batch["input_ids"][mask][None]
-    packed["labels"] = labels[mask][None]
-    packed["position_ids"] = (mask.cumsum(dim=1) - 1)[mask][None]
-    for key in token_keys:
-        if key in batch:
-            packed[key] = batch[key][mask][None]
+    lengths = mask.sum(dim=1)
+    rounding = -int(lengths.sum()) % multiple
+    rows = {"input_ids": (batch["input_ids"], pad_id), "labels": (labels, IGNORE_INDEX),
+            "position_ids": (mask.cumsum(dim=1) - 1, None),
+            **{key: (batch[key], 0) for key in token_keys if key in batch}}
+    for key, (values, fill) in rows.items():
+        tail = torch.arange(rounding) if fill is None else values.new_full((rounding,), fill)
+        packed[key] = torch.cat([values[mask], tail.to(values.dtype)])[None]
     media = dict(batch["media"])
     if "pixel_attention_mask" in media and media["pixel_values"].dim() == 5:
         for key in ("pixel_values", "pixel_attention_mask"):
             media[key] = media[key].reshape(1, -1, *media[key].shape[2:])
     packed["media"] = media
-    packed[PACKED_LENGTHS] = mask.sum(dim=1)
+    packed[PACKED_LENGTHS] = torch.cat([lengths, lengths.new_tensor([rounding])]) if rounding else lengths
     return packed
 
 

@@ -27,7 +27,7 @@ from torchmetrics import Metric
 
 from mmft.adapters import AdapterConfig
 
-from .base import AdapterModule, default_optimizer, no_split_layers
+from .base import AdapterModule, compile_layers, default_optimizer, no_split_layers
 from .chat_collate import TOKEN_TYPE_KEYS, ChatCollate
 from .export import ExportError, dtype_name, merged_copy, write_merged_config
 from .lm_loss import next_token_loss
@@ -40,6 +40,7 @@ from .vlm_backbones import VisionLanguageBackbone
 from .vlm_parts import find_parts
 
 VISUAL_INPUTS = ("pixel_values", "pixel_values_videos")
+COMPILED_LENGTH_MULTIPLE = 64
 
 
 def enable_activation_checkpointing(model: nn.Module) -> None:
@@ -65,6 +66,10 @@ class VisionLanguageModule(AdapterModule):
         default_fps: frame rate assumed for videos whose frame times are unknown.
         gradient_checkpointing: recompute activations in backward (non-reentrant: frozen inputs are fine).
         max_new_tokens: generation length at evaluation.
+        compile: ``torch.compile`` each decoder layer of the language model in place (regional compilation: the
+            layers share one compiled graph, so compiling takes seconds, and the rest of the model stays eager).
+        length_multiple: round every training row (padded or packed) up to a multiple of this many tokens, so
+            compiled graphs are reused across batches (default: 64 with ``compile``, else 1).
     """
 
     def __init__(
@@ -76,6 +81,8 @@ class VisionLanguageModule(AdapterModule):
         default_fps: float = 1.0,
         gradient_checkpointing: bool = False,
         max_new_tokens: int = 16,
+        compile: bool = False,
+        length_multiple: int | None = None,
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: SchedulerCallable | None = None,
         param_groups: list[ParamGroup] | None = None,
@@ -101,10 +108,13 @@ class VisionLanguageModule(AdapterModule):
         self.collate = collate(built.processor, built.video_as_images, max_length, instructions, default_fps,
                                reply_suffix=self.reply_end.appended)
         self.collate.packing_problem = packing_problem(built.model)
+        self.collate.length_multiple = length_multiple or (COMPILED_LENGTH_MULTIPLE if compile else 1)
         dummy = built.processor.image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")
         self.dummy_vision_inputs = {k: torch.as_tensor(v) for k, v in dummy.items()}
         if gradient_checkpointing:
             enable_activation_checkpointing(self.model)
+        if compile:
+            compile_layers(no_split_layers(self.model.get_decoder()))
 
     def fsdp_units(self) -> list[nn.Module]:
         """The language model's decoder layers (``get_decoder()`` finds it in every family): each a unit of FSDP's.
