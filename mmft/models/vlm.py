@@ -30,7 +30,7 @@ from mmft.adapters import AdapterConfig
 from .base import AdapterModule, compile_layers, default_optimizer, no_split_layers
 from .chat_collate import TOKEN_TYPE_KEYS, ChatCollate
 from .export import ExportError, dtype_name, merged_copy, write_merged_config
-from .lm_loss import next_token_loss
+from .lm_loss import LossKernel, check_loss_kernel, next_token_loss
 from .optim import ParamGroup, SchedulerCallable
 from .packing import PACKED_LENGTHS, packed_position_ids, packing_problem
 from .prefix_collate import PrefixCollate, prefix_reply_end, takes_suffix
@@ -70,6 +70,9 @@ class VisionLanguageModule(AdapterModule):
             layers share one compiled graph, so compiling takes seconds, and the rest of the model stays eager).
         length_multiple: round every training row (padded or packed) up to a multiple of this many tokens, so
             compiled graphs are reused across batches (default: 64 with ``compile``, else 1).
+        loss_kernel: how the head and cross-entropy run without the full logits: ``auto`` (Liger's fused kernel
+            on a GPU when ``liger-kernel`` is installed, else chunks), ``chunked`` or ``liger``
+            (:mod:`mmft.models.lm_loss`).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class VisionLanguageModule(AdapterModule):
         max_new_tokens: int = 16,
         compile: bool = False,
         length_multiple: int | None = None,
+        loss_kernel: LossKernel = "auto",
         optimizer: OptimizerCallable = default_optimizer,
         scheduler: SchedulerCallable | None = None,
         param_groups: list[ParamGroup] | None = None,
@@ -104,6 +108,8 @@ class VisionLanguageModule(AdapterModule):
         self.end_of_turn_id = self.reply_end.token_id
         self.base_model_name_or_path = built.name_or_path
         self.max_new_tokens = max_new_tokens
+        check_loss_kernel(loss_kernel)
+        self.loss_kernel = loss_kernel
         collate = PrefixCollate if prefix_lm else ChatCollate
         self.collate = collate(built.processor, built.video_as_images, max_length, instructions, default_fps,
                                reply_suffix=self.reply_end.appended)
@@ -142,7 +148,8 @@ class VisionLanguageModule(AdapterModule):
                 f"training batch without labels (examples {batch['ids'][:3]}): training examples need an "
                 "assistant reply as their last turn"
             )
-        loss = next_token_loss(self.model, self._inputs(batch, prompt=False), batch["labels"], self.sharded)
+        loss = next_token_loss(self.model, self._inputs(batch, prompt=False), batch["labels"], self.sharded,
+                               kernel=self.loss_kernel)
         if not any(key in batch["media"] for key in VISUAL_INPUTS):
             loss = loss + dummy_vision_loss(self.model, self.dummy_vision_inputs)
         return loss
