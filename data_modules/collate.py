@@ -15,9 +15,10 @@ is one) also answers the three questions below, and the DataModule asks them:
 A plain callable gets no length checks and always its samples' decoded media. Collates run in DataLoader workers,
 so they must pickle.
 
-With ``data.packing`` the collate must also be a :class:`Packs`: its training batches are then ``pack(collate(
-samples))`` (:class:`PackedCollate`), one padding-free row, and ``check_packing()`` is asked once, when the
-DataModule is built, so a model that cannot pack is refused before any data is read.
+With ``data.packing`` the collate must also be a :class:`Packs`: its training batches are then
+``pack(collate(samples), max_tokens)`` (:class:`PackedCollate`), rows of whole examples of at most ``max_tokens``
+tokens, and ``check_packing()`` is asked once, when the DataModule is built, so a model that cannot pack is refused
+before any data is read.
 """
 
 from __future__ import annotations
@@ -43,16 +44,18 @@ class Collate(Protocol):
 class Packs(Protocol):
     """A collate whose training batches can be packed into one padding-free row."""
 
-    def pack(self, batch: dict[str, Any]) -> dict[str, Any]: ...
+    def pack(self, batch: dict[str, Any], row_tokens: int | None = None) -> dict[str, Any]: ...
 
     def check_packing(self) -> None: ...
 
 
 class PackedCollate:
-    """Training batches as one packed row: ``collate.pack(collate(samples))`` (a class, so workers can pickle it)."""
+    """Training batches as packed rows of at most ``row_tokens`` tokens: ``collate.pack(collate(samples),
+    row_tokens)`` (a class, so workers can pickle it)."""
 
-    def __init__(self, collate: Packs) -> None:
+    def __init__(self, collate: Packs, row_tokens: int) -> None:
         self.collate = collate
+        self.row_tokens = row_tokens
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        return self.collate.pack(self.collate(samples))
+        return self.collate.pack(self.collate(samples), self.row_tokens)

@@ -102,12 +102,13 @@ class MultitaskDataModule(LightningDataModule):
         group_by_modality_length: LLaVA-1.5's option (its LoRA recipe turns it on): each training batch holds
             examples of one modality (with images or video, or text-only) and of similar lengths; see
             :class:`MultitaskBatchSampler`.
-        packing: train on padding-free batches: each training batch is whole examples of one task (of any with
-            ``concat``) filling at most ``max_tokens`` tokens, laid end to end in one row with attention confined to
-            each example (the model's collate ``pack``\ s it, :class:`~data_modules.collate.Packs`);
-            ``batch_size`` then sets only the evaluation batches. Rows are filled by the collate's length estimates
-            (``check_length``), the longest examples first within windows of the shuffled order.
-        max_tokens: the token budget of a packed batch (visual tokens included); needed with ``packing``.
+        packing: train on packed batches: each training batch is ``batch_size`` rows of whole examples of one task
+            (of any with ``concat``), each row at most ``max_tokens`` tokens long, the examples laid end to end with
+            attention confined to each (the model's collate packs them, :class:`~data_modules.collate.Packs`).
+            Rows are filled by the collate's length estimates (``check_length``), the longest examples first within
+            windows of the shuffled order (:class:`MultitaskBatchSampler`).
+        max_tokens: the tokens of a packed row (visual tokens included; the model's ``max_length`` is a good
+            value); needed with ``packing``.
     """
 
     def __init__(
@@ -207,10 +208,10 @@ class MultitaskDataModule(LightningDataModule):
     def _check_packing(self) -> None:
         if not self.packing:
             if self.max_tokens is not None:
-                raise DataConfigError("data.max_tokens is the budget of packed batches: set data.packing: true too")
+                raise DataConfigError("data.max_tokens is the length of packed rows: set data.packing: true too")
             return
         if self.max_tokens is None or self.max_tokens < 1:
-            raise DataConfigError(f"data.packing needs data.max_tokens, the tokens of a packed batch (a positive "
+            raise DataConfigError(f"data.packing needs data.max_tokens, the tokens of a packed row (a positive "
                                   f"number, got {self.max_tokens})")
         if self.group_by_modality_length:
             raise DataConfigError("data.packing fills batches by length itself: leave data.group_by_modality_length "
@@ -350,7 +351,7 @@ class MultitaskDataModule(LightningDataModule):
         dataset, pools, lengths = self._training_dataset()
         packing = {}
         if self.packing:
-            collate = SkipFilteringCollate(PackedCollate(self._packing_collate()))
+            collate = SkipFilteringCollate(PackedCollate(self._packing_collate(), self.max_tokens))
             packing = {"token_lengths": lengths, "max_tokens": self.max_tokens}
             lengths = None
         if self.sampling == "concat":

@@ -42,10 +42,11 @@ class MultitaskBatchSampler(BatchSampler):
     repeating its examples.
 
     ``token_lengths`` (one per dataset index) with ``max_tokens`` packs instead: within a task, the shuffled
-    examples are cut into windows of ``PACK_WINDOW``, each window's examples go longest first into the first batch
-    with room for them (:func:`pack_by_length`; an example over the budget gets a batch alone), the task's batches
-    are shuffled and dealt to the ranks in turn (the last few repeated so every rank gets as many), and
-    ``batch_sizes`` are ignored. The batches differ per epoch and are the same on every rank and every run.
+    examples are cut into windows of ``PACK_WINDOW``, each window's examples go longest first into the first row of
+    at most ``max_tokens`` tokens with room for them (:func:`pack_by_length`; an example over the budget gets a row
+    alone), the task's rows are shuffled, every ``batch_sizes[t]`` rows make a batch (their examples row by row),
+    and the batches are dealt to the ranks in turn (the last few repeated so every rank gets as many). The batches
+    differ per epoch and are the same on every rank and every run.
     """
 
     def __init__(
@@ -140,17 +141,19 @@ class MultitaskBatchSampler(BatchSampler):
         return batches[: self._num_batches(task)]
 
     def _packed_batches(self, task: int) -> list[np.ndarray]:
-        """Every rank's packed batches of ``task`` this epoch (indices within the task), in their shuffled order."""
+        """Every rank's packed batches of ``task`` this epoch (indices within the task, row after row)."""
         key = (self.sampler.epoch, task)
         if key not in self._packed:
             offset = sum(self.task_sizes[:task])
             lengths = np.asarray(self.token_lengths[offset : offset + self.task_sizes[task]])
             order = np.random.default_rng([self.seed, self.sampler.epoch, 1 + task]).permutation(len(lengths))
-            batches = [batch for start in range(0, len(order), PACK_WINDOW)
-                       for batch in pack_by_length(order[start : start + PACK_WINDOW], lengths, self.max_tokens)]
-            shuffle = np.random.default_rng([self.seed, self.sampler.epoch, 1 + task, 2]).permutation(len(batches))
+            rows = [row for start in range(0, len(order), PACK_WINDOW)
+                    for row in pack_by_length(order[start : start + PACK_WINDOW], lengths, self.max_tokens)]
+            shuffle = np.random.default_rng([self.seed, self.sampler.epoch, 1 + task, 2]).permutation(len(rows))
+            rows = [rows[i] for i in shuffle]
+            size = self.batch_sizes[task]
             self._packed = {k: v for k, v in self._packed.items() if k[0] == key[0]}  # this epoch's alone
-            self._packed[key] = [batches[i] for i in shuffle]
+            self._packed[key] = [np.concatenate(rows[i : i + size]) for i in range(0, len(rows), size)]
         return self._packed[key]
 
     def _grouped_batches(self, task: int, order: np.ndarray, offset: int) -> list[list[int]]:
@@ -203,8 +206,8 @@ def deal_by_length(indices: np.ndarray, lengths: np.ndarray, parts: int) -> list
 
 
 def pack_by_length(indices: np.ndarray, lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
-    """``indices`` in batches of at most ``max_tokens`` tokens (``lengths[index]`` each): longest first, each into
-    the first batch with room for it, else a new one (first-fit decreasing); ties keep the order given."""
+    """``indices`` in rows of at most ``max_tokens`` tokens (``lengths[index]`` each): longest first, each into
+    the first row with room for it, else a new one (first-fit decreasing); ties keep the order given."""
     batches: list[list[int]] = []
     room: list[int] = []
     for index in indices[np.argsort(-lengths[indices], kind="stable")]:

@@ -70,16 +70,22 @@ def test_packed_batch_has_the_padded_batchs_loss_and_gradients(family):
     if family == "paligemma":
         samples = [s for s in samples if len(s.example.turns) == 2]
     padded = module.collate(samples)
-    packed = module.collate.pack(padded)
     lengths = padded["attention_mask"].sum(dim=1)
-    assert packed["input_ids"].shape == (1, int(lengths.sum())) and packed[PACKED_LENGTHS].tolist() == lengths.tolist()
-    assert "attention_mask" not in packed and not any(key.startswith("prompt_") for key in packed)
     loss, grads = loss_and_grads(module, padded)
-    packed_loss, packed_grads = loss_and_grads(module, packed)
-    torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=1e-6)
-    assert grads.keys() == packed_grads.keys() and len(grads) > 0
-    for name, grad in grads.items():
-        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert len(grads) > 0
+    # one row; then rows of at most the longest example's length: several rows, each padded at its end
+    for row_tokens in (None, int(lengths.max())):
+        packed = module.collate.pack(padded, row_tokens)
+        assert "attention_mask" not in packed and not any(key.startswith("prompt_") for key in packed)
+        rows = packed["input_ids"].shape[0]
+        assert rows == 1 if row_tokens is None else rows > 1
+        assert packed[PACKED_LENGTHS][packed[PACKED_LENGTHS] != 0].sum() == packed["input_ids"].numel()
+        assert int((packed["labels"] != -100).sum()) == int((padded["labels"][:, 1:] != -100).sum())
+        packed_loss, packed_grads = loss_and_grads(module, packed)
+        torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=1e-6)
+        assert grads.keys() == packed_grads.keys()
+        for name, grad in grads.items():
+            torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=f"{row_tokens}: {name}")
 
 
 # ---------------------------------------------------------------------------------------------- batches by tokens
@@ -92,17 +98,24 @@ def test_pack_by_length_is_first_fit_decreasing_by_hand():
     assert [b.tolist() for b in pack_by_length(np.array([0, 1]), np.array([12, 3]), 10)] == [[0], [1]]  # over: alone
 
 
-def packed_sampler(lengths, sizes, epoch=0, rank=0, world=1, resume=None, max_tokens=40) -> MultitaskBatchSampler:
+def packed_sampler(lengths, sizes, epoch=0, rank=0, world=1, resume=None, rows=1) -> MultitaskBatchSampler:
     inner = DistributedSampler(range(len(lengths)), num_replicas=world, rank=rank, shuffle=False)
-    batches = MultitaskBatchSampler(inner, sizes, [1] * len(sizes), sampling="proportional", seed=7, resume=resume,
-                                    token_lengths=lengths, max_tokens=max_tokens)
+    batches = MultitaskBatchSampler(inner, sizes, [rows] * len(sizes), sampling="proportional", seed=7, resume=resume,
+                                    token_lengths=lengths, max_tokens=40)
     batches.set_epoch(epoch)
     return batches
 
 
 def test_packed_batches_cover_each_epoch_within_the_budget_and_resume_exactly():
+    """Rows of at most 40 tokens, one task each, a batch of 3 rows whose examples next-fit into 3 rows again."""
+    from mmft.models.packing import next_fit_rows
+
     lengths = np.random.default_rng(0).integers(1, 30, size=300).tolist()
     sizes = [180, 120]
+    batches = list(packed_sampler(lengths, sizes, rows=3))
+    assert sorted(i for batch in batches for i in batch) == list(range(300))
+    assert all(len(next_fit_rows([lengths[i] for i in batch], 40)) <= 3 for batch in batches)
+    assert sum(len(next_fit_rows([lengths[i] for i in batch], 40)) == 3 for batch in batches) >= len(batches) - 2
     epochs = {epoch: list(packed_sampler(lengths, sizes, epoch)) for epoch in (0, 1)}
     for batches in epochs.values():
         assert sorted(i for batch in batches for i in batch) == list(range(300))
@@ -120,18 +133,18 @@ def test_packed_batches_cover_each_epoch_within_the_budget_and_resume_exactly():
 def test_a_datamodule_packs_training_batches_and_leaves_evaluation_padded(sample_data: Path):
     module = VisionLanguageModule(tiny_backbone("qwen2_5_vl"), lm_adapter("qwen2_5_vl"))
     reader = LlavaInstruct(sample_data / "llava" / "llava_instruct_sample.json", sample_data)
-    data = MultitaskDataModule(train=[reader], val=[reader], batch_size=4, collate_fn=module.collate, packing=True,
+    data = MultitaskDataModule(train=[reader], val=[reader], batch_size=2, collate_fn=module.collate, packing=True,
                                max_tokens=256)
     data.setup("fit")
     loader = data.train_dataloader()
     examples = loader.dataset.examples
     estimates = dict(zip((e.id for e in examples), data._token_lengths[0]))
     for indices, batch in itertools.islice(zip(loader.batch_sampler, loader), 4):
-        assert sum(estimates[examples[i].id] for i in indices) <= 256
-        expected = module.collate.pack(module.collate([loader.dataset[i] for i in indices]))
+        assert sum(estimates[examples[i].id] for i in indices) <= 2 * 256
+        expected = module.collate.pack(module.collate([loader.dataset[i] for i in indices]), 256)
         assert batch["ids"] == [examples[i].id for i in indices] and batch.keys() == expected.keys()
         torch.testing.assert_close(batch["input_ids"], expected["input_ids"])
-        assert batch["input_ids"].shape[1] == int(batch[PACKED_LENGTHS].sum())
+        assert batch["input_ids"].numel() == int(batch[PACKED_LENGTHS].sum()) and batch["input_ids"].shape[0] <= 3
         assert module.training_loss(batch).isfinite()
     assert "prompt_input_ids" in next(iter(data.val_dataloader()[0]))
 
@@ -140,7 +153,7 @@ def test_packing_settings_and_models_that_cannot_pack_are_named_errors(sample_da
     reader = LlavaInstruct(sample_data / "llava" / "llava_instruct_sample.json", sample_data)
     module = VisionLanguageModule(tiny_backbone("qwen2_5_vl"), lm_adapter("qwen2_5_vl"))
     cases = [
-        ({"max_tokens": 64}, "data.max_tokens is the budget of packed batches: set data.packing: true"),
+        ({"max_tokens": 64}, "data.max_tokens is the length of packed rows: set data.packing: true"),
         ({"packing": True}, "data.packing needs data.max_tokens"),
         ({"packing": True, "max_tokens": 64, "group_by_modality_length": True}, "leave data.group_by_modality_length"),
         ({"packing": True, "max_tokens": 64, "collate_fn": lambda samples: {}}, "cannot pack batches"),

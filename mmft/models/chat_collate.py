@@ -167,10 +167,12 @@ class ChatCollate:
             batch[f"prompt_{key}"], _ = pad_rows([row[:n] for row, n in zip(types[key], prompt_lengths)], 0, left=True)
         return batch
 
-    def pack(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """``batch``'s training view as one padding-free row (:mod:`mmft.models.packing`)."""
+    def pack(self, batch: dict[str, Any], row_tokens: int | None = None) -> dict[str, Any]:
+        """``batch``'s training view as packed rows of at most ``row_tokens`` (default: ``max_length``) tokens
+        (:mod:`mmft.models.packing`)."""
         self.check_packing()
-        return pack_training_view(batch, TOKEN_TYPE_KEYS, self.pad_token_id, self.length_multiple)
+        return pack_training_view(batch, TOKEN_TYPE_KEYS, self.pad_token_id, self.length_multiple,
+                                  row_tokens or self.max_length)
 
     def check_packing(self) -> None:
         """Raise :class:`PackingError` when the model cannot train on packed rows (``packing_problem``, set by the
