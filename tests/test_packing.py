@@ -218,3 +218,28 @@ def test_compiled_decoder_layers_give_the_eager_loss_and_gradients_on_rounded_ro
         torch.testing.assert_close(compiled_loss, loss, rtol=1e-5, atol=1e-6)
         for name, grad in grads.items():
             torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_packed_rows_attend_per_example_through_varlen_sdpa(family, monkeypatch):
+    """A causal language model's SDPA becomes mmft_sdpa_varlen: a packed batch's attention runs once per example
+    and padding segment (their lengths, in order, in every layer), a padded batch's once per layer with its mask."""
+    import mmft.models.varlen_attention as varlen
+
+    module = VisionLanguageModule(tiny_backbone(family), lm_adapter(family)).eval()
+    assert module.model.config.get_text_config()._attn_implementation == varlen.VARLEN_SDPA
+    calls = []
+    original = varlen.sdpa_attention_forward
+    monkeypatch.setattr(varlen, "sdpa_attention_forward",
+                        lambda m, q, k, v, mask, **kw: calls.append((q.shape[2], mask is None)) or original(
+                            m, q, k, v, mask, **kw))
+    padded = module.collate(mixed_samples())
+    packed = module.collate.pack(padded, int(padded["attention_mask"].sum(dim=1).max()))
+    with torch.no_grad():
+        module.training_loss(packed)
+    layers = len(module.model.get_decoder().layers)
+    assert calls == [(length, True) for length in packed[PACKED_LENGTHS].tolist()] * layers
+    calls.clear()
+    with torch.no_grad():
+        module.training_loss(padded)
+    assert len(calls) == layers and all(length == padded["input_ids"].shape[1] for length, _ in calls)

@@ -33,6 +33,7 @@ from .export import ExportError, dtype_name, merged_copy, write_merged_config
 from .lm_loss import LossKernel, check_loss_kernel, next_token_loss
 from .optim import ParamGroup, SchedulerCallable
 from .packing import PACKED_LENGTHS, packed_position_ids, packing_problem
+from .varlen_attention import use_varlen_sdpa, varlen_arguments
 from .prefix_collate import PrefixCollate, prefix_reply_end, takes_suffix
 from .reply_end import find_reply_end
 from .vision_dummy import dummy_vision_loss
@@ -114,6 +115,7 @@ class VisionLanguageModule(AdapterModule):
         self.collate = collate(built.processor, built.video_as_images, max_length, instructions, default_fps,
                                reply_suffix=self.reply_end.appended)
         self.collate.packing_problem = packing_problem(built.model)
+        use_varlen_sdpa(built.model)  # packed rows: attention per example, not over the whole row
         self.collate.length_multiple = length_multiple or (COMPILED_LENGTH_MULTIPLE if compile else 1)
         dummy = built.processor.image_processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")
         self.dummy_vision_inputs = {k: torch.as_tensor(v) for k, v in dummy.items()}
@@ -133,7 +135,7 @@ class VisionLanguageModule(AdapterModule):
         prefix = "prompt_" if prompt else ""
         if PACKED_LENGTHS in batch:  # one padding-free row: attention confined per example by the positions
             inputs = {"input_ids": batch["input_ids"], "position_ids": packed_position_ids(self.model, batch),
-                      **batch["media"]}
+                      **varlen_arguments(batch[PACKED_LENGTHS]), **batch["media"]}
         else:
             inputs = {"input_ids": batch[f"{prefix}input_ids"], "attention_mask": batch[f"{prefix}attention_mask"],
                       **batch["media"]}
