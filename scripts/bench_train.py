@@ -13,7 +13,7 @@ modelled mix (``--mix``; :mod:`bench_parts.lengths`), a LLaVA-format file (``--l
 or a file of lengths (``--lengths``). Parts (``--parts``):
 
 - ``packing``: the same examples in padded batches of ``--batch`` (shuffled, as a LLaVA run without length
-  grouping) and packed, rows of ``--max-length`` filled longest first by mmft's sampler (``--rows`` a batch, by
+  grouping) and packed, rows of ``--row-tokens`` filled longest first by mmft's sampler (``--rows`` a batch, by
   default as many as hold the padded batch's tokens), and transformers' ``Trainer`` + PEFT DoRA on the padded
   batches in the same order (``--no-trainer`` leaves it out): tokens per second (real tokens, padding not
   counted), padding share, and the peak memory of a forward + backward;
@@ -56,6 +56,7 @@ from data_modules.sampler import pack_by_length  # noqa: E402
 from mmft.models.batch_rows import pad_rows  # noqa: E402
 from mmft.models.lm_loss import IGNORE_INDEX, next_token_loss  # noqa: E402
 from mmft.models.packing import pack_training_view  # noqa: E402
+from mmft.models.varlen_attention import use_varlen_sdpa, varlen_arguments  # noqa: E402
 
 PRESETS = {  # hidden, intermediate, layers, heads, kv heads, vocab
     "cpu": (256, 688, 4, 4, 4, 32_000),
@@ -73,9 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--llava-json", type=Path, help="measure the lengths of this LLaVA-format file instead")
     parser.add_argument("--tokenizer", help="the tokenizer folder --llava-json is measured with")
     parser.add_argument("--steps", type=int, default=6, help="padded batches timed (their examples are packed too)")
-    parser.add_argument("--batch", type=int, default=4, help="examples per padded batch")
+    parser.add_argument("--batch", type=int, default=8, help="examples per padded batch")
     parser.add_argument("--rows", type=int, help="rows per packed batch (default: as many as the padded tokens)")
-    parser.add_argument("--max-length", type=int, default=2048, help="longest example and a packed row's length")
+    parser.add_argument("--max-length", type=int, default=2048, help="the longest example")
+    parser.add_argument("--row-tokens", type=int, default=4096, help="a packed row's length (data.max_tokens)")
     parser.add_argument("--no-trainer", action="store_true", help="leave transformers' Trainer + PEFT out")
     parser.add_argument("--method", choices=("dora", "lora"), default="dora")
     parser.add_argument("--rank", type=int, default=16)
@@ -84,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loss-tokens", type=int, default=2048, help="tokens of the loss part's batch")
     parser.add_argument("--accumulate", type=int, default=8, help="micro-batches of the dora part's step")
     parser.add_argument("--micro-seq", type=int, default=128, help="tokens of each dora-part micro-batch")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -134,8 +136,10 @@ def packed_batch(rows: list[tuple[list[int], list[int]]], max_length: int, devic
 
 
 def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The model's inputs, as ``VisionLanguageModule`` gives them: a packed batch with its examples' boundaries."""
     if "position_ids" in batch:
-        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
+                **varlen_arguments(batch["packed_lengths"])}
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
@@ -169,8 +173,8 @@ def packed_groups(rows: list[tuple[list[int], list[int]]], args: argparse.Namesp
     """The examples of each packed batch: mmft's sampler's rows (longest first into the first row with room), so
     many rows a batch."""
     lengths = np.array([len(ids) for ids, _ in rows])
-    packed_rows = pack_by_length(np.arange(len(rows)), lengths, args.max_length)
-    per_batch = args.rows or max(1, round(args.batch * lengths.mean() / args.max_length))
+    packed_rows = pack_by_length(np.arange(len(rows)), lengths, args.row_tokens)
+    per_batch = args.rows or max(1, round(args.batch * lengths.mean() / args.row_tokens))
     return [np.concatenate(packed_rows[i:i + per_batch]).tolist() for i in range(0, len(packed_rows), per_batch)]
 
 
@@ -179,9 +183,10 @@ def run_packing(args: argparse.Namespace, base: nn.Module, rows: list, log: Call
     docstring."""
     padded = [padded_batch(rows[i:i + args.batch], args.device) for i in range(0, len(rows), args.batch)]
     groups = packed_groups(rows, args)
-    packed = [packed_batch([rows[i] for i in group], args.max_length, args.device) for group in groups]
+    packed = [packed_batch([rows[i] for i in group], args.row_tokens, args.device) for group in groups]
     tokens = sum(len(ids) for ids, _ in rows)
     model = make_variant(base, f"mmft_{args.method}", args).train()
+    use_varlen_sdpa(model)  # as VisionLanguageModule does: packed rows attend per example
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def step(batch: dict[str, Tensor]) -> None:

@@ -157,7 +157,7 @@ def test_resume_from_the_middle_of_an_epoch_replays_the_uninterrupted_run(workdi
     state = torch.load(checkpoint, weights_only=True, map_location="cpu")
     assert state["MultitaskDataModule"] == {"epoch": 0, "batches_trained": 2, "batch_size": 16, "seed": 0,
                                             "sampling": "proportional", "group_by_modality_length": False,
-                                            "world_size": 1}
+                                            "world_size": 1, "packing": False, "max_tokens": None}
     for option, value in (("--data.init_args.batch_size", "8"), ("--data.init_args.seed", "1")):
         refused = mmft_fails(workdir, "fit", "--ckpt_path", str(checkpoint.relative_to(workdir)), option, value)
         assert "saved 2 batches into epoch 0" in refused and option[2:] in refused

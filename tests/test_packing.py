@@ -44,7 +44,8 @@ def loss_and_grads(module: VisionLanguageModule, batch: dict) -> tuple[torch.Ten
     return loss.detach(), {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
 
 
-UNPACKABLE = {"gemma3": "image blocks it looks up by token index", "minicpmv4_6": "linear_attention layers, which carry a state"}
+UNPACKABLE = {"gemma3": "image blocks it looks up by token index",
+              "minicpmv4_6": "linear_attention layers, which carry a state"}
 
 
 def test_models_that_cannot_pack_are_named():
@@ -243,3 +244,22 @@ def test_packed_rows_attend_per_example_through_varlen_sdpa(family, monkeypatch)
     with torch.no_grad():
         module.training_loss(padded)
     assert len(calls) == layers and all(length == padded["input_ids"].shape[1] for length, _ in calls)
+
+
+def test_a_checkpoint_loaded_with_eager_attention_packs_through_the_block_mask(tmp_path):
+    """``attn_implementation`` reaches transformers; an implementation other than SDPA is kept (no varlen), and
+    its packed rows still equal the padded batch (transformers' block-diagonal mask)."""
+    from mmft.models import HFVisionLanguage
+
+    built = tiny_backbone("qwen2_5_vl").build()
+    built.model.save_pretrained(tmp_path)
+    built.processor.save_pretrained(tmp_path)
+    module = VisionLanguageModule(HFVisionLanguage(path=str(tmp_path), attn_implementation="eager"),
+                                  lm_adapter("qwen2_5_vl")).eval()
+    assert module.model.config.get_text_config()._attn_implementation == "eager"
+    padded = module.collate(mixed_samples())
+    loss, grads = loss_and_grads(module, padded)
+    packed_loss, packed_grads = loss_and_grads(module, module.collate.pack(padded))
+    torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -173,7 +173,7 @@ def test_long_subtitles_are_cut_never_the_question_or_choices(module: VLBartModu
     text = tokenizer.decode(ids)
     assert len(ids) == full - 10 and ids[-1] == tokenizer.eos_token_id
     assert text.startswith("<s>tvqa: [Subs] the red circle") and text.endswith(f" {question}</s>")
-    assert collate.check_length(example, training=True) == (True, None)
+    assert collate.check_length(example, training=True) == (True, None, None)
     # a question and choices that do not fit even without subtitles: refused, naming the record
     tight = VLBartCollate(tokenizer, VLBART_PREFIXES, max_length=20, image_transform=lambda images: images)
     problem = tight.check_length(example, training=True).problem
@@ -188,8 +188,8 @@ def test_a_long_caption_target_is_cut_before_its_eos_and_counted(module: VLBartM
     caption = " ".join(["a red circle moves to the left"] * 6)
     example = Example("coco_caption", "3", (Turn("user", ""), Turn("assistant", caption)))
     collate = module.collate
-    assert collate.check_length(example, training=True) == (True, None)
-    assert collate.check_length(example, training=False) == (False, None)
+    assert collate.check_length(example, training=True) == (True, None, None)
+    assert collate.check_length(example, training=False) == (False, None, None)
     (labels,) = collate._encode([caption], collate.max_target_length)
     assert len(labels) == collate.max_target_length and labels[-1] == module.tokenizer.eos_token_id
 

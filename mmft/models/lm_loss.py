@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mmft.errors import InputError
+
 IGNORE_INDEX = -100
 LossKernel = Literal["auto", "chunked", "liger"]
 # fp32 logits of one chunk at most this big (at a 152K vocabulary: 220 tokens a chunk; at 32K: 1,048)
@@ -31,7 +33,7 @@ CHUNK_LOGIT_BYTES = 128 * 2**20
 _HEAD_EXTRAS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
-class LossKernelError(ValueError):
+class LossKernelError(InputError, ValueError):
     """The loss kernel asked for is not installed or not known."""
 
 

@@ -33,9 +33,9 @@ from .export import ExportError, dtype_name, merged_copy, write_merged_config
 from .lm_loss import LossKernel, check_loss_kernel, next_token_loss
 from .optim import ParamGroup, SchedulerCallable
 from .packing import PACKED_LENGTHS, packed_position_ids, packing_problem
-from .varlen_attention import use_varlen_sdpa, varlen_arguments
 from .prefix_collate import PrefixCollate, prefix_reply_end, takes_suffix
 from .reply_end import find_reply_end
+from .varlen_attention import use_varlen_sdpa, varlen_arguments
 from .vision_dummy import dummy_vision_loss
 from .vlm_backbones import VisionLanguageBackbone
 from .vlm_parts import find_parts

@@ -93,7 +93,7 @@ def _transformers_class(name: str) -> Any:
     return getattr(transformers, name)
 
 
-def _load_model(folder: Any, dtype: Any) -> nn.Module:
+def _load_model(folder: Any, dtype: Any, attn_implementation: str | None = None) -> nn.Module:
     """``AutoModelForImageTextToText`` on ``folder``, offline; a model type it does not know is a named error."""
     from transformers import AutoConfig, AutoModelForImageTextToText
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
@@ -106,7 +106,8 @@ def _load_model(folder: Any, dtype: Any) -> nn.Module:
             "qwen3_vl, internvl, gemma3, llava)"
         )
     return AutoModelForImageTextToText.from_pretrained(
-        folder, config=config, dtype=dtype, local_files_only=True, trust_remote_code=False
+        folder, config=config, dtype=dtype, local_files_only=True, trust_remote_code=False,
+        attn_implementation=attn_implementation,
     )
 
 
@@ -167,6 +168,9 @@ class HFVisionLanguage(VisionLanguageBackbone):
         video_processor: the same for its video processor (Qwen2.5-VL's per-frame ``min_pixels`` / ``max_pixels``).
         chat_template: a Jinja chat template to train with, for a checkpoint that ships none (or to replace its own),
             or ``vicuna_v1``: LLaVA-1.5's training format (a Llava checkpoint's own template is another one).
+        attn_implementation: transformers' attention implementation (``flash_attention_2`` on a GPU with
+            flash-attn installed: packed rows then run its variable-length kernel); default SDPA, per example on
+            packed rows (:mod:`mmft.models.varlen_attention`).
 
     A video goes in as the processor's video input when it has a video processor, else as its frames, each an
     image (Gemma 3, Mistral 3).
@@ -180,8 +184,10 @@ class HFVisionLanguage(VisionLanguageBackbone):
         image_processor: dict[str, Any] | None = None,
         video_processor: dict[str, Any] | None = None,
         chat_template: str | None = None,
+        attn_implementation: str | None = None,
     ) -> None:
         self.path = path
+        self.attn_implementation = attn_implementation
         self.chat_template = chat_template
         self.dtype = dtype
         self.quantization = quantization
@@ -192,7 +198,7 @@ class HFVisionLanguage(VisionLanguageBackbone):
         from transformers import AutoProcessor
 
         folder = local_folder(self.path, f"{BACKBONE_KEY}.path", "a local image-text-to-text checkpoint folder")
-        model = _load_model(folder, dtype_named(self.dtype, f"{BACKBONE_KEY}.dtype"))
+        model = _load_model(folder, dtype_named(self.dtype, f"{BACKBONE_KEY}.dtype"), self.attn_implementation)
         parts = {
             name: _media_processor(auto_class, folder, settings, f"{BACKBONE_KEY}.{name}")
             for name, auto_class, settings in (
