@@ -59,6 +59,7 @@ from mmft.models.packing import pack_training_view  # noqa: E402
 from mmft.models.varlen_attention import use_varlen_sdpa, varlen_arguments  # noqa: E402
 
 PRESETS = {  # hidden, intermediate, layers, heads, kv heads, vocab
+    "tiny": (32, 64, 2, 2, 2, 512),  # for the smoke test
     "cpu": (256, 688, 4, 4, 4, 32_000),
     "1b": (2048, 8192, 16, 32, 8, 128_256),
 }

@@ -18,7 +18,7 @@ from data_modules import DataConfigError, LlavaInstruct, MultitaskBatchSampler, 
 from data_modules.records import Example, Sample, Turn
 from data_modules.sampler import pack_by_length
 from mmft.models import VisionLanguageModule
-from mmft.models.packing import PACKED_LENGTHS, PackingError
+from mmft.models.packing import PACKED_LENGTHS, PACKED_TOKENS, PackingError
 
 RED, BLUE = Image.new("RGB", (24, 16), (220, 40, 40)), Image.new("RGB", (20, 28), (40, 80, 225))
 
@@ -80,7 +80,8 @@ def test_packed_batch_has_the_padded_batchs_loss_and_gradients(family):
         assert "attention_mask" not in packed and not any(key.startswith("prompt_") for key in packed)
         rows = packed["input_ids"].shape[0]
         assert rows == 1 if row_tokens is None else rows > 1
-        assert packed[PACKED_LENGTHS][packed[PACKED_LENGTHS] != 0].sum() == packed["input_ids"].numel()
+        assert packed[PACKED_LENGTHS].sum() == packed["input_ids"].numel()
+        assert packed[PACKED_TOKENS] == int(lengths.sum())  # what Throughput counts
         assert int((packed["labels"] != -100).sum()) == int((padded["labels"][:, 1:] != -100).sum())
         packed_loss, packed_grads = loss_and_grads(module, packed)
         torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=1e-6)
@@ -263,3 +264,36 @@ def test_a_checkpoint_loaded_with_eager_attention_packs_through_the_block_mask(t
     torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_a_packed_fit_resumed_mid_epoch_replays_the_uninterrupted_losses(sample_data, tmp_path):
+    """``mmft fit`` with data.packing on the tiny Qwen2.5-VL recipe (2 rows of 256 tokens a batch), resumed from the
+    checkpoint after step 2 of epoch 0: the resumed steps' losses are the uninterrupted run's, exactly."""
+    import csv
+
+    from cli_helpers import make_workdir, run_mmft
+
+    run = {"trainer": {"max_epochs": 2, "limit_train_batches": 3, "limit_val_batches": 1, "log_every_n_steps": 1,
+                       "num_sanity_val_steps": 0,
+                       "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                      "init_args": {"every_n_train_steps": 2, "save_top_k": -1, "filename": "{step}"}},
+                                     {"class_path": "mmft.callbacks.CPUThreads", "init_args": {"num_threads": 1}}]},
+           "data": {"init_args": {"packing": True, "max_tokens": 256, "batch_size": 2}}}
+    workdir = make_workdir(tmp_path, sample_data, run)
+    recipe = ("configs/tiny/qwen2_5_vl.yaml", "--config", "configs/methods/dora.yaml")
+    run_mmft(workdir, "fit", *recipe)
+    (folder,) = (workdir / "runs").iterdir()
+
+    def losses(version: str) -> dict[int, float]:
+        with (folder / "csv" / version / "metrics.csv").open() as file:
+            return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(file) if row["train/loss"]}
+
+    uninterrupted = losses("version_0")
+    assert sorted(uninterrupted) == list(range(6))
+    (checkpoint,) = (folder / "checkpoints").glob("step*2.ckpt")
+    state = torch.load(checkpoint, weights_only=True, map_location="cpu")["MultitaskDataModule"]
+    assert state["batches_trained"] == 2 and state["packing"] is True and state["max_tokens"] == 256
+    run_mmft(workdir, "fit", *recipe, "--ckpt_path", str(checkpoint.relative_to(workdir)))
+    resumed = losses("version_1")
+    assert sorted(resumed) == [2, 3, 4, 5] and resumed == {step: uninterrupted[step] for step in resumed}

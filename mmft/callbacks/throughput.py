@@ -67,8 +67,8 @@ class Throughput(Callback):
         self._sync(pl_module)
         seconds = time.perf_counter() - self._start
         samples = len(batch["ids"]) if "ids" in batch else int(batch["input_ids"].shape[0])
-        # a packed row has no attention mask: every position is a token
-        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["input_ids"].numel())
+        # packed rows have no attention mask: the collate counts their examples' tokens
+        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["packed_tokens"])
         self._steps += 1
         self._recent = (self._recent + [(seconds, samples, tokens)])[-self.window :]
         if self._steps > self.skip_first:

@@ -36,6 +36,7 @@ from mmft.errors import InputError
 from .lm_loss import IGNORE_INDEX
 
 PACKED_LENGTHS = "packed_lengths"
+PACKED_TOKENS = "packed_tokens"  # the examples' tokens of a packed batch (its rows' padding left out)
 # attention layers whose mask the packed positions confine to each example
 _MASKED_LAYERS = {"full_attention", "sliding_attention", "chunked_attention"}
 # inputs of the models' rope index functions that a packed batch carries (the rest stay at their defaults)
@@ -97,6 +98,7 @@ def pack_training_view(batch: dict[str, Any], token_keys: tuple[str, ...] = (), 
             media[key] = media[key].reshape(1, -1, *media[key].shape[2:])
     packed["media"] = media
     packed[PACKED_LENGTHS] = torch.tensor(segments)
+    packed[PACKED_TOKENS] = sum(lengths)
     return packed
 
 
