@@ -42,6 +42,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,11 +130,15 @@ def trial_state(folder: Path) -> str:
     return "resume" if (folder / "checkpoints" / "last.ckpt").is_file() else "new"
 
 
-def run_trial(trial: Trial, recipe: str, out: Path, extra: list[str], gpu: str | None) -> dict[str, Any]:
+def run_trial(trial: Trial, recipe: str, out: Path, extra: list[str], gpu: str | None,
+              announce: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fit one trial in its own process (resuming it when it has a last.ckpt); record how it ended. A trial another
-    sweep worker is running is left to it (``status: running``, nothing written)."""
+    sweep worker is running is left to it (``status: running``, nothing written). ``announce`` is called with the
+    trial's state: ``done``, or ``new`` / ``resume`` once this worker holds the trial, just before its fit starts."""
     folder = out / trial.name
     if trial_state(folder) == "done":
+        if announce is not None:
+            announce("done")
         return read_record(folder)
     claim = RunFolderLock(folder)
     claim.path = folder / CLAIM_FILE  # held by the sweep worker from the fit's start to its trial.json
@@ -142,15 +147,18 @@ def run_trial(trial: Trial, recipe: str, out: Path, extra: list[str], gpu: str |
     except RunFolderLocked:
         return {"trial": trial.name, "method": trial.method, "settings": dict(trial.settings), "status": "running"}
     try:
-        return _fit_trial(trial, recipe, folder, extra, gpu)
+        return _fit_trial(trial, recipe, folder, extra, gpu, announce)
     finally:
         claim.release()
 
 
-def _fit_trial(trial: Trial, recipe: str, folder: Path, extra: list[str], gpu: str | None) -> dict[str, Any]:
+def _fit_trial(trial: Trial, recipe: str, folder: Path, extra: list[str], gpu: str | None,
+               announce: Callable[[str], None] | None) -> dict[str, Any]:
     state = trial_state(folder)
     if state == "done":  # finished by another worker while this one waited for the claim
         return read_record(folder)
+    if announce is not None:
+        announce(state)
     args = trial.fit_args(recipe, folder) + extra
     if state == "resume":
         args += ["--ckpt_path", str(folder / "checkpoints" / "last.ckpt")]
@@ -302,9 +310,11 @@ def sweep(args: argparse.Namespace, extra: list[str]) -> int:
         index, trial = index_trial
         gpu = free_gpus.get()
         try:
-            print(f"mmft sweep: trial {index + 1}/{len(trials)} {trial.name} ({trial_state(out / trial.name)})"
-                  + (f" on CUDA device {gpu}" if gpu is not None else ""), flush=True)
-            return run_trial(trial, recipe, out, extra, gpu)
+            def announce(state: str) -> None:  # once this worker holds the trial: never for one another runs
+                print(f"mmft sweep: trial {index + 1}/{len(trials)} {trial.name} ({state})"
+                      + (f" on CUDA device {gpu}" if gpu is not None else ""), flush=True)
+
+            return run_trial(trial, recipe, out, extra, gpu, announce)
         finally:
             free_gpus.put(gpu)
 
