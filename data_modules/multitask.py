@@ -148,7 +148,7 @@ class MultitaskDataModule(SettingsChecks, LightningDataModule):
         self.max_tokens = max_tokens
         self._check_arguments()
         self._examples: dict[str, list[list[Example]]] = {}
-        self._token_lengths: list[list[int | None]] = []  # the training examples' (parallel to their lists)
+        self._token_lengths: dict[str, list[list[int | None]]] = {}  # per split, parallel to _examples
         self._resume: tuple[int, int] | None = None
         self.read_reports: list[SkipReport] = []
         self.length_reports: dict[str, dict[str, Counter[str]]] = {}
@@ -178,7 +178,7 @@ class MultitaskDataModule(SettingsChecks, LightningDataModule):
     def _read(self, split: str) -> None:
         if split in self._examples:
             return
-        per_reader = []
+        per_reader, tokens_per_reader = [], []
         for reader in self._in_memory(split):
             examples = reader.read(
                 self.on_error, check_media=self._needs_media, allow_outside_paths=self.allow_outside_paths
@@ -194,12 +194,12 @@ class MultitaskDataModule(SettingsChecks, LightningDataModule):
                         f"e.g. {unanswered[0].source} (a test split given as training data?)"
                     )
             examples, tokens = self._fit_lengths(split, reader, examples)
-            if split == "train":
-                self._token_lengths.append(tokens)
             if not examples:
                 raise DataFormatError(f"data.{split}: none of the examples of {reader!r} fit the model's max_length")
             per_reader.append(examples)
+            tokens_per_reader.append(tokens)
         self._examples[split] = per_reader
+        self._token_lengths[split] = tokens_per_reader
         for task, counts in self.length_reports.get(split, {}).items():
             if counts["truncated"] or counts["dropped"]:
                 log.warning(
@@ -298,7 +298,7 @@ class MultitaskDataModule(SettingsChecks, LightningDataModule):
         spans: list[tuple[str, int, int]] = []  # each in-memory reader's task and place in that task's pool
         tokens: dict[str, list[int | None]] = {}
         examples_read = self.examples("train")
-        for reader, examples, lengths in zip(self._in_memory("train"), examples_read, self._token_lengths):
+        for reader, examples, lengths in zip(self._in_memory("train"), examples_read, self._token_lengths["train"]):
             pool = in_memory.setdefault(reader.task, [])
             spans.append((reader.task, len(pool), len(examples)))
             pool.extend((e, self._policy(reader)) for e in examples)
