@@ -47,7 +47,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loss import StandIn  # noqa: E402
 from bench_parts import lengths as mixes  # noqa: E402
-from bench_parts.meters import cpu_peak_bytes  # noqa: E402
+from bench_parts.meters import peak_bytes, timed  # noqa: E402
 from bench_parts.report import device_name  # noqa: E402
 from bench_parts.settings import autocast_context, synchronize  # noqa: E402
 from bench_parts.variants import build_base, make_variant  # noqa: E402
@@ -148,26 +148,6 @@ def forward_backward(model: nn.Module, batch: dict[str, Tensor], args: argparse.
     with autocast_context(args):
         loss = next_token_loss(model, model_inputs(batch), batch["labels"], kernel="chunked")
     loss.backward()
-
-
-def timed(fn: Callable[[], object], args: argparse.Namespace) -> float:
-    synchronize(args)
-    start = time.perf_counter()
-    fn()
-    synchronize(args)
-    return time.perf_counter() - start
-
-
-def peak_bytes(fn: Callable[[], object], args: argparse.Namespace) -> int:
-    """The most bytes allocated while ``fn`` runs, above those allocated when it starts."""
-    if torch.device(args.device).type == "cuda":
-        synchronize(args)
-        torch.cuda.reset_peak_memory_stats(args.device)
-        before = torch.cuda.memory_allocated(args.device)
-        fn()
-        synchronize(args)
-        return torch.cuda.max_memory_allocated(args.device) - before
-    return cpu_peak_bytes(fn)
 
 
 def packed_groups(rows: list[tuple[list[int], list[int]]], args: argparse.Namespace) -> list[list[int]]:
@@ -362,7 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     log = print
-    examples = example_lengths(args)
+    try:
+        examples = example_lengths(args)
+    except mixes.LengthsError as error:
+        print(f"bench_train: {error}", file=sys.stderr)
+        return 2
     totals = np.array([e.total for e in examples])
     log(f"{len(examples)} examples of {args.llava_json or args.lengths or args.mix}: tokens mean {totals.mean():.0f}, "
         f"median {np.median(totals):.0f}, max {totals.max()}; model {args.preset} ({args.hidden} hidden, "

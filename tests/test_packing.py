@@ -17,6 +17,7 @@ from torch.utils.data import DistributedSampler
 from data_modules import DataConfigError, LlavaInstruct, MultitaskBatchSampler, MultitaskDataModule
 from data_modules.records import Example, Sample, Turn
 from data_modules.sampler import pack_by_length
+from mmft.callbacks.throughput import batch_counts
 from mmft.models import VisionLanguageModule
 from mmft.models.packing import PACKED_LENGTHS, PACKED_TOKENS, PackingError
 
@@ -81,7 +82,9 @@ def test_packed_batch_has_the_padded_batchs_loss_and_gradients(family):
         rows = packed["input_ids"].shape[0]
         assert rows == 1 if row_tokens is None else rows > 1
         assert packed[PACKED_LENGTHS].sum() == packed["input_ids"].numel()
-        assert packed[PACKED_TOKENS] == int(lengths.sum())  # what Throughput counts
+        assert packed[PACKED_TOKENS] == int(lengths.sum())
+        # the Throughput callback counts the same examples and tokens in both forms
+        assert batch_counts(packed) == batch_counts(padded) == (len(samples), int(lengths.sum()))
         assert int((packed["labels"] != -100).sum()) == int((padded["labels"][:, 1:] != -100).sum())
         packed_loss, packed_grads = loss_and_grads(module, packed)
         torch.testing.assert_close(packed_loss, loss, rtol=1e-5, atol=1e-6)

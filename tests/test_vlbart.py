@@ -446,6 +446,8 @@ def test_max_images_is_the_one_frame_setting_of_training_and_optimize(sample_dat
         frame_sampling({**data_args, "num_frames": 4}, model)
     qwen = {"class_path": "mmft.models.VisionLanguageModule", "init_args": {}}
     assert frame_sampling({"num_frames": 4}, qwen).num_frames == 4 and frame_sampling({}, qwen).num_frames == 8
+    own = {"class_path": "lightning.pytorch.demos.boring_classes.BoringModel", "init_args": {}}  # not an mmft module
+    assert frame_sampling({"num_frames": 5}, own).num_frames == 5
 
 
 def test_video_feature_files_give_the_end_to_end_frame_features(sample_data: Path, tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from mmft.models.packing import PACKED_TOKENS
+
 GIB = 2**30
 
 
@@ -27,14 +29,22 @@ def peak_memory_gib(device: torch.device) -> tuple[str, float]:
     return "perf/peak_cpu_rss_gib", peak_bytes / GIB
 
 
+def batch_counts(batch: dict[str, Any]) -> tuple[int, int]:
+    """A training batch's examples and tokens: the attended positions (image tokens included), or for packed rows
+    (which have no attention mask) their examples' tokens, row padding left out."""
+    samples = len(batch["ids"]) if "ids" in batch else int(batch["input_ids"].shape[0])
+    if "attention_mask" in batch:
+        return samples, int(batch["attention_mask"].sum())
+    return samples, int(batch[PACKED_TOKENS])
+
+
 class Throughput(Callback):
     """Logs training samples/s and tokens/s (time spent in the training step: forward, backward, optimizer; not data
     loading) and peak memory (see :func:`peak_memory_gib`), per device.
 
     Metrics: ``perf/samples_per_s``, ``perf/tokens_per_s`` (over the last ``window`` steps) and the peak memory; at
     the end of training a summary over all steps but the first ``skip_first`` (warm-up) is logged as
-    ``perf/train_*`` and printed. Batches must be dicts with ``input_ids`` and ``attention_mask`` (tokens are the
-    attended positions, image tokens included).
+    ``perf/train_*`` and printed. Batches are counted by :func:`batch_counts`.
     """
 
     def __init__(self, window: int = 20, skip_first: int = 2) -> None:
@@ -66,9 +76,7 @@ class Throughput(Callback):
             return
         self._sync(pl_module)
         seconds = time.perf_counter() - self._start
-        samples = len(batch["ids"]) if "ids" in batch else int(batch["input_ids"].shape[0])
-        # packed rows have no attention mask: the collate counts their examples' tokens
-        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(batch["packed_tokens"])
+        samples, tokens = batch_counts(batch)
         self._steps += 1
         self._recent = (self._recent + [(seconds, samples, tokens)])[-self.window :]
         if self._steps > self.skip_first:

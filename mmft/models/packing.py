@@ -5,10 +5,9 @@ ids, labels and per-token types of the examples in order, ``position_ids`` resta
 attention mask, and the length of each segment (the examples and each row's padding) under ``packed_lengths``.
 transformers reads such rows as packed sequences (a new sequence wherever the position does not follow on): its
 mask builder confines attention to each example (a block-diagonal mask for SDPA and eager attention,
-FlexAttention's block mask), and flash attention takes the positions as variable-length sequences. Rows bounded
-by the model's ``max_length`` keep the block-diagonal mask's cost (quadratic in the row) near the padded batch's.
-The media stay as they are, in example order, so each example's visual features land on its own placeholder
-tokens.
+FlexAttention's block mask), and variable-length attention (:mod:`mmft.models.varlen_attention`, flash
+attention) runs each example alone. The media stay as they are, in example order, so each example's visual
+features land on its own placeholder tokens.
 
 A model with multimodal rotary positions (Qwen2/2.5/3-VL, GLM-4.1V: temporal, height and width per token) gets
 them from its own ``get_rope_index`` over the examples laid out as the padded batch (so each restarts at 0), with
@@ -80,17 +79,17 @@ def pack_training_view(batch: dict[str, Any], token_keys: tuple[str, ...] = (), 
               if key not in ("input_ids", "attention_mask", "labels", "media") and not key.startswith("prompt_")
               and key not in token_keys}
     rows = next_fit_rows(lengths, row_tokens)
-    width = -(-max(sum(lengths[i] for i in row) for row in rows) // multiple) * multiple
+    used = [sum(lengths[i] for i in row) for row in rows]
+    width = -(-max(used) // multiple) * multiple
     segments = []
-    for row in rows:
-        segments += [lengths[i] for i in row]
-        used = sum(lengths[i] for i in row)
-        if used < width:
-            segments.append(width - used)
+    for row, row_used in zip(rows, used):
+        segments += [lengths[i] for i in row] + ([width - row_used] if row_used < width else [])
     values = {"input_ids": (batch["input_ids"], pad_id), "labels": (labels, IGNORE_INDEX),
               **{key: (batch[key], 0) for key in token_keys if key in batch}}
     for key, (padded, fill) in values.items():
-        packed[key] = torch.stack([_row(padded, row, lengths, width, fill) for row in rows])
+        packed[key] = torch.stack([torch.cat([*(padded[i, :lengths[i]] for i in row),
+                                              padded.new_full((width - row_used,), fill)])
+                                   for row, row_used in zip(rows, used)])
     packed["position_ids"] = torch.cat([torch.arange(length) for length in segments]).reshape(len(rows), width)
     media = dict(batch["media"])
     if "pixel_attention_mask" in media and media["pixel_values"].dim() == 5:
@@ -113,13 +112,6 @@ def next_fit_rows(lengths: list[int], row_tokens: int | None) -> list[list[int]]
         rows[-1].append(index)
         used += length
     return rows
-
-
-def _row(padded: Tensor, row: list[int], lengths: list[int], width: int, fill: int) -> Tensor:
-    """One packed row: the row's examples' tokens from the padded ``[examples, length]`` tensor, then ``fill``."""
-    parts = [padded[i, :lengths[i]] for i in row]
-    used = sum(lengths[i] for i in row)
-    return torch.cat([*parts, padded.new_full((width - used,), fill)])
 
 
 def packed_position_ids(model: nn.Module, batch: dict[str, Any]) -> Tensor:

@@ -42,7 +42,7 @@ def varlen_sdpa_forward(module: nn.Module, query: Tensor, key: Tensor, value: Te
     q, k, v = end_to_end(query), end_to_end(key), end_to_end(value)
     bounds = cu_seq_lens_q.tolist()
     outputs = [sdpa_attention_forward(module, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], None, **kwargs)[0]
-               for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+               for a, b in zip(bounds[:-1], bounds[1:])]
     return torch.cat(outputs, dim=1).reshape(rows, width, heads, dim), None
 
 

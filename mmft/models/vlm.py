@@ -133,7 +133,7 @@ class VisionLanguageModule(AdapterModule):
 
     def _inputs(self, batch: dict[str, Any], prompt: bool) -> dict[str, Any]:
         prefix = "prompt_" if prompt else ""
-        if PACKED_LENGTHS in batch:  # one padding-free row: attention confined per example by the positions
+        if PACKED_LENGTHS in batch:  # packed rows: attention confined to each example by positions and bounds
             inputs = {"input_ids": batch["input_ids"], "position_ids": packed_position_ids(self.model, batch),
                       **varlen_arguments(batch[PACKED_LENGTHS]), **batch["media"]}
         else:

@@ -76,9 +76,10 @@ def frame_sampling(data: dict[str, Any], model: dict[str, Any]) -> FrameSampling
     """The frame sampling that training with this data and model config uses (the model may fix the count, as
     :attr:`data_modules.MultitaskDataModule.frame_sampling` decides)."""
     fixed = None
-    if model.get("class_path"):
+    if model.get("class_path"):  # a module of mmft's says whether it fixes the count; another model does not
         module, _, name = model["class_path"].rpartition(".")
-        fixed = getattr(importlib.import_module(module), name).fixed_video_frames(model.get("init_args") or {})
+        frames_of = getattr(getattr(importlib.import_module(module), name), "fixed_video_frames", None)
+        fixed = frames_of(model.get("init_args") or {}) if frames_of is not None else None
     try:
         return frame_sampling_for(data.get("num_frames"), data.get("video_fps"), data.get("max_frames"), fixed)
     except ValueError as error:

@@ -18,6 +18,10 @@ import numpy as np
 LLAVA_IMAGE_TOKENS = 576  # CLIP ViT-L/14 at 336 px: 24 x 24 patches
 
 
+class LengthsError(ValueError):
+    """A lengths or LLaVA file the benchmark cannot read; the message names the file and the entry."""
+
+
 @dataclass(frozen=True)
 class Source:
     """One source of a mix: its share of the examples, visual tokens, and text tokens (log-normal median, sigma)."""
@@ -89,14 +93,19 @@ def measured(path: Path, tokenizer: str, count: int, max_length: int, seed: int)
     image (the gpt turns supervised), cut to ``max_length``."""
     from transformers import AutoTokenizer
 
-    records = json.loads(Path(path).read_text())
+    records = _json(path)
+    if not isinstance(records, list) or not records:
+        raise LengthsError(f"{path}: not a LLaVA-format file (a non-empty JSON list of records)")
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(records), size=min(count, len(records)), replace=False)
     tok = AutoTokenizer.from_pretrained(tokenizer)
     examples = []
     for index in chosen:
         record = records[int(index)]
-        turns = record.get("conversations", [])
+        turns = record.get("conversations") if isinstance(record, dict) else None
+        if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("value"), str)
+                                                  for t in turns):
+            raise LengthsError(f"{path}#{int(index)}: a record needs conversations, a list of {{from, value}} turns")
         lengths = [len(tok(turn["value"], add_special_tokens=False)["input_ids"]) for turn in turns]
         replies = sum(n for n, turn in zip(lengths, turns) if turn.get("from") == "gpt")
         images = record.get("image")
@@ -107,5 +116,21 @@ def measured(path: Path, tokenizer: str, count: int, max_length: int, seed: int)
 
 
 def given(path: Path) -> list[ExampleLength]:
-    """Lengths from a JSON list of ``[visual, text, supervised]`` triples."""
-    return [ExampleLength(*map(int, triple)) for triple in json.loads(Path(path).read_text())]
+    """Lengths from a JSON list of ``[visual, text, supervised]`` triples (``0 < supervised <= text``)."""
+    triples = _json(path)
+    if not isinstance(triples, list) or not triples:
+        raise LengthsError(f"{path}: expected a non-empty JSON list of [visual, text, supervised] triples")
+    examples = []
+    for number, triple in enumerate(triples):
+        if (not isinstance(triple, list) or len(triple) != 3 or not all(isinstance(n, int) for n in triple)
+                or triple[0] < 0 or not 0 < triple[2] <= triple[1]):
+            raise LengthsError(f"{path}#{number}: {triple!r} is not [visual >= 0, text, 0 < supervised <= text]")
+        examples.append(ExampleLength(*triple))
+    return examples
+
+
+def _json(path: Path) -> object:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise LengthsError(f"{path}: {error}") from None

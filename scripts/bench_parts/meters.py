@@ -93,6 +93,19 @@ def cpu_peak_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
+def peak_bytes(fn: Callable[[], object], args: argparse.Namespace) -> int:
+    """The most bytes allocated while ``fn`` runs above those allocated when it starts: the CUDA allocator's peak
+    on a GPU, :func:`cpu_peak_bytes` on a CPU."""
+    if torch.device(args.device).type != "cuda":
+        return cpu_peak_bytes(fn)
+    synchronize(args)
+    torch.cuda.reset_peak_memory_stats(args.device)
+    before = torch.cuda.memory_allocated(args.device)
+    fn()
+    synchronize(args)
+    return torch.cuda.max_memory_allocated(args.device) - before
+
+
 def static_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> int:
     """Parameters and buffers (by storage) plus optimizer state: the memory a variant holds between steps."""
     storages: dict[tuple, int] = {}
